@@ -1,0 +1,108 @@
+"""The `qpbot` command line: ingest files, show status, run the Dagster UI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from qpbot_serving.settings import QpbotSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qpbot", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ingest = commands.add_parser("ingest", help="ingest files or folders into the index")
+    ingest.add_argument("paths", nargs="+", type=Path)
+    ingest.add_argument("--json", action="store_true", help="print one JSON object")
+
+    status = commands.add_parser("status", help="documents, chunks, quarantine, index version")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+
+    dev = commands.add_parser("dev", help="run the Dagster UI and daemon (sensors, automation)")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+
+    args = parser.parse_args(argv)
+    settings = QpbotSettings()
+    if args.command == "ingest":
+        return _ingest(settings, args.paths, as_json=args.json)
+    if args.command == "status":
+        return _status(settings, as_json=args.json)
+    return _dev(settings, args.host, args.port)
+
+
+def _ingest(settings: QpbotSettings, paths: list[Path], as_json: bool) -> int:
+    from qpbot_assets.ingest import ingest_paths, index_status
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        print(f"qpbot ingest: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    summary = ingest_paths(settings, paths, quiet=as_json)
+    status = index_status(settings)
+    if as_json:
+        print(json.dumps({**status, "ingest": summary}))
+    else:
+        print(
+            f"{summary['documents']} documents from {len(paths)} path(s): {summary['new']} new, "
+            f"{summary['removed']} removed, {summary['runs']} run(s) "
+            f"({'succeeded' if summary['success'] else 'FAILED'})"
+        )
+        _print_status(status)
+    return 0 if summary["success"] else 1
+
+
+def _status(settings: QpbotSettings, as_json: bool) -> int:
+    from qpbot_assets.ingest import index_status
+
+    status = index_status(settings)
+    if as_json:
+        print(json.dumps(status))
+    else:
+        _print_status(status)
+    return 0
+
+
+def _print_status(status: dict) -> None:
+    print(f"documents: {status['documents']}  chunks: {status['chunks']}  index: {status['index_version']}")
+    for item in status["quarantined"]:
+        print(f"  quarantined at {item['stage']}: {item['source']}\n      {item['reason']}")
+
+
+def _dev(settings: QpbotSettings, host: str, port: int) -> int:
+    """Starts dagster-webserver and dagster-daemon; Ctrl-C stops both."""
+    from qpbot_assets.instance import configure_environment
+
+    configure_environment(settings)
+    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
+    bin_dir = Path(sys.executable).parent
+    processes = [
+        subprocess.Popen([bin_dir / "dagster-daemon", "run", "-w", workspace]),
+        subprocess.Popen(
+            [bin_dir / "dagster-webserver", "-h", host, "-p", str(port), "-w", workspace]
+        ),
+    ]
+    print(f"Dagster UI: http://{host}:{port}   (QPBOT_HOME={settings.home}; Ctrl-C stops)", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    try:
+        while all(p.poll() is None for p in processes):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Blocking checks on the index snapshot: the pointer only moves when they all pass."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import dagster as dg
+
+from qpbot_assets.defs.indexing.assets import SNAPSHOT_FILE, index_snapshot, live_document_ids, scan
+from qpbot_assets.documents.store import Quarantined
+from qpbot_assets.resources import DocumentStoreResource, EmbeddingModelResource, SearchIndexResource
+from qpbot_serving import index as contract
+
+
+def snapshot_table(index: SearchIndexResource):
+    """The table at exactly the version the snapshot recorded."""
+    snapshot = json.loads((index.index_dir / SNAPSHOT_FILE).read_text())
+    table = index.connect().open_table(snapshot["table"])
+    table.checkout(snapshot["version"])
+    return table
+
+
+@dg.asset_check(asset=index_snapshot, blocking=True)
+def index_rows_match_live_chunks(
+    context: dg.AssetCheckExecutionContext,
+    documents: DocumentStoreResource,
+    index: SearchIndexResource,
+) -> dg.AssetCheckResult:
+    """Every live document has exactly its chunks in the index, none twice."""
+    rows = scan(snapshot_table(index), ["document_id", "chunk_id"]).to_pylist()
+    in_index: dict[str, list[str]] = {}
+    for row in rows:
+        in_index.setdefault(row["document_id"], []).append(row["chunk_id"])
+    duplicates = [cid for cid, n in Counter(r["chunk_id"] for r in rows).items() if n > 1]
+    mismatched = []
+    expected_total = 0
+    for document_id in live_document_ids(context):
+        try:
+            expected = [c["chunk_id"] for c in documents.store.stage_output(document_id, "chunks")]
+        except Quarantined:
+            expected = []
+        except LookupError:  # registered but not processed yet: it has no rows either
+            expected = []
+        expected_total += len(expected)
+        if sorted(expected) != sorted(in_index.get(document_id, [])):
+            mismatched.append(document_id)
+    return dg.AssetCheckResult(
+        passed=not duplicates and not mismatched,
+        metadata={
+            "index_rows": len(rows),
+            "expected_rows": expected_total,
+            "duplicate_chunk_ids": len(duplicates),
+            "mismatched_documents": dg.MetadataValue.json(mismatched[:20]),
+        },
+    )
+
+
+@dg.asset_check(asset=index_snapshot, blocking=True)
+def no_chunks_of_deleted_documents(
+    context: dg.AssetCheckExecutionContext, index: SearchIndexResource
+) -> dg.AssetCheckResult:
+    indexed = set(scan(snapshot_table(index), ["document_id"]).column("document_id").to_pylist())
+    orphans = sorted(indexed - set(live_document_ids(context)))
+    return dg.AssetCheckResult(
+        passed=not orphans,
+        metadata={"orphan_documents": dg.MetadataValue.json(orphans[:20])},
+    )
+
+
+@dg.asset_check(asset=index_snapshot, blocking=True)
+def embedding_dimension_matches_model(
+    index: SearchIndexResource, embedding_model: EmbeddingModelResource
+) -> dg.AssetCheckResult:
+    table = snapshot_table(index)
+    info = contract.IndexInfo.from_schema(table.schema)
+    vector_width = table.schema.field("vector").type.list_size
+    model_width = embedding_model.embedder.dimension
+    return dg.AssetCheckResult(
+        passed=vector_width == info.dimension == model_width
+        and info.embedding_model == embedding_model.model_name,
+        metadata={
+            "vector_width": vector_width,
+            "model_dimension": model_width,
+            "index_model": info.embedding_model,
+            "configured_model": embedding_model.model_name,
+        },
+    )

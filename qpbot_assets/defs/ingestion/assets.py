@@ -1,0 +1,250 @@
+"""Per-document assets: raw bytes -> extracted text -> cleaned text -> metadata -> chunks.
+
+Each stage stores its output in the document store with the fingerprint of its input and is
+skipped when that input has not changed. A document that cannot go on is quarantined at the
+stage that found the problem; the later stages record that and move on to the next document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+from dagster_aws.s3 import S3Resource
+
+from qpbot_assets.document_stages import run_for_each_document
+from qpbot_assets.documents.chunking import chunk_blocks
+from qpbot_assets.documents.cleaning import clean_document
+from qpbot_assets.documents.extraction import (
+    ExtractedDocument,
+    TextBlock,
+    UnreadableDocument,
+    extract_document,
+)
+from qpbot_assets.documents.metadata import describe_document
+from qpbot_assets.documents.sources import display_name, local_copy
+from qpbot_assets.documents.store import Quarantined, fingerprint
+from qpbot_assets.partitions import documents_partitions
+from qpbot_assets.resources import DocumentStoreResource, EmbeddingModelResource
+
+# Bump a stage's version when its logic changes, so the next run recomputes it.
+EXTRACTOR_VERSION = 1
+CLEANER_VERSION = 1
+METADATA_VERSION = 1
+CHUNKER_VERSION = 1
+
+PER_DOCUMENT = dict(
+    partitions_def=documents_partitions,
+    # A backfill of many documents runs as one run: Dagster's per-run overhead is seconds.
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="ingestion",
+)
+
+
+class ChunkingConfig(dg.Config):
+    max_tokens: int = Field(0, description="Tokens per chunk; 0 fills the embedding model's window.")
+    overlap_tokens: int = Field(32, description="Tokens shared by the windows of a long block.")
+
+
+def as_document(record: dict) -> ExtractedDocument:
+    return ExtractedDocument(
+        format=record["format"],
+        blocks=[TextBlock(**block) for block in record["blocks"]],
+        page_count=record["page_count"],
+        properties=record["properties"],
+    )
+
+
+def text_preview(text: str, limit: int = 500) -> dg.MetadataValue:
+    return dg.MetadataValue.md(f"```\n{text[:limit]}{' ...' if len(text) > limit else ''}\n```")
+
+
+@dg.asset(**PER_DOCUMENT, kinds={"python", "s3"})
+def raw_document(
+    context: dg.AssetExecutionContext, documents: DocumentStoreResource, s3: S3Resource
+) -> dg.MaterializeResult:
+    """The document's bytes in a content-addressed store, with sha256, source URI, size and
+    modified time (files) or ETag (S3). An unchanged source is not read again."""
+    store = documents.store
+    clients = {}
+
+    def s3_client():
+        return clients.setdefault("s3", s3.get_client())
+
+    def source_version(uri: str) -> dict | None:
+        if uri.startswith("s3://"):
+            bucket, key = uri.removeprefix("s3://").split("/", 1)
+            try:
+                head = s3_client().head_object(Bucket=bucket, Key=key)
+            except s3_client().exceptions.ClientError:
+                return None
+            return {"etag": head["ETag"].strip('"'), "size": head["ContentLength"]}
+        path = Path(uri.removeprefix("file://"))
+        if not path.is_file():
+            return None
+        stat = path.stat()
+        return {"modified_ns": stat.st_mtime_ns, "size": stat.st_size}
+
+    def step(document_id: str):
+        uri = store.source_uri(document_id)
+        version = source_version(uri)
+
+        def fetch() -> dict:
+            if version is None:
+                raise Quarantined(f"{uri} no longer exists at its source", "missing")
+            if version["size"] > documents.max_document_bytes:
+                raise Quarantined(
+                    f"the file is {version['size'] / 2**20:.0f} MB, over the "
+                    f"{documents.max_document_mb} MB limit; raise QPBOT_MAX_DOCUMENT_MB to accept it",
+                    "too_large",
+                )
+            suffix = Path(display_name(uri)).suffix
+            with local_copy(uri, s3_client() if uri.startswith("s3://") else None) as path:
+                sha256, size = store.put_blob(path, suffix=suffix)
+            return {
+                "uri": uri,
+                "filename": display_name(uri),
+                "sha256": sha256,
+                "size": size,
+                **version,
+                "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+
+        result = store.run_stage(document_id, "raw", fingerprint(uri, version), fetch)
+        out = result.output or {}
+        return result, {"source": uri, "sha256": out.get("sha256", ""), "bytes": out.get("size", 0)}
+
+    return run_for_each_document(context, step)
+
+
+@dg.asset(**PER_DOCUMENT, deps=[raw_document], kinds={"python", "pdf"})
+def extracted_text(
+    context: dg.AssetExecutionContext, documents: DocumentStoreResource
+) -> dg.MaterializeResult:
+    """Text blocks with page numbers and section headings: pymupdf for PDF, python-docx for
+    DOCX, plus plain text, Markdown and HTML. Unreadable files are quarantined with a reason."""
+    store = documents.store
+
+    def step(document_id: str):
+        def extract() -> dict:
+            raw = store.stage_output(document_id, "raw")
+            blob = store.blob_path(raw["sha256"], suffix=Path(raw["filename"]).suffix)
+            try:
+                doc = extract_document(
+                    blob, passwords=documents.pdf_passwords, max_bytes=documents.max_document_bytes
+                )
+            except UnreadableDocument as problem:
+                raise Quarantined(problem.reason, problem.kind) from None
+            return asdict(doc)
+
+        input_fp = fingerprint(
+            EXTRACTOR_VERSION,
+            store.output_digest(document_id, "raw", fields=("sha256", "filename")),
+            sorted(documents.pdf_passwords),
+        )
+        result = store.run_stage(document_id, "extracted", input_fp, extract)
+        out = result.output
+        return result, ({"pages": out["page_count"], "blocks": len(out["blocks"])} if out else {})
+
+    return run_for_each_document(context, step)
+
+
+@dg.asset(**PER_DOCUMENT, deps=[extracted_text], kinds={"python"})
+def cleaned_text(
+    context: dg.AssetExecutionContext, documents: DocumentStoreResource
+) -> dg.MaterializeResult:
+    """Unicode-normalized text with hyphenated line breaks joined, whitespace tidied and
+    running headers and footers removed."""
+    store = documents.store
+
+    def step(document_id: str):
+        def clean() -> dict:
+            cleaned = clean_document(as_document(store.stage_output(document_id, "extracted")))
+            if not cleaned.blocks:
+                raise Quarantined("no text is left after cleaning (the document is empty)", "empty")
+            return asdict(cleaned)
+
+        input_fp = fingerprint(CLEANER_VERSION, store.output_digest(document_id, "extracted"))
+        result = store.run_stage(document_id, "cleaned", input_fp, clean)
+        if result.output is None:
+            return result, {}
+        text = "\n\n".join(block["text"] for block in result.output["blocks"])
+        return result, {"characters": len(text), "preview": text_preview(text)}
+
+    return run_for_each_document(context, step)
+
+
+@dg.asset(**PER_DOCUMENT, deps=[cleaned_text, raw_document], kinds={"python"})
+def document_metadata(
+    context: dg.AssetExecutionContext, documents: DocumentStoreResource
+) -> dg.MaterializeResult:
+    """Title, author, created and modified dates, pages, language, source and ingestion time."""
+    store = documents.store
+
+    def step(document_id: str):
+        def describe() -> dict:
+            raw = store.stage_output(document_id, "raw")
+            cleaned = as_document(store.stage_output(document_id, "cleaned"))
+            return {
+                **describe_document(cleaned, raw["filename"]),
+                "source_uri": raw["uri"],
+                "sha256": raw["sha256"],
+                "bytes": raw["size"],
+                "ingested_at": raw["fetched_at"],
+            }
+
+        input_fp = fingerprint(
+            METADATA_VERSION,
+            store.output_digest(document_id, "raw"),
+            store.output_digest(document_id, "cleaned"),
+        )
+        result = store.run_stage(document_id, "metadata", input_fp, describe)
+        out = result.output or {}
+        shown = ("title", "author", "language", "pages", "format", "created", "modified")
+        return result, {key: out[key] for key in shown if out.get(key) is not None}
+
+    return run_for_each_document(context, step)
+
+
+@dg.asset(**PER_DOCUMENT, deps=[cleaned_text], kinds={"python"})
+def chunks(
+    context: dg.AssetExecutionContext,
+    config: ChunkingConfig,
+    documents: DocumentStoreResource,
+    embedding_model: EmbeddingModelResource,
+) -> dg.MaterializeResult:
+    """Token-based chunks counted with the embedding model's tokenizer; each knows its
+    document, page span and section, and its id comes from the document id and its text."""
+    store = documents.store
+    embedder = embedding_model.embedder
+
+    def step(document_id: str):
+        def chunk() -> list[dict]:
+            cleaned = as_document(store.stage_output(document_id, "cleaned"))
+            pieces = chunk_blocks(
+                cleaned.blocks,
+                document_id,
+                embedder.tokenizer,
+                max_tokens=config.max_tokens or embedder.max_tokens,
+                overlap_tokens=config.overlap_tokens,
+            )
+            return [asdict(piece) for piece in pieces]
+
+        input_fp = fingerprint(
+            CHUNKER_VERSION,
+            store.output_digest(document_id, "cleaned", fields=("blocks",)),
+            embedding_model.model_name,
+            config.max_tokens,
+            config.overlap_tokens,
+        )
+        result = store.run_stage(document_id, "chunks", input_fp, chunk)
+        out = result.output or []
+        metadata = {"chunks": len(out)}
+        if out:
+            metadata["first_chunk"] = text_preview(out[0]["text"], limit=300)
+        return result, metadata
+
+    return run_for_each_document(context, step)

@@ -1,0 +1,20 @@
+"""Jobs the source sensors and `qpbot ingest` launch."""
+
+import dagster as dg
+
+from qpbot_assets.partitions import documents_partitions
+
+# Everything from the raw bytes to the promoted pointer, for a range of documents.
+ingest_documents_job = dg.define_asset_job(
+    "ingest_documents",
+    selection=dg.AssetSelection.groups("ingestion", "indexing"),
+    partitions_def=documents_partitions,
+    description="Ingest a range of document partitions and promote the refreshed index.",
+)
+
+# After documents are deleted: drop their chunks, re-check and promote.
+refresh_index_job = dg.define_asset_job(
+    "refresh_index",
+    selection=dg.AssetSelection.assets("index_snapshot", "promoted_index"),
+    description="Remove chunks of deleted documents, check the index and promote it.",
+)

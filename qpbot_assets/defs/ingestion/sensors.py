@@ -1,0 +1,120 @@
+"""Source sensors: a watched folder and an S3 prefix.
+
+Each lists its source, compares the listing with the one in its cursor, registers new
+documents, adds and deletes their partitions, and asks for the runs that bring the index up
+to date. New documents are added together, so they form one contiguous range of partitions
+and are ingested in one run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from qpbot_assets.defs.ingestion.jobs import ingest_documents_job, refresh_index_job
+from qpbot_assets.documents.sources import (
+    SourceObject,
+    contiguous_ranges,
+    diff_listing,
+    list_s3,
+    scan_folder,
+)
+from qpbot_assets.documents.store import DocumentStore
+from qpbot_assets.partitions import documents_partitions
+from qpbot_assets.resources import DocumentStoreResource, S3SourceResource
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+
+
+def range_run_request(first: str, last: str, run_key: str) -> dg.RunRequest:
+    """One run over the partitions first..last of the ingest job."""
+    return dg.RunRequest(
+        run_key=run_key,
+        job_name=ingest_documents_job.name,
+        tags={RANGE_START: first, RANGE_END: last},
+    )
+
+
+def sync_source(
+    context: dg.SensorEvaluationContext,
+    store: DocumentStore,
+    source_name: str,
+    listing: list[SourceObject],
+) -> dg.SensorResult | dg.SkipReason:
+    """Turns the difference between a listing and the cursor into partitions and runs."""
+    previous: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    changes = diff_listing(previous, listing)
+    if changes.is_empty():
+        return dg.SkipReason(f"{source_name}: {len(listing)} documents, nothing changed")
+
+    known = set(context.instance.get_dynamic_partitions(documents_partitions.name))
+    new_ids = [obj.document_id for obj in changes.added if obj.document_id not in known]
+    for obj in changes.added + changes.changed:
+        store.register(obj.document_id, obj.uri)
+    removed_ids = [SourceObject(uri, "").document_id for uri in changes.removed]
+
+    run_requests = []
+    if new_ids:  # appended together, so contiguous in partition order
+        run_requests.append(range_run_request(new_ids[0], new_ids[-1], _run_key("new", new_ids, listing)))
+    # Documents re-added or edited already have partitions; group them into ranges.
+    existing = [o.document_id for o in changes.added + changes.changed if o.document_id in known]
+    ordered = context.instance.get_dynamic_partitions(documents_partitions.name)
+    for first, last in contiguous_ranges(ordered, existing):
+        run_requests.append(range_run_request(first, last, _run_key("changed", [first, last], listing)))
+    if removed_ids:
+        run_requests.append(
+            dg.RunRequest(run_key=_run_key("removed", removed_ids, listing), job_name=refresh_index_job.name)
+        )
+    context.log.info(
+        f"{source_name}: {len(changes.added)} new, {len(changes.changed)} changed, "
+        f"{len(changes.removed)} removed"
+    )
+    return dg.SensorResult(
+        run_requests=run_requests,
+        dynamic_partitions_requests=[
+            *( [documents_partitions.build_add_request(new_ids)] if new_ids else [] ),
+            *( [documents_partitions.build_delete_request(removed_ids)] if removed_ids else [] ),
+        ],
+        cursor=json.dumps({obj.uri: obj.version for obj in listing}),
+    )
+
+
+def _run_key(kind: str, document_ids: list[str], listing: list[SourceObject]) -> str:
+    """Stable for the same change, so a sensor tick that repeats never runs it twice."""
+    state = hashlib.sha256(json.dumps(sorted((o.uri, o.version) for o in listing)).encode())
+    return f"{kind}:{document_ids[0]}..{document_ids[-1]}:{len(document_ids)}:{state.hexdigest()[:16]}"
+
+
+@dg.sensor(
+    target=[ingest_documents_job, refresh_index_job],
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Watches $QPBOT_HOME/inbox (where uploads land) for new, edited and deleted files.",
+)
+def inbox_sensor(
+    context: dg.SensorEvaluationContext, documents: DocumentStoreResource
+) -> dg.SensorResult | dg.SkipReason:
+    documents.inbox_dir.mkdir(parents=True, exist_ok=True)
+    return sync_source(context, documents.store, "inbox", scan_folder(documents.inbox_dir))
+
+
+@dg.sensor(
+    target=[ingest_documents_job, refresh_index_job],
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Watches s3://$QPBOT_S3_BUCKET/$QPBOT_S3_PREFIX for new, changed and deleted objects.",
+)
+def s3_sensor(
+    context: dg.SensorEvaluationContext,
+    documents: DocumentStoreResource,
+    s3: S3Resource,
+    s3_source: S3SourceResource,
+) -> dg.SensorResult | dg.SkipReason:
+    if not s3_source.bucket:
+        return dg.SkipReason("no bucket configured: set QPBOT_S3_BUCKET (and QPBOT_S3_PREFIX)")
+    listing = list_s3(s3.get_client(), s3_source.bucket, s3_source.prefix)
+    return sync_source(context, documents.store, f"s3://{s3_source.bucket}/{s3_source.prefix}", listing)

@@ -1,0 +1,1 @@
+"""Documents: reading files into text, cleaning it, chunking it and describing it."""

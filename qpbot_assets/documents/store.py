@@ -1,0 +1,209 @@
+"""The document store: per-document stage outputs and content-addressed raw bytes.
+
+Layout under `root`:
+    blobs/<sha256[:2]>/<sha256>         raw bytes, written once
+    sources/<document_id>.json          where a document comes from (kept after deletion)
+    documents/<document_id>/<stage>.json each stage's output with the fingerprint of its input
+
+A stage whose input fingerprint has not changed is not recomputed and nothing is written;
+every write is a rename of a finished temporary file, so a killed process never leaves a
+half-written stage behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+QUARANTINE = "quarantine"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """A stage's output; `computed` is False when it was reused unchanged."""
+
+    output: Any
+    fingerprint: str
+    computed: bool
+
+
+class Quarantined(Exception):
+    """Raised inside a stage for input that cannot go on; the reason is kept and shown."""
+
+    def __init__(self, reason: str, kind: str, stage: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+        self.stage = stage  # set when re-raised downstream of the stage that quarantined
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of JSON-serializable parts (inputs, versions, settings)."""
+    payload = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)
+
+
+class DocumentStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.documents_dir = self.root / "documents"
+        self.blobs_dir = self.root / "blobs"
+
+    # --- raw bytes -------------------------------------------------------------------
+    def blob_path(self, sha256: str, suffix: str = "") -> Path:
+        # The suffix is kept because plain text, Markdown and HTML are told apart by it.
+        return self.blobs_dir / sha256[:2] / f"{sha256}{suffix.lower()}"
+
+    def put_blob(self, source: Path, suffix: str = "") -> tuple[str, int]:
+        """Copies a file into the store by content; returns (sha256, size)."""
+        digest = hashlib.sha256()
+        with open(source, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        sha256 = digest.hexdigest()
+        target = self.blob_path(sha256, suffix)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".tmp")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        return sha256, target.stat().st_size
+
+    # --- document registry -----------------------------------------------------------
+    def document_dir(self, document_id: str) -> Path:
+        return self.documents_dir / document_id
+
+    def register(self, document_id: str, source_uri: str) -> None:
+        """Records where a document comes from; sources call this before adding a partition."""
+        path = self.root / "sources" / f"{document_id}.json"
+        record = {"document_id": document_id, "uri": source_uri}
+        if not path.exists() or json.loads(path.read_text()) != record:
+            atomic_write_bytes(path, json.dumps(record).encode())
+
+    def source_uri(self, document_id: str) -> str:
+        path = self.root / "sources" / f"{document_id}.json"
+        if not path.exists():
+            raise KeyError(f"document {document_id!r} is not registered with any source")
+        return json.loads(path.read_text())["uri"]
+
+    def processed_document_ids(self) -> list[str]:
+        """Documents with stage outputs on disk."""
+        if not self.documents_dir.exists():
+            return []
+        return sorted(p.name for p in self.documents_dir.iterdir() if p.is_dir())
+
+    def forget(self, document_id: str) -> None:
+        """Removes a deleted document's stage outputs (blobs stay, shared by content)."""
+        shutil.rmtree(self.document_dir(document_id), ignore_errors=True)
+
+    # --- stage outputs ---------------------------------------------------------------
+    def _stage_path(self, document_id: str, stage: str) -> Path:
+        return self.document_dir(document_id) / f"{stage}.json"
+
+    def read_stage(self, document_id: str, stage: str) -> dict | None:
+        """The stored record {"fingerprint", "output"} or {"fingerprint", "quarantined"}."""
+        path = self._stage_path(document_id, stage)
+        if not path.exists():
+            return None
+        return json.loads(path.read_text())
+
+    def stage_output(self, document_id: str, stage: str) -> Any:
+        """The output of a stage that has run; raises Quarantined if it quarantined the document."""
+        record = self.read_stage(document_id, stage)
+        if record is None:
+            raise LookupError(
+                f"stage {stage!r} has not run for document {document_id!r}: materialize it first"
+            )
+        if "quarantined" in record:
+            q = record["quarantined"]
+            raise Quarantined(q["reason"], q["kind"], stage=q["stage"])
+        return record["output"]
+
+    def output_digest(
+        self, document_id: str, stage: str, fields: Sequence[str] | None = None
+    ) -> str:
+        """A hash of a stage's outcome (or of some of its fields): what the next stage's
+        input fingerprint is made of, so an unchanged outcome means no recomputation."""
+        record = self.read_stage(document_id, stage) or {}
+        output = record.get("output")
+        if fields is not None and isinstance(output, dict):
+            output = {name: output.get(name) for name in fields}
+        return fingerprint(output, record.get("quarantined"))
+
+    def run_stage(
+        self, document_id: str, stage: str, input_fingerprint: str, compute: Callable[[], Any]
+    ) -> StageResult:
+        """Runs `compute` unless the stored output was made from the same input.
+
+        A `Quarantined` raised by `compute` is stored as the stage's outcome, with a
+        quarantine record that `qpbot status` shows; a later successful run clears it.
+        """
+        previous = self.read_stage(document_id, stage)
+        if previous is not None and previous["fingerprint"] == input_fingerprint:
+            return StageResult(previous.get("output"), input_fingerprint, computed=False)
+        try:
+            output = compute()
+            record = {"fingerprint": input_fingerprint, "output": output}
+            self._clear_quarantine(document_id, stage)
+        except Quarantined as problem:
+            output = None
+            quarantined = {
+                "stage": problem.stage or stage,
+                "kind": problem.kind,
+                "reason": problem.reason,
+            }
+            record = {"fingerprint": input_fingerprint, "quarantined": quarantined}
+            if problem.stage is None:  # this stage found the problem; upstream ones are recorded
+                self._write_quarantine(document_id, quarantined)
+        atomic_write_bytes(
+            self._stage_path(document_id, stage), json.dumps(record, ensure_ascii=False).encode()
+        )
+        return StageResult(output, input_fingerprint, computed=True)
+
+    # --- quarantine ------------------------------------------------------------------
+    def _write_quarantine(self, document_id: str, record: dict) -> None:
+        record = {"document_id": document_id, "source": self.source_uri(document_id), **record}
+        atomic_write_bytes(self._stage_path(document_id, QUARANTINE), json.dumps(record).encode())
+
+    def _clear_quarantine(self, document_id: str, stage: str) -> None:
+        path = self._stage_path(document_id, QUARANTINE)
+        if path.exists() and json.loads(path.read_text()).get("stage") == stage:
+            path.unlink()
+
+    def quarantined(self) -> Iterator[dict]:
+        for document_id in self.processed_document_ids():
+            path = self._stage_path(document_id, QUARANTINE)
+            if path.exists():
+                yield json.loads(path.read_text())
+
+    # --- vectors ---------------------------------------------------------------------
+    def write_vectors(self, document_id: str, chunk_ids: list[str], vectors: np.ndarray) -> None:
+        path = self.document_dir(document_id) / "vectors.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".npz") as tmp:
+            np.savez(tmp, chunk_ids=np.array(chunk_ids, dtype=object), vectors=vectors)
+        os.replace(tmp.name, path)
+
+    def read_vectors(self, document_id: str) -> dict[str, np.ndarray]:
+        """chunk_id -> vector for the document's last embedded chunks (empty if none)."""
+        path = self.document_dir(document_id) / "vectors.npz"
+        if not path.exists():
+            return {}
+        with np.load(path, allow_pickle=True) as data:
+            return dict(zip(data["chunk_ids"].tolist(), data["vectors"], strict=True))

@@ -1,0 +1,115 @@
+"""Ingestion from the command line: register files, sync their partitions, run in-process."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from qpbot_assets.documents.sources import SourceObject, contiguous_ranges, scan_folder
+from qpbot_assets.documents.store import DocumentStore
+from qpbot_assets.instance import get_instance
+from qpbot_assets.partitions import documents_partitions
+from qpbot_serving import index as contract
+from qpbot_serving.settings import QpbotSettings
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+
+
+def load_definitions():
+    from qpbot_assets.definitions import defs
+
+    return defs()
+
+
+def ingest_paths(settings: QpbotSettings, paths: list[Path], quiet: bool = False) -> dict:
+    """Makes the index hold exactly the given files, and for folders exactly their current
+    files: new and edited files are ingested, files gone from a folder are removed.
+
+    Runs the ingest job in this process over as few partition ranges as possible.
+    """
+    instance = get_instance(settings)
+    store = DocumentStore(settings.home)
+    objects: list[SourceObject] = []
+    folders: list[Path] = []
+    for path in (p.resolve() for p in paths):
+        if path.is_dir():
+            folders.append(path)
+            objects.extend(scan_folder(path))
+        else:
+            objects.append(SourceObject(path.as_uri(), ""))
+    wanted = list(dict.fromkeys(obj.document_id for obj in objects))
+    for obj in objects:
+        store.register(obj.document_id, obj.uri)
+
+    partitions = documents_partitions.name
+    live = instance.get_dynamic_partitions(partitions)
+    live_set = set(live)
+    new = [d for d in wanted if d not in live_set]
+    removed = [d for d in live if d not in set(wanted) and _is_under(store, d, folders)]
+    if new:
+        instance.add_dynamic_partitions(partitions, new)
+    for document_id in removed:
+        instance.delete_dynamic_partition(partitions, document_id)
+
+    defs = load_definitions()
+    ordered = instance.get_dynamic_partitions(partitions)
+    ranges = contiguous_ranges(ordered, wanted)
+    level = logging.WARNING if quiet else logging.INFO
+    logging.getLogger("dagster").setLevel(level)
+    success = True
+    for first, last in ranges:
+        result = defs.get_job_def("ingest_documents").execute_in_process(
+            instance=instance,
+            tags={RANGE_START: first, RANGE_END: last},
+            raise_on_error=False,
+        )
+        success &= result.success
+    if removed and not ranges:
+        result = defs.get_job_def("refresh_index").execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+        success &= result.success
+    return {
+        "documents": len(wanted),
+        "new": len(new),
+        "removed": len(removed),
+        "runs": len(ranges) + bool(removed and not ranges),
+        "success": success,
+    }
+
+
+def _is_under(store: DocumentStore, document_id: str, folders: list[Path]) -> bool:
+    try:
+        uri = store.source_uri(document_id)
+    except KeyError:
+        return False
+    if not uri.startswith("file://"):
+        return False
+    path = Path(uri.removeprefix("file://"))
+    return any(path.is_relative_to(folder) for folder in folders)
+
+
+def index_status(settings: QpbotSettings) -> dict:
+    """{"documents", "chunks", "quarantined": [{"source", "stage", "reason", ...}], "index_version"}"""
+    instance = get_instance(settings)
+    live = set(instance.get_dynamic_partitions(documents_partitions.name))
+    store = DocumentStore(settings.home)
+    promoted = contract.read_promoted(settings.index_dir)
+    quarantined = [
+        {
+            "source": record["source"],
+            "stage": record["stage"],
+            "kind": record["kind"],
+            "reason": record["reason"],
+            "document_id": record["document_id"],
+        }
+        for record in store.quarantined()
+        if record["document_id"] in live
+    ]
+    return {
+        "documents": len(live),
+        "chunks": promoted.chunks if promoted else 0,
+        "quarantined": quarantined,
+        "index_version": promoted.label if promoted else None,
+    }

