@@ -5,7 +5,6 @@ over `context.partition_keys`, reuses unchanged outputs, and attaches metadata t
 partition's materialization.
 """
 
-from __future__ import annotations
 
 import time
 from collections.abc import Callable

@@ -59,14 +59,14 @@ def ingest_paths(settings: QpbotSettings, paths: list[Path], quiet: bool = False
     logging.getLogger("dagster").setLevel(level)
     success = True
     for first, last in ranges:
-        result = defs.get_job_def("ingest_documents").execute_in_process(
+        result = defs.resolve_job_def("ingest_documents").execute_in_process(
             instance=instance,
             tags={RANGE_START: first, RANGE_END: last},
             raise_on_error=False,
         )
         success &= result.success
     if removed and not ranges:
-        result = defs.get_job_def("refresh_index").execute_in_process(
+        result = defs.resolve_job_def("refresh_index").execute_in_process(
             instance=instance, raise_on_error=False
         )
         success &= result.success

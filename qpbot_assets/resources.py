@@ -1,6 +1,5 @@
 """Resources shared by the asset graph; built from QpbotSettings in defs/resources.py."""
 
-from __future__ import annotations
 
 from pathlib import Path
 

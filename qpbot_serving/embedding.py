@@ -39,7 +39,7 @@ class Embedder:
 
     @property
     def dimension(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        return int(self.model.get_embedding_dimension())
 
     def encode(
         self, texts: Sequence[str], batch_size: int = 32, show_progress_bar: bool = False

@@ -1,6 +1,5 @@
 """Blocking checks on the index snapshot: the pointer only moves when they all pass."""
 
-from __future__ import annotations
 
 import json
 from collections import Counter

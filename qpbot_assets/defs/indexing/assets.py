@@ -1,6 +1,5 @@
 """Embeddings, the LanceDB search index, its checked snapshot and the promoted pointer."""
 
-from __future__ import annotations
 
 import hashlib
 import json
@@ -71,6 +70,8 @@ def chunk_embeddings(
 
     def step(document_id: str):
         def embed() -> dict:
+            if document_id not in pending:  # its chunks are quarantined: record that here too
+                store.stage_output(document_id, "chunks")
             doc_chunks, known = pending[document_id]
             ids = [chunk["chunk_id"] for chunk in doc_chunks]
             vectors = [known[i] if i in known else encoded[i] for i in ids]

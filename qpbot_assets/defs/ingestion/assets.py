@@ -5,7 +5,6 @@ skipped when that input has not changed. A document that cannot go on is quarant
 stage that found the problem; the later stages record that and move on to the next document.
 """
 
-from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import UTC, datetime

@@ -6,7 +6,6 @@ to date. New documents are added together, so they form one contiguous range of 
 and are ingested in one run.
 """
 
-from __future__ import annotations
 
 import hashlib
 import json
@@ -90,7 +89,7 @@ def _run_key(kind: str, document_ids: list[str], listing: list[SourceObject]) ->
 
 
 @dg.sensor(
-    target=[ingest_documents_job, refresh_index_job],
+    jobs=[ingest_documents_job, refresh_index_job],
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Watches $QPBOT_HOME/inbox (where uploads land) for new, edited and deleted files.",
@@ -103,7 +102,7 @@ def inbox_sensor(
 
 
 @dg.sensor(
-    target=[ingest_documents_job, refresh_index_job],
+    jobs=[ingest_documents_job, refresh_index_job],
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Watches s3://$QPBOT_S3_BUCKET/$QPBOT_S3_PREFIX for new, changed and deleted objects.",

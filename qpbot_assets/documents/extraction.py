@@ -1,0 +1,1002 @@
+"""Reads a document file into text blocks: PDF, DOCX, plain text, Markdown and HTML.
+
+The format comes from the file's content (its magic bytes); the extension only says what
+the file claims to be, so a PDF named `.txt` is still read as a PDF. Anything that cannot
+become text raises `UnreadableDocument` with a `kind` (what to quarantine it as) and a
+`reason` a person can act on. Raw pymupdf and python-docx errors never escape.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import docx
+import pymupdf
+from bs4 import BeautifulSoup, NavigableString, Tag
+from bs4.element import PreformattedString
+from docx.opc.constants import RELATIONSHIP_TYPE as RT
+from docx.oxml import parse_xml
+from docx.oxml.ns import qn
+
+
+@dataclass(frozen=True)
+class TextBlock:
+    text: str  # a paragraph, a table (cells joined by " | ") or a page region
+    page: int  # 1-based; formats without pages use 1
+    heading: str | None = None  # the section heading this block sits under, where known
+
+
+@dataclass(frozen=True)
+class ExtractedDocument:
+    format: str  # "pdf" | "docx" | "text" | "markdown" | "html"
+    blocks: list[TextBlock]
+    page_count: int
+    # From the file's own metadata, where present: "title", "author", and "created" and
+    # "modified" as ISO 8601 strings.
+    properties: dict[str, str]
+
+
+UNREADABLE_KINDS = frozenset(
+    {
+        "encrypted",
+        "malformed",
+        "no_text",
+        "empty",
+        "unsupported_format",
+        "wrong_extension",
+        "too_large",
+    }
+)
+
+
+class UnreadableDocument(Exception):
+    """A document that cannot be turned into text.
+
+    `reason` is one sentence a person understands and that tells them what to do; `kind`
+    (one of UNREADABLE_KINDS) is what the document is quarantined as.
+    """
+
+    def __init__(self, reason: str, kind: str):
+        if kind not in UNREADABLE_KINDS:
+            raise ValueError(f"unknown kind {kind!r}, expected one of {sorted(UNREADABLE_KINDS)}")
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+
+
+_SUPPORTED = "PDF, DOCX, plain text, Markdown and HTML"
+
+# What a file claims to be, by extension; anything else that decodes as text is plain text.
+_CLAIMED_FORMAT = {
+    ".pdf": "pdf",
+    ".docx": "docx",
+    ".txt": "text",
+    ".text": "text",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".html": "html",
+    ".htm": "html",
+    ".xhtml": "html",
+}
+
+# Binary formats recognised by their first bytes, with what to call them.
+_SIGNATURES: list[tuple[bytes, str]] = [
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"{\\rtf", "an RTF document"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
+    (b"%!PS", "a PostScript file"),
+    (b"\x7fELF", "a program (ELF executable)"),
+    (b"OggS", "an Ogg audio/video file"),
+    (b"ID3", "an MP3 audio file"),
+    (b"AT&TFORM", "a DjVu document"),
+]
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+# An OLE compound file: legacy Office formats, and Office files encrypted with a password.
+_CFB_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_SNIFF_BYTES = 8192
+
+
+def extract_document(
+    path: Path, *, passwords: Sequence[str] = (), max_bytes: int = 200 * 1024 * 1024
+) -> ExtractedDocument:
+    """Reads the file at `path` into text blocks in reading order.
+
+    The real format is detected from the content (magic bytes), not only the extension.
+    `passwords` are tried on encrypted PDFs (after the empty one). Raises
+    UnreadableDocument when the file cannot become text; a missing or unreadable path
+    raises the usual OSError, since that is no fault of the document.
+    """
+    path = Path(path)
+    name = path.name
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise UnreadableDocument(
+            f"{name} is {_megabytes(size)}, over the {_megabytes(max_bytes)} limit; "
+            "split it into smaller files or raise QPBOT_MAX_DOCUMENT_MB.",
+            "too_large",
+        )
+    if size == 0:
+        raise UnreadableDocument(f"{name} is an empty file (0 bytes); upload it again.", "empty")
+    with path.open("rb") as file:
+        head = file.read(_SNIFF_BYTES)
+    claimed = _CLAIMED_FORMAT.get(path.suffix.lower())
+
+    if _is_pdf(head):
+        return _extract_pdf(path, passwords)
+    if head.startswith(_ZIP_MAGIC):
+        return _extract_zip_package(path, claimed, max_bytes)
+    if head.startswith(_CFB_MAGIC):
+        raise _legacy_office_error(path)
+    looks_like = next((what for magic, what in _SIGNATURES if head.startswith(magic)), None)
+    if looks_like or not _looks_like_text(head):  # RTF and PostScript look like text
+        raise _not_a_document_error(name, claimed, looks_like)
+    data = path.read_bytes()
+    text = _decode_text(data)
+    if not text.strip():
+        raise UnreadableDocument(
+            f"{name} contains only whitespace; there is no text to index.", "empty"
+        )
+    # An HTML page saved under a wrong name (say, an error page as report.pdf) is HTML.
+    if claimed == "html" or (claimed != "markdown" and _looks_like_html(text)):
+        return _extract_html(data, name)
+    if claimed == "markdown":
+        return _extract_markdown(text)
+    return _extract_plain_text(text)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+def _short(error: BaseException, path: Path) -> str:
+    """One line of an internal error for a reason's parenthesis: no stack trace, no path."""
+    message = str(error).replace(str(path), path.name)
+    return " ".join(message.split())[:120] or type(error).__name__
+
+
+def _not_a_document_error(
+    name: str, claimed: str | None, looks_like: str | None
+) -> UnreadableDocument:
+    """For content that is not what the extension claims, or no document at all."""
+    if claimed is not None:
+        what = looks_like or "not in any format qpbot recognises"
+        return UnreadableDocument(
+            f"{name} is named like a {claimed.upper()} file but its content is {what}; "
+            f"rename it to its real type or export it as {_SUPPORTED}.",
+            "wrong_extension",
+        )
+    what = looks_like or "a binary format qpbot does not recognise"
+    ocr_hint = (
+        " (OCR is not enabled, so images cannot be read)"
+        if looks_like and "image" in looks_like
+        else ""
+    )
+    return UnreadableDocument(
+        f"{name} is {what}{ocr_hint}; only {_SUPPORTED} are supported, so "
+        "convert it to one of those.",
+        "unsupported_format",
+    )
+
+
+# --- format sniffing -------------------------------------------------------------------
+
+
+def _is_pdf(head: bytes) -> bool:
+    # The spec allows junk before the header within the first 1024 bytes; a text file that
+    # merely mentions "%PDF-" is not a PDF, hence the binary check for that case.
+    return head.lstrip().startswith(b"%PDF-") or (
+        b"%PDF-" in head[:1024] and not _looks_like_text(head)
+    )
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return True  # UTF-16 with a byte order mark
+    if b"\x00" in head:
+        return False
+    sample = _decode_text(head, partial=True)
+    controls = sum(
+        1 for char in sample if unicodedata.category(char) == "Cc" and char not in "\t\n\r\f\v\x1b"
+    )
+    return controls <= len(sample) * 0.01
+
+
+def _decode_text(data: bytes, partial: bool = False) -> str:
+    """UTF-8 (with or without BOM) or UTF-16 with a BOM, else Windows-1252, else Latin-1."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        return data[3:].decode("utf-8", errors="replace")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16", errors="replace")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        # A sniffed head may end inside a multi-byte character.
+        if partial and error.start >= len(data) - 3:
+            return data[: error.start].decode("utf-8", errors="replace")
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _looks_like_html(text: str) -> bool:
+    start = text.lstrip()[:1024].lower()
+    return start.startswith(("<!doctype html", "<html")) or "<html" in start or "<body" in start
+
+
+# --- PDF -------------------------------------------------------------------------------
+
+# Whitespace kept as drawn, text outside the page dropped, ligatures expanded, no images;
+# unknown glyphs become U+FFFD (which cleaning removes) instead of raw CID codes.
+_PDF_TEXT_FLAGS = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_MEDIABOX_CLIP
+
+
+def _extract_pdf(path: Path, passwords: Sequence[str]) -> ExtractedDocument:
+    name = path.name
+    # MuPDF reports repairs of damaged files on stderr; the outcome is reported here instead.
+    pymupdf.TOOLS.mupdf_display_errors(False)
+    pymupdf.TOOLS.mupdf_display_warnings(False)
+    try:
+        pdf = pymupdf.open(path, filetype="pdf")
+    except Exception:  # noqa: BLE001 - MuPDF raises many types; none may escape
+        raise UnreadableDocument(
+            f"{name} is a damaged PDF that cannot be opened; re-export or re-download it.",
+            "malformed",
+        ) from None
+    try:
+        return _read_pdf(pdf, name, passwords)
+    except UnreadableDocument:
+        raise
+    except Exception as error:  # noqa: BLE001 - MuPDF raises many types; none may escape
+        raise UnreadableDocument(
+            f"{name} is a damaged PDF that could not be read ({_short(error, path)}); "
+            "re-export or re-download it.",
+            "malformed",
+        ) from None
+    finally:
+        pdf.close()
+
+
+def _read_pdf(pdf: pymupdf.Document, name: str, passwords: Sequence[str]) -> ExtractedDocument:
+    if pdf.needs_pass and not any(pdf.authenticate(password) for password in ("", *passwords)):
+        raise UnreadableDocument(
+            f"{name} is password-protected; add its password to QPBOT_PDF_PASSWORDS (a JSON "
+            "list) or upload a copy without a password.",
+            "encrypted",
+        )
+    if pdf.page_count == 0:
+        raise UnreadableDocument(
+            f"{name} is a damaged PDF with no readable pages; re-export or re-download it.",
+            "malformed",
+        )
+    outline = _pdf_outline(pdf)
+    blocks: list[TextBlock] = []
+    heading: str | None = None
+    for page_number, page in enumerate(pdf, start=1):
+        try:
+            raw = page.get_text("blocks", flags=_PDF_TEXT_FLAGS)
+            texts = [b[4] for b in _reading_order(raw, page.rect.width) if b[4].strip()]
+            texts += _pdf_form_values(page)
+        except Exception:  # noqa: BLE001
+            texts = []  # one broken page should not cost the rest of the document
+        headings, heading = _assign_headings(texts, outline.get(page_number, []), heading)
+        blocks.extend(map(TextBlock, texts, [page_number] * len(texts), headings))
+    if not blocks:
+        if pdf.is_repaired and not any(page.get_images() for page in pdf):
+            raise UnreadableDocument(
+                f"{name} is a damaged PDF: what could be repaired holds no text; re-export or "
+                "re-download it.",
+                "malformed",
+            )
+        raise UnreadableDocument(
+            f"{name} has no text layer (a scanned or image-only PDF) and OCR is not enabled; "
+            "run it through OCR (e.g. ocrmypdf) or export it with text, then upload it again.",
+            "no_text",
+        )
+    return ExtractedDocument("pdf", blocks, pdf.page_count, _pdf_properties(pdf.metadata or {}))
+
+
+def _reading_order(raw_blocks, page_width: float) -> list:
+    """Text blocks in reading order, columns read top to bottom one after the other.
+
+    Blocks are sorted top to bottom; between blocks that cross the page's middle, the
+    blocks left of the middle come before those right of it when both sides look like
+    columns of running text. Otherwise (tables, forms, labels beside values) rows are read
+    left to right, as MuPDF's own sort does.
+    """
+    text_blocks = sorted((b for b in raw_blocks if b[6] == 0), key=lambda b: (b[1], b[0]))
+    middle, gutter = page_width / 2, page_width * 0.02
+    ordered: list = []
+    band: list = []
+
+    def flush_band():
+        left = [b for b in band if (b[0] + b[2]) / 2 < middle]
+        right = [b for b in band if (b[0] + b[2]) / 2 >= middle]
+        if _is_text_column(left) and _is_text_column(right):
+            ordered.extend(left + right)
+        else:
+            ordered.extend(band)
+        band.clear()
+
+    for block in text_blocks:
+        if block[0] < middle - gutter and block[2] > middle + gutter:
+            flush_band()
+            ordered.append(block)
+        else:
+            band.append(block)
+    flush_band()
+    return ordered
+
+
+def _is_text_column(blocks: list) -> bool:
+    return any(block[4].strip().count("\n") >= 2 for block in blocks)
+
+
+_FORM_TEXT_FIELDS = (
+    pymupdf.PDF_WIDGET_TYPE_TEXT,
+    pymupdf.PDF_WIDGET_TYPE_COMBOBOX,
+    pymupdf.PDF_WIDGET_TYPE_LISTBOX,
+)
+
+
+def _pdf_form_values(page: pymupdf.Page) -> list[str]:
+    """Filled-in form fields as "label: value" lines, one block per page, if any.
+
+    The page text shows a value apart from its label; this block keeps them together.
+    """
+    lines = []
+    for widget in page.widgets(types=_FORM_TEXT_FIELDS):
+        value = widget.field_value
+        if isinstance(value, str) and value.strip():
+            label = (widget.field_label or widget.field_name or "").strip()
+            lines.append(f"{label}: {value.strip()}" if label else value.strip())
+    return ["\n".join(lines)] if lines else []
+
+
+def _pdf_outline(pdf: pymupdf.Document) -> dict[int, list[str]]:
+    """Outline (bookmark) titles by the 1-based page they start on, in outline order."""
+    try:
+        toc = pdf.get_toc(simple=True)
+    except Exception:  # noqa: BLE001
+        return {}  # a cyclic or broken outline costs the headings, not the document
+    outline: dict[int, list[str]] = {}
+    for entry in toc[:50_000]:
+        title = " ".join(str(entry[1]).split())
+        if title and isinstance(entry[2], int) and entry[2] >= 1:
+            outline.setdefault(entry[2], []).append(title)
+    return outline
+
+
+def _assign_headings(
+    texts: list[str], titles: list[str], carried: str | None
+) -> tuple[list[str | None], str | None]:
+    """The outline heading of each block of a page, and the heading carried to the next.
+
+    An entry starts at the first block (after the previous entry's) that reads like its
+    title; an entry whose title is not found starts where the previous one did, or at the
+    top of the page. Blocks above the page's first entry keep the carried heading.
+    """
+    keys = [_match_key(text) for text in texts]
+    starts: dict[int, str] = {}
+    position, search_from = 0, 0
+    for title in titles:
+        key = _match_key(title)
+        found = next(
+            (i for i in range(search_from, len(keys)) if _reads_like_title(keys, i, key)),
+            None,
+        )
+        if found is not None:
+            position, search_from = found, found + 1
+        starts[position] = title
+    headings = []
+    heading = carried
+    for index in range(len(texts)):
+        heading = starts.get(index, heading)
+        headings.append(heading)
+    return headings, titles[-1] if titles else carried
+
+
+def _reads_like_title(keys: list[str], index: int, title_key: str) -> bool:
+    """Whether block `index` (or it and the next, as "1" + "Introduction") is the title."""
+    candidates = [keys[index]]
+    if index + 1 < len(keys) and len(keys[index]) < len(title_key):
+        candidates.append(keys[index] + keys[index + 1])
+    for candidate in candidates:
+        unnumbered = candidate.lstrip("0123456789")
+        if len(title_key) < 3:  # "A" would match any block starting with an a
+            matches = title_key in (candidate, unnumbered)
+        else:
+            matches = (
+                candidate.startswith(title_key)
+                or unnumbered.startswith(title_key)
+                or (title_key in candidate and len(candidate) <= 2 * len(title_key) + 20)
+            )
+        if matches:
+            return True
+    return False
+
+
+def _match_key(text: str) -> str:
+    return "".join(char for char in unicodedata.normalize("NFKC", text).lower() if char.isalnum())
+
+
+# D:YYYYMMDDHHmmSS then Z or +HH'mm' / -HH'mm'; everything after the year is optional.
+_PDF_DATE = re.compile(
+    r"D?:?(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?"
+    r"\s*(?:([Zz+\-])(\d{2})?'?(\d{2})?'?)?"
+)
+
+
+def _pdf_properties(metadata: dict) -> dict[str, str]:
+    properties = {}
+    for key, source in (("title", "title"), ("author", "author")):
+        value = " ".join(str(metadata.get(source) or "").split())
+        if value:
+            properties[key] = value
+    for key, source in (("created", "creationDate"), ("modified", "modDate")):
+        value = _pdf_date(str(metadata.get(source) or ""))
+        if value:
+            properties[key] = value
+    return properties
+
+
+def _pdf_date(raw: str) -> str | None:
+    """A PDF date ("D:20090428120000+02'00'") as ISO 8601; None when it cannot be read."""
+    match = _PDF_DATE.match(raw.strip())
+    if not match:
+        return None
+    year, month, day, hour, minute, second, sign, tz_hours, tz_minutes = match.groups()
+    try:
+        tz = None
+        if sign in ("Z", "z"):
+            tz = UTC
+        elif sign in ("+", "-"):
+            offset = timedelta(hours=int(tz_hours or 0), minutes=int(tz_minutes or 0))
+            tz = timezone(offset if sign == "+" else -offset)
+        moment = datetime(
+            int(year),
+            int(month or 1),
+            int(day or 1),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
+            tzinfo=tz,
+        )
+    except ValueError:
+        return None
+    return moment.isoformat()
+
+
+# --- ZIP packages (DOCX) and legacy Office files ----------------------------------------
+
+
+def _extract_zip_package(path: Path, claimed: str | None, max_bytes: int) -> ExtractedDocument:
+    name = path.name
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        if claimed in (None, "docx"):
+            raise UnreadableDocument(
+                f"{name} is damaged or truncated (not a complete ZIP package); save or "
+                "download it again.",
+                "malformed",
+            ) from None
+        raise _not_a_document_error(name, claimed, "a damaged ZIP archive") from None
+    names = {member.filename for member in members}
+    if "word/document.xml" not in names:
+        looks_like = next(
+            (what for marker, what in _ZIP_PACKAGES if marker in names), "a ZIP archive"
+        )
+        raise _not_a_document_error(name, claimed, looks_like)
+    unpacked = sum(member.file_size for member in members)
+    if unpacked > max_bytes:  # python-docx holds every part in memory
+        raise UnreadableDocument(
+            f"{name} unpacks to {_megabytes(unpacked)}, over the "
+            f"{_megabytes(max_bytes)} limit; split it or remove large embedded media.",
+            "too_large",
+        )
+    try:
+        document = docx.Document(str(path))
+        return _DocxReader(document, name).read()
+    except UnreadableDocument:
+        raise
+    except Exception as error:  # noqa: BLE001 - python-docx and lxml raise many types
+        raise UnreadableDocument(
+            f"{name} is a damaged Word document ({_short(error, path)}); open and "
+            "re-save it in Word or LibreOffice.",
+            "malformed",
+        ) from None
+
+
+# Office Open XML packages other than Word, by a part only they have.
+_ZIP_PACKAGES = [
+    ("xl/workbook.xml", "an Excel workbook"),
+    ("ppt/presentation.xml", "a PowerPoint presentation"),
+    ("content.xml", "an OpenDocument file"),
+]
+# Legacy (OLE compound file) Office formats, by the name of their main stream.
+_LEGACY_OFFICE_STREAMS = [
+    ("WordDocument", "a legacy Word document (.doc)"),
+    ("Workbook", "a legacy Excel workbook (.xls)"),
+    ("PowerPoint Document", "a legacy PowerPoint file (.ppt)"),
+]
+
+
+def _legacy_office_error(path: Path) -> UnreadableDocument:
+    data = path.read_bytes()
+    name = path.name
+    if "EncryptedPackage".encode("utf-16-le") in data:
+        return UnreadableDocument(
+            f"{name} is a password-protected Office document, which qpbot cannot decrypt; "
+            "save a copy without a password and upload that.",
+            "encrypted",
+        )
+    looks_like = next(
+        (what for stream, what in _LEGACY_OFFICE_STREAMS if stream.encode("utf-16-le") in data),
+        "a legacy Microsoft Office binary file",
+    )
+    return UnreadableDocument(
+        f"{name} is {looks_like}, which is not supported; save it as .docx or PDF and upload that.",
+        "unsupported_format",
+    )
+
+
+_W_T, _W_TAB, _W_BR, _W_CR = qn("w:t"), qn("w:tab"), qn("w:br"), qn("w:cr")
+_W_P, _W_TBL, _W_TR, _W_TC, _W_SDT = (
+    qn("w:p"),
+    qn("w:tbl"),
+    qn("w:tr"),
+    qn("w:tc"),
+    qn("w:sdt"),
+)
+_W_SDT_CONTENT, _W_CUSTOM_XML, _W_ALT_CHUNK = (
+    qn("w:sdtContent"),
+    qn("w:customXml"),
+    qn("w:altChunk"),
+)
+_W_RENDERED_BREAK, _W_NO_BREAK_HYPHEN = (
+    qn("w:lastRenderedPageBreak"),
+    qn("w:noBreakHyphen"),
+)
+_W_TXBX_CONTENT, _W_PPR = qn("w:txbxContent"), qn("w:pPr")
+_MC_FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
+# Subtrees whose text is not part of the paragraph it sits in: the fallback copy of a
+# drawing (its primary copy is read), field codes, deleted text.
+_SKIPPED = {_MC_FALLBACK, qn("w:instrText"), qn("w:delText"), _W_PPR, qn("w:rPr")}
+
+
+class _DocxReader:
+    """Walks a DOCX body in order, tracking the current heading and page.
+
+    Pages come from Word's own record of where it last broke pages
+    (w:lastRenderedPageBreak) when the file has one; otherwise from explicit page and
+    section breaks.
+    """
+
+    def __init__(self, document, name: str):
+        self.document = document
+        self.name = name
+        self.body = document.element.body
+        self.rendered_breaks = self.body.find(".//" + _W_RENDERED_BREAK) is not None
+        self.style_names = {style.style_id: style.name or "" for style in document.styles}
+        self.page = 1
+        self.heading: str | None = None
+        self.blocks: list[TextBlock] = []
+
+    def read(self) -> ExtractedDocument:
+        headers = self._part_blocks((RT.HEADER,))
+        self._read_elements(self.body)
+        body = self.blocks
+        # Headers and footers once, not per page; notes after the body they annotate.
+        # Comments are left out: reviewers' remarks are not the document's content.
+        notes = self._part_blocks((RT.FOOTER, RT.FOOTNOTES, RT.ENDNOTES))
+        blocks = [TextBlock(b.text, 1) for b in headers] + body
+        blocks += [TextBlock(b.text, self.page) for b in notes]
+        if not any(block.text.strip() for block in blocks):
+            if not self._has_pictures():
+                raise UnreadableDocument(
+                    f"{self.name} contains no text at all (an empty Word document); add its "
+                    "content and upload it again.",
+                    "empty",
+                )
+            raise UnreadableDocument(
+                f"{self.name} has no text, only images, charts or embedded objects, and OCR is "
+                "not enabled; export it with its text or as a searchable PDF.",
+                "no_text",
+            )
+        page_count = max(self.page, self._word_page_count())
+        return ExtractedDocument("docx", blocks, page_count, self._properties())
+
+    def _read_elements(self, parent) -> None:
+        for element in parent.iterchildren():
+            tag = element.tag
+            if tag == _W_P:
+                self._read_paragraph(element)
+            elif tag == _W_TBL:
+                self._read_table(element)
+            elif tag in (_W_SDT, _W_SDT_CONTENT, _W_CUSTOM_XML):
+                self._read_elements(element)
+            elif tag == _W_ALT_CHUNK:
+                self._read_alt_chunk(element)
+
+    def _read_paragraph(self, paragraph) -> None:
+        properties = paragraph.find(_W_PPR)
+        explicit_breaks = not self.rendered_breaks and properties is not None
+        if explicit_breaks and _on(properties.find(qn("w:pageBreakBefore"))):
+            self.page += 1
+        pieces: list[str] = []
+        text_boxes: list = []
+        start_page = self._collect(paragraph, pieces, text_boxes)
+        text = "".join(pieces).strip()
+        if text:
+            if self._is_heading(properties):
+                self.heading = " ".join(text.split())
+            self.blocks.append(TextBlock(text, start_page, self.heading))
+        for text_box in text_boxes:
+            self._read_elements(text_box)
+        if explicit_breaks and _section_starts_new_page(properties.find(qn("w:sectPr"))):
+            self.page += 1
+
+    def _collect(self, element, pieces: list[str], text_boxes: list) -> int:
+        """Appends the element's text to `pieces`; returns the page its text starts on."""
+        start_page = None
+        for node in element.iter():
+            tag = node.tag
+            if tag in _SKIPPED or _inside_skipped(node, element):
+                continue
+            if tag == _W_P and node is not element:
+                pieces.append("\n")  # paragraphs inside a table cell or content control
+            elif tag == _W_T:
+                if start_page is None and (node.text or "").strip():
+                    start_page = self.page
+                pieces.append(node.text or "")
+            elif tag == _W_TAB:
+                pieces.append("\t")
+            elif tag in (_W_BR, _W_CR):
+                is_page_break = node.get(qn("w:type")) == "page"
+                if is_page_break and not self.rendered_breaks:
+                    self.page += 1
+                pieces.append("\n")
+            elif tag == _W_RENDERED_BREAK:
+                self.page += 1
+            elif tag == _W_NO_BREAK_HYPHEN:
+                pieces.append("-")
+            elif tag == _W_TXBX_CONTENT:
+                text_boxes.append(node)
+        return start_page if start_page is not None else self.page
+
+    def _read_table(self, table) -> None:
+        rows: list[str] = []
+        start_page = None
+        for row in table.iter(_W_TR):
+            if _nearest_table(row) is not table:
+                continue  # a nested table's rows are read as part of their cell
+            cells = []
+            for cell in row.iter(_W_TC):
+                if _nearest_row(cell) is not row:
+                    continue
+                pieces: list[str] = []
+                page = self._collect(cell, pieces, [])
+                start_page = start_page or page
+                cells.append(" ".join("".join(pieces).split()))
+            if any(cells):
+                rows.append(" | ".join(cells))
+        if rows:
+            self.blocks.append(TextBlock("\n".join(rows), start_page or self.page, self.heading))
+
+    def _read_alt_chunk(self, element) -> None:
+        """An altChunk embeds another document (HTML or text) in the body."""
+        rel_id = element.get(qn("r:id"))
+        rel = self.document.part.rels.get(rel_id)
+        if rel is None or rel.is_external:
+            return
+        part = rel.target_part
+        if "html" in part.content_type:
+            embedded = _html_blocks(BeautifulSoup(part.blob, "html.parser"))
+        elif part.content_type == "text/plain":
+            embedded = _plain_text_blocks(_decode_text(part.blob))
+        else:
+            return
+        for block in embedded:
+            self.heading = block.heading or self.heading
+            self.blocks.append(TextBlock(block.text, self.page, self.heading))
+
+    def _part_blocks(self, reltypes: tuple[str, ...]) -> list[TextBlock]:
+        """Blocks from related parts (headers, footers, notes), each distinct text once."""
+        reader = _DocxReader(self.document, self.name)  # its own pages and headings
+        rels = sorted(
+            (rel for rel in self.document.part.rels.values() if rel.reltype in reltypes),
+            key=lambda rel: (reltypes.index(rel.reltype), str(rel.target_ref)),
+        )
+        for rel in rels:
+            if rel.is_external:
+                continue
+            root = parse_xml(rel.target_part.blob)
+            if rel.reltype in (RT.FOOTNOTES, RT.ENDNOTES):
+                for note in root.iterchildren():
+                    if note.get(qn("w:type")) in (None, "normal"):
+                        reader._read_elements(note)
+            else:
+                reader._read_elements(root)
+        seen: set[str] = set()
+        unique = []
+        for block in reader.blocks:
+            if block.text not in seen:
+                seen.add(block.text)
+                unique.append(block)
+        return unique
+
+    def _is_heading(self, properties) -> bool:
+        if properties is None:
+            return False
+        style = properties.find(qn("w:pStyle"))
+        if style is not None:
+            style_name = self.style_names.get(style.get(qn("w:val")), "").lower()
+            if style_name.startswith(("heading", "title")):
+                return True
+        level = properties.find(qn("w:outlineLvl"))
+        return level is not None and level.get(qn("w:val"), "9") in tuple("012345678")
+
+    def _has_pictures(self) -> bool:
+        """Whether the document holds images, charts or embedded objects (not counting the
+        thumbnail some editors store in docProps)."""
+        return any(
+            str(part.partname).startswith(("/word/media/", "/word/charts/", "/word/embeddings/"))
+            for part in self.document.part.package.iter_parts()
+        )
+
+    def _word_page_count(self) -> int:
+        """The page count Word stored in docProps/app.xml, 0 when absent."""
+        try:
+            blob = self.document.part.package.part_related_by(RT.EXTENDED_PROPERTIES).blob
+        except KeyError:
+            return 0
+        match = re.search(rb"<(?:\w+:)?Pages>(\d+)</", blob)
+        return int(match.group(1)) if match else 0
+
+    def _properties(self) -> dict[str, str]:
+        # python-docx invents default properties when the file has none; those are not
+        # the document's own.
+        try:
+            self.document.part.package.part_related_by(RT.CORE_PROPERTIES)
+        except KeyError:
+            return {}
+        core = self.document.core_properties
+        properties = {}
+        for key, value in (("title", core.title), ("author", core.author)):
+            value = " ".join((value or "").split())
+            if value:
+                properties[key] = value
+        for key, value in (("created", core.created), ("modified", core.modified)):
+            if value is not None:
+                properties[key] = value.isoformat()
+        return properties
+
+
+def _on(toggle) -> bool:
+    """A WordprocessingML on/off property: present and not switched off."""
+    off = ("0", "false", "off")
+    return toggle is not None and toggle.get(qn("w:val"), "true") not in off
+
+
+def _section_starts_new_page(section) -> bool:
+    """Whether a section that ends here (a paragraph's w:sectPr) breaks the page."""
+    if section is None:
+        return False
+    kind = section.find(qn("w:type"))
+    return kind is None or kind.get(qn("w:val")) not in ("continuous", "nextColumn")
+
+
+def _inside_skipped(node, root) -> bool:
+    """Whether `node` sits in a skipped subtree or a text box below `root`."""
+    parent = node.getparent()
+    while parent is not None and parent is not root:
+        if parent.tag in _SKIPPED or parent.tag == _W_TXBX_CONTENT:
+            return True
+        parent = parent.getparent()
+    return False
+
+
+def _nearest_table(element):
+    parent = element.getparent()
+    while parent is not None and parent.tag != _W_TBL:
+        parent = parent.getparent()
+    return parent
+
+
+def _nearest_row(element):
+    parent = element.getparent()
+    while parent is not None and parent.tag != _W_TR:
+        parent = parent.getparent()
+    return parent
+
+
+# --- plain text, Markdown, HTML --------------------------------------------------------
+
+_BLANK_LINES = re.compile(r"\n[ \t]*\n")
+
+
+def _extract_plain_text(text: str) -> ExtractedDocument:
+    blocks = _plain_text_blocks(text)
+    page_count = max((block.page for block in blocks), default=1)
+    return ExtractedDocument("text", blocks, page_count, {})
+
+
+def _plain_text_blocks(text: str) -> list[TextBlock]:
+    """Paragraphs split at blank lines; form feeds (as pdftotext writes) start new pages."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    blocks = []
+    for page_number, page in enumerate(text.split("\f"), start=1):
+        for paragraph in _BLANK_LINES.split(page):
+            if paragraph.strip():
+                blocks.append(TextBlock(paragraph.strip("\n"), page_number))
+    return blocks
+
+
+_ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+_SETEXT_UNDERLINE = re.compile(r"^ {0,3}(?:={2,}|-{2,})[ \t]*$")
+_FENCE = re.compile(r"^ {0,3}(```|~~~)")
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n)(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
+
+
+def _extract_markdown(text: str) -> ExtractedDocument:
+    """Blocks split at blank lines; '#' and underlined headings start sections; fenced
+    code stays whole; YAML front matter gives title, author and date."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    properties: dict[str, str] = {}
+    front_matter = _FRONT_MATTER.match(text)
+    if front_matter:
+        text = text[front_matter.end() :]
+        for line in front_matter.group(1).splitlines():
+            key, _, value = line.partition(":")
+            key, value = key.strip().lower(), value.strip().strip("'\"")
+            target = {"title": "title", "author": "author", "date": "created"}.get(key)
+            if target and value:
+                properties[target] = value
+    blocks: list[TextBlock] = []
+    heading: str | None = None
+    paragraph: list[str] = []
+    fence: str | None = None
+
+    def flush():
+        if any(line.strip() for line in paragraph):
+            blocks.append(TextBlock("\n".join(paragraph).strip("\n"), 1, heading))
+        paragraph.clear()
+
+    for line in text.split("\n"):
+        fence_match = _FENCE.match(line)
+        if fence is not None:
+            paragraph.append(line)
+            if fence_match and fence_match.group(1) == fence:
+                fence = None
+            continue
+        if fence_match:
+            fence = fence_match.group(1)
+            paragraph.append(line)
+            continue
+        atx = _ATX_HEADING.match(line)
+        if atx:
+            flush()
+            title = (atx.group(2) or "").strip()
+            if title:
+                heading = title
+                blocks.append(TextBlock(title, 1, heading))
+        elif paragraph and _SETEXT_UNDERLINE.match(line):
+            title = " ".join(" ".join(paragraph).split())
+            paragraph.clear()
+            heading = title
+            blocks.append(TextBlock(title, 1, heading))
+        elif not line.strip():
+            flush()
+        else:
+            paragraph.append(line)
+    flush()
+    return ExtractedDocument("markdown", blocks, 1, properties)
+
+
+_HTML_DROPPED = {"script", "style", "noscript", "template", "head", "svg", "title"}
+_HTML_HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
+_HTML_BLOCKS = {
+    "address", "article", "aside", "blockquote", "body", "caption", "dd", "details",
+    "dialog", "div", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form",
+    "header", "hr", "html", "li", "main", "nav", "ol", "p", "pre", "section", "summary",
+    "ul", "tr", "td", "th", "thead", "tbody", "tfoot",
+}  # fmt: skip
+
+
+def _extract_html(data: bytes, name: str) -> ExtractedDocument:
+    soup = BeautifulSoup(data, "html.parser")
+    properties = {}
+    if soup.title and soup.title.get_text(strip=True):
+        properties["title"] = " ".join(soup.title.get_text().split())
+    author = soup.find("meta", attrs={"name": re.compile(r"^author$", re.IGNORECASE)})
+    if author and str(author.get("content") or "").strip():
+        properties["author"] = " ".join(str(author["content"]).split())
+    blocks = _html_blocks(soup)
+    if not blocks:
+        raise UnreadableDocument(
+            f"{name} is a web page without readable text (scripts, images or markup only); "
+            "save the page's text or print it to PDF.",
+            "no_text",
+        )
+    return ExtractedDocument("html", blocks, 1, properties)
+
+
+def _html_blocks(soup: BeautifulSoup) -> list[TextBlock]:
+    """Text of block-level elements in document order; h1-h6 start sections and tables
+    become one block with cells joined by " | "."""
+    blocks: list[TextBlock] = []
+    heading: str | None = None
+    pending: list[str] = []
+
+    def flush():
+        text = "".join(pending).strip()
+        if text:
+            blocks.append(TextBlock(text, 1, heading))
+        pending.clear()
+
+    def walk(node: Tag, preformatted: bool) -> None:
+        nonlocal heading
+        for child in node.children:
+            if isinstance(child, PreformattedString):
+                continue  # comments, doctype, processing instructions
+            if isinstance(child, NavigableString):
+                pending.append(str(child) if preformatted else re.sub(r"\s+", " ", str(child)))
+                continue
+            if not isinstance(child, Tag) or child.name in _HTML_DROPPED:
+                continue
+            if child.name == "br":
+                pending.append("\n")
+            elif child.name in _HTML_HEADINGS:
+                flush()
+                title = " ".join(child.get_text(" ").split())
+                if title:
+                    heading = title
+                    blocks.append(TextBlock(title, 1, heading))
+            elif child.name == "table":
+                flush()
+                table = _html_table_text(child)
+                if table:
+                    blocks.append(TextBlock(table, 1, heading))
+            elif child.name in _HTML_BLOCKS:
+                flush()
+                walk(child, preformatted or child.name == "pre")
+                flush()
+            else:
+                walk(child, preformatted or child.name == "pre")
+
+    walk(soup, False)
+    flush()
+    return blocks
+
+
+def _html_table_text(table: Tag) -> str:
+    lines = []
+    caption = table.find("caption")
+    if caption and caption.get_text(strip=True):
+        lines.append(" ".join(caption.get_text(" ").split()))
+    for row in table.find_all("tr"):
+        if row.find_parent("table") is not table:
+            continue  # nested tables are read as part of their cell
+        cells = [
+            " ".join(cell.get_text(" ").split())
+            for cell in row.find_all(["td", "th"])
+            if cell.find_parent("tr") is row
+        ]
+        if any(cells):
+            lines.append(" | ".join(cells))
+    return "\n".join(lines)

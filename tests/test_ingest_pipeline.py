@@ -1,0 +1,141 @@
+"""The asset graph end to end, in-process, on real files, the real model and real LanceDB."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import docx
+
+from qpbot_assets.documents.sources import document_id_for
+from qpbot_assets.documents.store import DocumentStore
+from qpbot_assets.ingest import index_status, ingest_paths, load_definitions
+from qpbot_serving import index as contract
+from qpbot_serving.settings import QpbotSettings
+
+
+def index_rows(settings: QpbotSettings) -> list[dict]:
+    promoted = contract.read_promoted(settings.index_dir)
+    table = contract.connect(settings.index_dir).open_table(promoted.table)
+    return table.search().select(["chunk_id", "document_id", "title", "text"]).limit(None).to_list()
+
+
+def stage_file_times(home: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in (home / "documents").rglob("*") if p.is_file()}
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(load_definitions())
+
+
+def test_ingest_indexes_every_sample_and_a_rerun_writes_nothing(qpbot_home, sample_documents):
+    settings = QpbotSettings()
+    summary = ingest_paths(settings, [sample_documents], quiet=True)
+    assert summary["success"] and summary["new"] == len(list(sample_documents.iterdir()))
+
+    status = index_status(settings)
+    assert status["documents"] == summary["documents"] and status["quarantined"] == []
+    rows = index_rows(settings)
+    assert status["chunks"] == len(rows) > 10
+    assert {r["document_id"] for r in rows} == {
+        document_id_for(p.resolve().as_uri()) for p in sample_documents.iterdir()
+    }
+    assert len({r["chunk_id"] for r in rows}) == len(rows)
+    assert any(r["title"] == "Kestrel K2 User Handbook" for r in rows)
+
+    version = status["index_version"]
+    files_before = stage_file_times(qpbot_home)
+    again = ingest_paths(settings, [sample_documents], quiet=True)
+    assert again["success"] and again["new"] == 0
+    assert stage_file_times(qpbot_home) == files_before  # no stage output rewritten
+    promoted = contract.read_promoted(settings.index_dir)
+    table = contract.connect(settings.index_dir).open_table(promoted.table)
+    # The rerun wrote no rows: only the snapshot's optimize may add a version, never data.
+    assert len(index_rows(settings)) == len(rows)
+    assert index_status(settings)["chunks"] == len(rows)
+    assert version is not None and table.count_rows() == len(rows)
+
+
+def test_edit_delete_and_metadata_only_change(qpbot_home, sample_documents, tmp_path):
+    folder = tmp_path / "docs"
+    shutil.copytree(sample_documents, folder)
+    settings = QpbotSettings()
+    ingest_paths(settings, [folder], quiet=True)
+    store = DocumentStore(settings.home)
+
+    # Edit one paragraph of a Markdown file, delete the HTML page, retitle the DOCX.
+    policy = folder / "travel-and-expense-policy.md"
+    policy.write_text(policy.read_text().replace("45 EUR", "52 EUR"))
+    (folder / "release-notes.html").unlink()
+    warranty = folder / "warranty-and-returns-policy.docx"
+    document = docx.Document(warranty)
+    document.core_properties.title = "Warranty Policy (2027 edition)"
+    document.save(warranty)
+
+    warranty_id = document_id_for(warranty.resolve().as_uri())
+    vectors_file = store.document_dir(warranty_id) / "vectors.npz"
+    vectors_written = vectors_file.stat().st_mtime_ns
+
+    summary = ingest_paths(settings, [folder], quiet=True)
+    assert summary["success"] and summary["removed"] == 1
+
+    rows = index_rows(settings)
+    ids = [r["chunk_id"] for r in rows]
+    assert len(ids) == len(set(ids)), "a chunk is in the index twice"
+    expected = []
+    for path in sorted(folder.iterdir()):
+        doc_id = document_id_for(path.resolve().as_uri())
+        expected += [c["chunk_id"] for c in store.stage_output(doc_id, "chunks")]
+    assert sorted(ids) == sorted(expected)
+    texts = " ".join(r["text"] for r in rows)
+    assert "52 EUR" in texts and "45 EUR" not in texts
+    assert not any("release-notes" in r["document_id"] for r in rows)
+
+    assert vectors_file.stat().st_mtime_ns == vectors_written  # the retitled DOCX: no re-embedding
+    assert {r["title"] for r in rows if r["document_id"] == warranty_id} == {
+        "Warranty Policy (2027 edition)"
+    }
+    policy_id = document_id_for(policy.resolve().as_uri())
+    policy_embeddings = store.stage_output(policy_id, "embeddings")
+    assert 1 <= policy_embeddings["embedded"] < policy_embeddings["chunks"] or policy_embeddings["chunks"] == 1
+
+
+def test_bad_files_are_quarantined_and_the_batch_goes_on(qpbot_home, sample_documents, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(sample_documents / "travel-and-expense-policy.md", folder)
+    (folder / "truncated.pdf").write_bytes(b"%PDF-1.7\n1 0 obj <<")
+    (folder / "empty.txt").write_bytes(b"")
+    (folder / "photo.docx").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 200)
+
+    settings = QpbotSettings()
+    assert ingest_paths(settings, [folder], quiet=True)["success"]
+    status = index_status(settings)
+    reasons = {Path(q["source"]).name: q for q in status["quarantined"]}
+    assert set(reasons) == {"truncated.pdf", "empty.txt", "photo.docx"}
+    assert all(q["stage"] == "extracted" and q["reason"] for q in reasons.values())
+    assert status["chunks"] > 0
+    assert {r["document_id"] for r in index_rows(settings)} == {
+        document_id_for((folder / "travel-and-expense-policy.md").resolve().as_uri())
+    }
+
+
+def test_status_json_shape(qpbot_home, sample_documents, tmp_path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(sample_documents / "release-notes.html", folder)
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4\n%garbage without objects")
+    qpbot = Path(sys.executable).parent / "qpbot"
+    ingest = subprocess.run([qpbot, "ingest", folder, "--json"], capture_output=True, text=True)
+    assert ingest.returncode == 0, ingest.stderr[-2000:]
+    status = json.loads(subprocess.run([qpbot, "status", "--json"], capture_output=True, text=True, check=True).stdout)
+    assert status["documents"] == 2 and status["chunks"] > 0
+    assert status["index_version"].startswith("chunks__")
+    [quarantined] = status["quarantined"]
+    assert set(quarantined) >= {"source", "stage", "reason"}
+    assert quarantined["source"].endswith("broken.pdf")

@@ -1,0 +1,107 @@
+"""Source sensors under a real test instance: partitions added and deleted, run keys, S3."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import boto3
+import dagster as dg
+
+from qpbot_assets.defs.ingestion.sensors import inbox_sensor, s3_sensor
+from qpbot_assets.documents.sources import document_id_for
+from qpbot_assets.ingest import load_definitions
+from qpbot_assets.resources import DocumentStoreResource, S3SourceResource
+from dagster_aws.s3 import S3Resource
+
+
+def tick(sensor, instance, cursor, **resources):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    result = sensor(context)
+    if isinstance(result, dg.SensorResult):
+        for request in result.dynamic_partitions_requests:
+            if isinstance(request, dg.AddDynamicPartitionsRequest):
+                instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+            else:
+                for key in request.partition_keys:
+                    instance.delete_dynamic_partition(request.partitions_def_name, key)
+    return result
+
+
+def test_inbox_sensor_adds_edits_and_deletes(tmp_path, sample_documents):
+    home = tmp_path / "home"
+    inbox = home / "inbox"
+    inbox.mkdir(parents=True)
+    for name in ["travel-and-expense-policy.md", "release-notes.html"]:
+        shutil.copy(sample_documents / name, inbox)
+    documents = DocumentStoreResource(home=str(home))
+
+    with dg.instance_for_test() as instance:
+        first = tick(inbox_sensor, instance, None, documents=documents)
+        assert isinstance(first, dg.SensorResult)
+        keys = instance.get_dynamic_partitions("documents")
+        assert sorted(keys) == sorted(document_id_for(p.resolve().as_uri()) for p in inbox.iterdir())
+        [run] = first.run_requests
+        assert run.job_name == "ingest_documents"
+        assert {run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"]} == set(keys)
+        assert documents.store.source_uri(keys[0]).startswith("file://")
+
+        # Same state again: nothing to do, and a repeated tick would reuse the run key.
+        assert isinstance(tick(inbox_sensor, instance, first.cursor, documents=documents), dg.SkipReason)
+
+        (inbox / "travel-and-expense-policy.md").write_text("# Travel\n\nAll travel is by train.")
+        (inbox / "release-notes.html").unlink()
+        second = tick(inbox_sensor, instance, first.cursor, documents=documents)
+        jobs = sorted(r.job_name for r in second.run_requests)
+        assert jobs == ["ingest_documents", "refresh_index"]
+        assert instance.get_dynamic_partitions("documents") == [
+            document_id_for((inbox / "travel-and-expense-policy.md").resolve().as_uri())
+        ]
+        assert len({r.run_key for r in first.run_requests + second.run_requests}) == 3
+
+
+def test_s3_sensor_and_raw_document_against_a_real_s3_server(tmp_path, s3_server, sample_documents):
+    endpoint, _root = s3_server
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="qpbot", aws_secret_access_key="qpbot-secret",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket="docs")
+    client.upload_file(str(sample_documents / "release-notes.html"), "docs", "handbooks/release-notes.html")
+    client.put_object(Bucket="docs", Key="other/skip.md", Body=b"outside the prefix")
+
+    home = tmp_path / "home"
+    resources = {
+        "documents": DocumentStoreResource(home=str(home)),
+        "s3": S3Resource(endpoint_url=endpoint, aws_access_key_id="qpbot",
+                         aws_secret_access_key="qpbot-secret", region_name="us-east-1"),
+        "s3_source": S3SourceResource(bucket="docs", prefix="handbooks/"),
+    }
+    with dg.instance_for_test() as instance:
+        result = tick(s3_sensor, instance, None, **resources)
+        [key] = instance.get_dynamic_partitions("documents")
+        assert key == document_id_for("s3://docs/handbooks/release-notes.html")
+        assert result.run_requests[0].tags["dagster/asset_partition_range_start"] == key
+
+        defs = load_definitions()
+        raw = defs.resolve_assets_def("raw_document")
+        materialized = dg.materialize([raw], instance=instance, partition_key=key, resources=resources)
+        assert materialized.success
+        record = resources["documents"].store.stage_output(key, "raw")
+        assert record["uri"] == "s3://docs/handbooks/release-notes.html"
+        assert record["size"] == (sample_documents / "release-notes.html").stat().st_size
+
+        client.delete_object(Bucket="docs", Key="handbooks/release-notes.html")
+        removed = tick(s3_sensor, instance, result.cursor, **resources)
+        assert instance.get_dynamic_partitions("documents") == []
+        assert [r.job_name for r in removed.run_requests] == ["refresh_index"]
+
+
+def test_s3_sensor_skips_clearly_without_a_bucket(tmp_path):
+    with dg.instance_for_test() as instance:
+        result = tick(
+            s3_sensor, instance, None,
+            documents=DocumentStoreResource(home=str(tmp_path)), s3=S3Resource(),
+            s3_source=S3SourceResource(bucket=None),
+        )
+    assert isinstance(result, dg.SkipReason) and "QPBOT_S3_BUCKET" in result.skip_message
