@@ -25,9 +25,9 @@ _INVISIBLE = re.compile(
     "[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f\u00ad\u180e\u200b\u200e\u200f"
     "\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\ufffd]"
 )
-# A word ending in a letter and a hyphen at the end of a line, and the letter that starts
-# the next line.
-_HYPHENATED = re.compile(r"(\S*)(?<=[^\W\d_])[-\u2010\u2011][ \t]*\n[ \t]*([^\W\d_])")
+# A hyphen after a letter at the end of a line, with a letter starting the next line.
+_HYPHENATED = re.compile(r"(?<=[^\W\d_])[-\u2010\u2011][ \t]*\n[ \t]*(?=[^\W\d_])")
+_LAST_WORD = re.compile(r"\S*$")
 _SPACES = re.compile(r"[^\S\n]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
@@ -35,7 +35,8 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 # come from form feeds, as pdftotext writes them). DOCX headers and footers are parts of
 # their own, read once, so its pages hold body text only.
 _PRINTED_FORMATS = {"pdf", "text"}
-# How many lines at each edge of a page can hold a running header or footer.
+# How many lines at each edge of a page can hold a running header or footer (fewer on
+# short pages).
 EDGE_LINES = 3
 # A line repeated at a page edge on at least this share of pages is a header or footer...
 RUNNING_SHARE = 0.5
@@ -61,12 +62,13 @@ def clean_text(text: str) -> str:
 
 
 def _join_hyphenated(match: re.Match) -> str:
-    before, after = match.groups()
-    if not after.islower():
+    text = match.string
+    if not text[match.end()].islower():
         return match.group(0)  # "non-\nEuropean": a capital does not continue a word
-    if "-" in before:
-        return f"{before}-{after}"  # "left-to-\nright" is a compound, not a split word
-    return before + after
+    word = _LAST_WORD.search(text, max(0, match.start() - 64), match.start()).group()
+    if "-" in word:
+        return "-"  # "left-to-\nright" is a compound, not a split word
+    return ""
 
 
 def clean_document(doc: ExtractedDocument) -> ExtractedDocument:
@@ -89,7 +91,7 @@ def _clean_heading(heading: str | None) -> str | None:
 
 def _remove_running_lines(blocks: list[TextBlock]) -> list[TextBlock]:
     """Removes lines that repeat, digits aside, within the first or last EDGE_LINES lines
-    of at least RUNNING_SHARE of the pages, when at least RUNNING_MIN_PAGES pages have
+    (a third of a short page) of at least RUNNING_SHARE of the pages, when at least RUNNING_MIN_PAGES pages have
     text. Bare page numbers ("12", "Page 3 of 9", "iv") count as one repeated line. A page
     is never left blank."""
     lines_by_page: dict[int, list[tuple[int, int]]] = {}  # page -> (block, line) positions
@@ -100,10 +102,11 @@ def _remove_running_lines(blocks: list[TextBlock]) -> list[TextBlock]:
     if len(lines_by_page) < RUNNING_MIN_PAGES:
         return blocks
 
-    edges_by_page = {
-        page: set(positions[:EDGE_LINES]) | set(positions[-EDGE_LINES:])
-        for page, positions in lines_by_page.items()
-    }
+    edges_by_page = {}
+    for page, positions in lines_by_page.items():
+        # On a short page the edges must not swallow the body: a third of it at most.
+        edge = max(1, min(EDGE_LINES, len(positions) // 3))
+        edges_by_page[page] = set(positions[:edge]) | set(positions[-edge:])
     pages_with_key: Counter[str] = Counter()
     for edges in edges_by_page.values():
         pages_with_key.update({_running_key(block_lines[b][i]) for b, i in edges})

@@ -195,7 +195,7 @@ def _not_a_document_error(
 
 
 def _is_pdf(head: bytes) -> bool:
-    # The spec allows junk before the header within the first 1024 bytes; a text file that
+    # Readers accept junk before the header within the first 1024 bytes; a text file that
     # merely mentions "%PDF-" is not a PDF, hence the binary check for that case.
     return head.lstrip().startswith(b"%PDF-") or (
         b"%PDF-" in head[:1024] and not _looks_like_text(head)
@@ -293,7 +293,7 @@ def _read_pdf(pdf: pymupdf.Document, name: str, passwords: Sequence[str]) -> Ext
         except Exception:  # noqa: BLE001
             texts = []  # one broken page should not cost the rest of the document
         headings, heading = _assign_headings(texts, outline.get(page_number, []), heading)
-        blocks.extend(map(TextBlock, texts, [page_number] * len(texts), headings))
+        blocks += [TextBlock(t, page_number, h) for t, h in zip(texts, headings, strict=True)]
     if not blocks:
         if pdf.is_repaired and not any(page.get_images() for page in pdf):
             raise UnreadableDocument(
@@ -555,24 +555,12 @@ def _legacy_office_error(path: Path) -> UnreadableDocument:
     )
 
 
-_W_T, _W_TAB, _W_BR, _W_CR = qn("w:t"), qn("w:tab"), qn("w:br"), qn("w:cr")
-_W_P, _W_TBL, _W_TR, _W_TC, _W_SDT = (
-    qn("w:p"),
-    qn("w:tbl"),
-    qn("w:tr"),
-    qn("w:tc"),
-    qn("w:sdt"),
-)
-_W_SDT_CONTENT, _W_CUSTOM_XML, _W_ALT_CHUNK = (
-    qn("w:sdtContent"),
-    qn("w:customXml"),
-    qn("w:altChunk"),
-)
-_W_RENDERED_BREAK, _W_NO_BREAK_HYPHEN = (
-    qn("w:lastRenderedPageBreak"),
-    qn("w:noBreakHyphen"),
-)
-_W_TXBX_CONTENT, _W_PPR = qn("w:txbxContent"), qn("w:pPr")
+_W_P, _W_T, _W_TAB, _W_BR, _W_CR = qn("w:p"), qn("w:t"), qn("w:tab"), qn("w:br"), qn("w:cr")
+_W_TBL, _W_TR, _W_TC = qn("w:tbl"), qn("w:tr"), qn("w:tc")
+_W_SDT, _W_SDT_CONTENT, _W_CUSTOM_XML = qn("w:sdt"), qn("w:sdtContent"), qn("w:customXml")
+_W_ALT_CHUNK, _W_TXBX_CONTENT, _W_PPR = qn("w:altChunk"), qn("w:txbxContent"), qn("w:pPr")
+_W_RENDERED_BREAK = qn("w:lastRenderedPageBreak")
+_W_NO_BREAK_HYPHEN = qn("w:noBreakHyphen")
 _MC_FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
 # Subtrees whose text is not part of the paragraph it sits in: the fallback copy of a
 # drawing (its primary copy is read), field codes, deleted text.
@@ -847,7 +835,7 @@ def _plain_text_blocks(text: str) -> list[TextBlock]:
     return blocks
 
 
-_ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+_ATX_HEADING = re.compile(r"^ {0,3}#{1,6}(?:[ \t](.*))?$")
 _SETEXT_UNDERLINE = re.compile(r"^ {0,3}(?:={2,}|-{2,})[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n)(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
@@ -891,7 +879,7 @@ def _extract_markdown(text: str) -> ExtractedDocument:
         atx = _ATX_HEADING.match(line)
         if atx:
             flush()
-            title = (atx.group(2) or "").strip()
+            title = (atx.group(1) or "").strip().rstrip("#").strip()  # "## Title ##"
             if title:
                 heading = title
                 blocks.append(TextBlock(title, 1, heading))

@@ -30,7 +30,10 @@ from qpbot_assets.documents.extraction import ExtractedDocument, TextBlock, extr
         ("one\n  \n\t\ntwo", "one\n\ntwo"),
         ("windows\r\nline\rends", "windows\nline\nends"),
         ("form\ffeed\u2028separator", "form\nfeed\nseparator"),
-        ("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"),
+        (
+            "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",
+            "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",
+        ),
         ("", ""),
     ],
 )
@@ -47,14 +50,18 @@ def pdf_document(blocks: list[TextBlock]) -> ExtractedDocument:
     return ExtractedDocument("pdf", blocks, pages, {})
 
 
+# Page bodies of realistic length: the edges hold at most a third of a page.
+BODIES = [
+    "\n".join(f"{subject} line {line}: something only this page says." for line in range(6))
+    for subject in ("Apples", "Bees", "Cats", "Dogs", "Eels")
+]
+
+
 def test_running_headers_footers_and_page_numbers_are_removed():
     blocks = []
-    for page in range(1, 6):
+    for page, body in enumerate(BODIES, start=1):
         blocks += page_blocks(
-            page,
-            "ACME Corp \u2014 Annual Report 2024",
-            f"Body text of page {page}.\nIt goes on.",
-            f"Page {page} of 5\n{page}",
+            page, "ACME Corp \u2014 Annual Report 2024", body, f"Page {page} of 5\n{page}"
         )
     blocks.insert(1, TextBlock("Only on the first page", 1))
 
@@ -62,7 +69,7 @@ def test_running_headers_footers_and_page_numbers_are_removed():
 
     assert [(block.text, block.page) for block in cleaned.blocks] == [
         ("Only on the first page", 1),
-        *[(f"Body text of page {page}.\nIt goes on.", page) for page in range(1, 6)],
+        *[(body, page) for page, body in enumerate(BODIES, start=1)],
     ]
 
 
@@ -116,24 +123,27 @@ def test_clean_document_cleans_headings_drops_empty_blocks_and_keeps_the_rest():
     cleaned = clean_document(doc)
 
     assert cleaned.blocks == [TextBlock("Real findings", 1, "Results")]
-    assert (cleaned.format, cleaned.page_count, cleaned.properties) == ("markdown", 1, {"title": "T"})
+    assert (cleaned.format, cleaned.page_count, cleaned.properties) == (
+        "markdown",
+        1,
+        {"title": "T"},
+    )
 
 
 def test_extracted_pdf_loses_running_lines_and_joins_hyphenated_words(tmp_path):
     pdf = pymupdf.open()
-    for number in range(1, 5):
+    for number, body in enumerate(BODIES, start=1):
         page = pdf.new_page()
         page.insert_text((72, 40), "Journal of Examples, Vol. 7")
-        page.insert_text((72, 200), f"Section {number} talks about infor-")
-        page.insert_text((72, 214), "mation retrieval.")
+        subject = body.split()[0]
+        lines = [*body.split("\n"), f"{subject} are about infor-", "mation retrieval."]
+        for index, line in enumerate(lines):
+            page.insert_text((72, 200 + 14 * index), line)
         page.insert_text((280, 800), f"- {number} -")
     pdf.save(tmp_path / "journal.pdf")
 
     cleaned = clean_document(extract_document(tmp_path / "journal.pdf"))
 
     assert [block.text for block in cleaned.blocks] == [
-        f"Section {number} talks about information retrieval."
-        if False
-        else f"Section {number} talks about information\nretrieval."
-        for number in range(1, 5)
+        f"{body}\n{body.split()[0]} are about information retrieval." for body in BODIES
     ]
