@@ -15,6 +15,11 @@ from tqdm import tqdm
 from qpbot_assets.documents.store import StageResult
 
 
+# Dagster checks each per-partition metadata call against every partition of the run, so
+# for large backfills only the run summary is attached (the details stay in the store).
+MAX_DOCUMENTS_WITH_OWN_METADATA = 100
+
+
 def run_for_each_document(
     context: dg.AssetExecutionContext,
     step: Callable[[str], tuple[StageResult, dict]],
@@ -27,22 +32,28 @@ def run_for_each_document(
     computed = reused = quarantined = 0
     started = time.perf_counter()
     name = context.asset_key.to_user_string()
+    own_metadata = len(context.partition_keys) <= MAX_DOCUMENTS_WITH_OWN_METADATA
     for document_id in tqdm(context.partition_keys, desc=name, unit="doc", mininterval=1.0):
         step_started = time.perf_counter()
         result, metadata = step(document_id)
         computed += result.computed
         reused += not result.computed
         quarantined += result.output is None
-        context.add_asset_metadata(
-            {
-                **metadata,
-                "recomputed": result.computed,
-                "seconds": round(time.perf_counter() - step_started, 4),
-            },
-            partition_key=document_id,
-        )
-    context.log.info(
-        f"{name}: {len(context.partition_keys)} documents, {computed} recomputed, {reused} "
-        f"unchanged, {quarantined} quarantined, {time.perf_counter() - started:.2f}s"
-    )
-    return dg.MaterializeResult()
+        if own_metadata:
+            context.add_asset_metadata(
+                {
+                    **metadata,
+                    "recomputed": result.computed,
+                    "seconds": round(time.perf_counter() - step_started, 4),
+                },
+                partition_key=document_id,
+            )
+    summary = {
+        "run_documents": len(context.partition_keys),
+        "run_recomputed": computed,
+        "run_unchanged": reused,
+        "run_quarantined": quarantined,
+        "run_seconds": round(time.perf_counter() - started, 2),
+    }
+    context.log.info(f"{name}: {summary}")
+    return dg.MaterializeResult(metadata=None if own_metadata else summary)

@@ -99,10 +99,15 @@ def read_promoted(index_dir: Path) -> PromotedIndex | None:
 
 
 def write_promoted(index_dir: Path, **fields) -> PromotedIndex:
-    """Atomically moves the pointer (write a temporary file, then rename over the old one)."""
+    """Moves the pointer atomically."""
     promoted = PromotedIndex(promoted_at=datetime.now(UTC).isoformat(timespec="seconds"), **fields)
-    index_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=index_dir, delete=False, suffix=".tmp") as tmp:
-        json.dump(asdict(promoted), tmp, indent=2)
-    os.replace(tmp.name, index_dir / POINTER_FILE)
+    atomic_write_json(index_dir / POINTER_FILE, asdict(promoted))
     return promoted
+
+
+def atomic_write_json(path: Path, data: dict) -> None:
+    """Writes a temporary file, then renames it over the old one: readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        json.dump(data, tmp, indent=2)
+    os.replace(tmp.name, path)

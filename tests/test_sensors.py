@@ -10,7 +10,7 @@ import dagster as dg
 
 from qpbot_assets.defs.ingestion.sensors import inbox_sensor, s3_sensor
 from qpbot_assets.documents.sources import document_id_for
-from qpbot_assets.ingest import load_definitions
+from qpbot_assets.defs.ingestion.assets import raw_document
 from qpbot_assets.resources import DocumentStoreResource, S3SourceResource
 from dagster_aws.s3 import S3Resource
 
@@ -83,9 +83,9 @@ def test_s3_sensor_and_raw_document_against_a_real_s3_server(tmp_path, s3_server
         assert key == document_id_for("s3://docs/handbooks/release-notes.html")
         assert result.run_requests[0].tags["dagster/asset_partition_range_start"] == key
 
-        defs = load_definitions()
-        raw = defs.resolve_assets_def("raw_document")
-        materialized = dg.materialize([raw], instance=instance, partition_key=key, resources=resources)
+        materialized = dg.materialize(
+            [raw_document], instance=instance, partition_key=key, resources=resources
+        )
         assert materialized.success
         record = resources["documents"].store.stage_output(key, "raw")
         assert record["uri"] == "s3://docs/handbooks/release-notes.html"

@@ -115,5 +115,22 @@ def local_copy(uri: str, s3_client=None):
         raise ValueError(f"unsupported source URI scheme {parsed.scheme!r} in {uri}")
 
 
+def source_version(uri: str, s3_client=None) -> dict | None:
+    """What tells a changed source apart, read without fetching the content: modified time
+    and size of a file, the ETag and size of an S3 object. None when it no longer exists."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        try:
+            head = s3_client.head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+        except s3_client.exceptions.ClientError:
+            return None
+        return {"etag": head["ETag"].strip('"'), "size": head["ContentLength"]}
+    path = Path(unquote(parsed.path))
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    return {"modified_ns": stat.st_mtime_ns, "size": stat.st_size}
+
+
 def display_name(uri: str) -> str:
     return Path(unquote(urlparse(uri).path)).name

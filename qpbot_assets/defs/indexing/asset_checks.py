@@ -1,4 +1,4 @@
-"""Blocking checks on the index snapshot: the pointer only moves when they all pass."""
+"""Blocking checks on the search index version just written: the pointer moves only when they pass."""
 
 
 import json
@@ -6,7 +6,7 @@ from collections import Counter
 
 import dagster as dg
 
-from qpbot_assets.defs.indexing.assets import SNAPSHOT_FILE, index_snapshot, live_document_ids, scan
+from qpbot_assets.defs.indexing.assets import SNAPSHOT_FILE, live_document_ids, scan, search_index
 from qpbot_assets.documents.store import Quarantined
 from qpbot_assets.resources import DocumentStoreResource, EmbeddingModelResource, SearchIndexResource
 from qpbot_serving import index as contract
@@ -20,7 +20,7 @@ def snapshot_table(index: SearchIndexResource):
     return table
 
 
-@dg.asset_check(asset=index_snapshot, blocking=True)
+@dg.asset_check(asset=search_index, blocking=True)
 def index_rows_match_live_chunks(
     context: dg.AssetCheckExecutionContext,
     documents: DocumentStoreResource,
@@ -55,7 +55,7 @@ def index_rows_match_live_chunks(
     )
 
 
-@dg.asset_check(asset=index_snapshot, blocking=True)
+@dg.asset_check(asset=search_index, blocking=True)
 def no_chunks_of_deleted_documents(
     context: dg.AssetCheckExecutionContext, index: SearchIndexResource
 ) -> dg.AssetCheckResult:
@@ -67,7 +67,7 @@ def no_chunks_of_deleted_documents(
     )
 
 
-@dg.asset_check(asset=index_snapshot, blocking=True)
+@dg.asset_check(asset=search_index, blocking=True)
 def embedding_dimension_matches_model(
     index: SearchIndexResource, embedding_model: EmbeddingModelResource
 ) -> dg.AssetCheckResult:

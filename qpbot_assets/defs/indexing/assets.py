@@ -10,7 +10,12 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from qpbot_assets.defs.ingestion.assets import PER_DOCUMENT, chunks, document_metadata
+from qpbot_assets.defs.ingestion.assets import (
+    PER_DOCUMENT,
+    PIPELINE_VERSION,
+    chunks,
+    document_metadata,
+)
 from qpbot_assets.document_stages import run_for_each_document
 from qpbot_assets.documents.store import DocumentStore, Quarantined, fingerprint
 from qpbot_assets.partitions import documents_partitions
@@ -139,16 +144,6 @@ def open_or_create_table(index: SearchIndexResource, embedding_model: EmbeddingM
     return db.create_table(name, schema=contract.chunk_schema(info))
 
 
-def existing_row_hashes(table, document_ids: list[str]) -> dict[str, set[tuple[str, str]]]:
-    """document_id -> {(chunk_id, row_hash)} currently in the table for those documents."""
-    found: dict[str, set[tuple[str, str]]] = {d: set() for d in document_ids}
-    if not document_ids or table.count_rows() == 0:
-        return found
-    for row in scan(table, ["document_id", "chunk_id", "row_hash"], _in_filter(document_ids)).to_pylist():
-        found[row["document_id"]].add((row["chunk_id"], row["row_hash"]))
-    return found
-
-
 def scan(table, columns: list[str], where: str | None = None) -> pa.Table:
     """Some columns of all (or the matching) rows, without reading the vectors."""
     query = table.search().select(columns).limit(None)
@@ -160,11 +155,28 @@ def _in_filter(document_ids: list[str]) -> str:
     return f"document_id IN ({quoted})"
 
 
+def live_document_ids(context) -> list[str]:
+    return context.instance.get_dynamic_partitions(documents_partitions.name)
+
+
+def indexed_fingerprint(store: DocumentStore, document_id: str, table_name: str) -> str:
+    """Changes whenever a document's rows would: its embeddings or its metadata."""
+    return fingerprint(
+        table_name,
+        store.read_stage(document_id, "embeddings"),
+        store.output_digest(document_id, "metadata"),
+    )
+
+
 @dg.asset(
-    **INDEXING,
     deps=[chunk_embeddings, document_metadata],
+    group_name="indexing",
     kinds={"lancedb"},
     pool="search_index",
+    # Also after a backfill launched from the UI; documents not processed yet have no rows.
+    automation_condition=dg.AutomationCondition.eager().without(
+        ~dg.AutomationCondition.any_deps_missing()
+    ),
 )
 def search_index(
     context: dg.AssetExecutionContext,
@@ -172,85 +184,55 @@ def search_index(
     index: SearchIndexResource,
     embedding_model: EmbeddingModelResource,
 ) -> dg.MaterializeResult:
-    """Each document's chunks in one LanceDB table (vectors + text), written as an atomic
-    replace per batch of documents: an edited document leaves no stale chunk, an unchanged
-    one is not written at all."""
+    """One LanceDB table with every live document's chunks, vectors and a native full-text
+    index. Changed documents are written as one atomic replace per batch (their old chunks
+    leave in the same commit), chunks of deleted documents are removed, unchanged documents
+    are not touched. The version it ends at is the candidate that the checks examine."""
+    from lancedb.index import FTS
+
     store = documents.store
     table = open_or_create_table(index, embedding_model)
-    document_ids = list(context.partition_keys)
-    existing = existing_row_hashes(table, document_ids)
+    live = live_document_ids(context)
+    changed = [
+        document_id
+        for document_id in live
+        if (store.read_stage(document_id, "indexed") or {}).get("fingerprint")
+        != indexed_fingerprint(store, document_id, table.name)
+    ]
 
-    batch_rows: list[dict] = []
-    batch_documents: list[str] = []
-    written = unchanged = 0
-
-    def flush() -> None:
-        nonlocal batch_rows, batch_documents
-        if not batch_documents:
-            return
-        data = pa.Table.from_pylist(batch_rows, schema=table.schema)
+    written_rows = 0
+    batches = range(0, len(changed), 500)
+    for start in tqdm(batches, desc="search_index", unit="batch", disable=len(batches) < 2):
+        batch = changed[start : start + 500]
+        rows = [row for document_id in batch for row in document_rows(store, document_id)]
         (
             table.merge_insert("chunk_id")
             .when_matched_update_all()
             .when_not_matched_insert_all()
-            .when_not_matched_by_source_delete(_in_filter(batch_documents))
-            .execute(data)
+            .when_not_matched_by_source_delete(_in_filter(batch))
+            .execute(pa.Table.from_pylist(rows, schema=table.schema))
         )
-        batch_rows, batch_documents = [], []
+        written_rows += len(rows)
+        for document_id in batch:  # recorded after the commit: a crash in between redoes it
+            record = {
+                "table": table.name,
+                "raw_fingerprint": (store.read_stage(document_id, "raw") or {}).get("fingerprint"),
+                "pipeline_version": PIPELINE_VERSION,
+            }
+            fp = indexed_fingerprint(store, document_id, table.name)
+            store.run_stage(document_id, "indexed", fp, lambda record=record: record)
 
-    for document_id in tqdm(document_ids, desc="search_index", unit="doc", mininterval=1.0):
-        rows = document_rows(store, document_id)
-        wanted = {(row["chunk_id"], row["row_hash"]) for row in rows}
-        changed = wanted != existing[document_id]
-        if changed:
-            batch_rows.extend(rows)
-            batch_documents.append(document_id)
-            written += 1
-        else:
-            unchanged += 1
-        context.add_asset_metadata({"rows": len(rows), "written": changed}, partition_key=document_id)
-        if len(batch_rows) >= 5000:
-            flush()
-    flush()
-    context.log.info(f"search_index: {written} documents written, {unchanged} unchanged")
-    return dg.MaterializeResult()
-
-
-def live_document_ids(context) -> list[str]:
-    return context.instance.get_dynamic_partitions(documents_partitions.name)
-
-
-@dg.asset(
-    deps=[search_index],
-    group_name="indexing",
-    kinds={"lancedb"},
-    pool="search_index",
-    automation_condition=dg.AutomationCondition.eager().without(
-        ~dg.AutomationCondition.any_deps_missing()
-    ),
-)
-def index_snapshot(
-    context: dg.AssetExecutionContext,
-    documents: DocumentStoreResource,
-    index: SearchIndexResource,
-    embedding_model: EmbeddingModelResource,
-) -> dg.MaterializeResult:
-    """A consistent version of the index: chunks of deleted documents removed, the full-text
-    index brought up to date, files compacted. The checks on it gate promotion."""
-    from lancedb.index import FTS
-
-    table = open_or_create_table(index, embedding_model)
-    live = set(live_document_ids(context))
     indexed = set(scan(table, ["document_id"]).column("document_id").unique().to_pylist())
-    orphans = sorted(indexed - live)
+    orphans = sorted(indexed - set(live))
     if orphans:
         table.delete(_in_filter(orphans))
     for document_id in orphans:
-        documents.store.forget(document_id)
+        store.forget(document_id)
 
     if table.count_rows() and not any(i.index_type == "FTS" for i in table.list_indices()):
         table.create_index("text", config=FTS())
-    table.optimize()  # folds new rows into the full-text index and compacts small files
+    if changed or orphans:
+        table.optimize()  # folds new rows into the full-text index and compacts small files
 
     snapshot = {
         "table": table.name,
@@ -258,18 +240,21 @@ def index_snapshot(
         "embedding_model": embedding_model.model_name,
         "dimension": contract.IndexInfo.from_schema(table.schema).dimension,
         "chunks": table.count_rows(),
-        "documents": len(indexed & live),
+        "documents": len(indexed & set(live)),
     }
     index.index_dir.mkdir(parents=True, exist_ok=True)
-    (index.index_dir / SNAPSHOT_FILE).write_text(json.dumps(snapshot, indent=2))
+    contract.atomic_write_json(index.index_dir / SNAPSHOT_FILE, snapshot)
     sample = table.search().limit(5).select(["title", "page_start", "text"]).to_list()
     preview = "\n".join(
         f"| {r['title'][:40]} | {r['page_start']} | {r['text'][:80].replace('|', ' ')} |"
         for r in sample
     )
+    context.log.info(f"search_index: {len(changed)} documents written, {len(orphans)} removed")
     return dg.MaterializeResult(
         metadata={
             **snapshot,
+            "written_documents": len(changed),
+            "written_rows": written_rows,
             "removed_documents": len(orphans),
             "sample": dg.MetadataValue.md("| title | page | text |\n|---|---|---|\n" + preview),
         }
@@ -277,14 +262,14 @@ def index_snapshot(
 
 
 @dg.asset(
-    deps=[index_snapshot],
+    deps=[search_index],
     group_name="indexing",
     kinds={"lancedb"},
     automation_condition=dg.AutomationCondition.eager()
     & dg.AutomationCondition.all_deps_blocking_checks_passed(),
 )
 def promoted_index(index: SearchIndexResource) -> dg.MaterializeResult:
-    """The pointer the answer service reads: the last snapshot whose blocking checks passed."""
+    """The pointer the answer service reads: the last index version whose blocking checks passed."""
     snapshot = json.loads((index.index_dir / SNAPSHOT_FILE).read_text())
     promoted = contract.write_promoted(index.index_dir, **snapshot)
     return dg.MaterializeResult(

@@ -24,7 +24,7 @@ from qpbot_assets.documents.extraction import (
     extract_document,
 )
 from qpbot_assets.documents.metadata import describe_document
-from qpbot_assets.documents.sources import display_name, local_copy
+from qpbot_assets.documents.sources import display_name, local_copy, source_version
 from qpbot_assets.documents.store import Quarantined, fingerprint
 from qpbot_assets.partitions import documents_partitions
 from qpbot_assets.resources import DocumentStoreResource, EmbeddingModelResource
@@ -34,6 +34,13 @@ EXTRACTOR_VERSION = 1
 CLEANER_VERSION = 1
 METADATA_VERSION = 1
 CHUNKER_VERSION = 1
+# What a document's indexed rows were made with; `qpbot ingest` skips documents whose source
+# and pipeline are both unchanged since they were indexed.
+PIPELINE_VERSION = fingerprint(EXTRACTOR_VERSION, CLEANER_VERSION, METADATA_VERSION, CHUNKER_VERSION)
+
+
+def raw_fingerprint(uri: str, version: dict | None) -> str:
+    return fingerprint(uri, version)
 
 PER_DOCUMENT = dict(
     partitions_def=documents_partitions,
@@ -73,23 +80,9 @@ def raw_document(
     def s3_client():
         return clients.setdefault("s3", s3.get_client())
 
-    def source_version(uri: str) -> dict | None:
-        if uri.startswith("s3://"):
-            bucket, key = uri.removeprefix("s3://").split("/", 1)
-            try:
-                head = s3_client().head_object(Bucket=bucket, Key=key)
-            except s3_client().exceptions.ClientError:
-                return None
-            return {"etag": head["ETag"].strip('"'), "size": head["ContentLength"]}
-        path = Path(uri.removeprefix("file://"))
-        if not path.is_file():
-            return None
-        stat = path.stat()
-        return {"modified_ns": stat.st_mtime_ns, "size": stat.st_size}
-
     def step(document_id: str):
         uri = store.source_uri(document_id)
-        version = source_version(uri)
+        version = source_version(uri, s3_client() if uri.startswith("s3://") else None)
 
         def fetch() -> dict:
             if version is None:
@@ -112,7 +105,7 @@ def raw_document(
                 "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
 
-        result = store.run_stage(document_id, "raw", fingerprint(uri, version), fetch)
+        result = store.run_stage(document_id, "raw", raw_fingerprint(uri, version), fetch)
         out = result.output or {}
         return result, {"source": uri, "sha256": out.get("sha256", ""), "bytes": out.get("size", 0)}
 

@@ -15,6 +15,6 @@ ingest_documents_job = dg.define_asset_job(
 # After documents are deleted: drop their chunks, re-check and promote.
 refresh_index_job = dg.define_asset_job(
     "refresh_index",
-    selection=dg.AssetSelection.assets("index_snapshot", "promoted_index"),
+    selection=dg.AssetSelection.assets("search_index", "promoted_index"),
     description="Remove chunks of deleted documents, check the index and promote it.",
 )
