@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     dev = commands.add_parser("dev", help="run the Dagster UI and daemon (sensors, automation)")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("--daemon-only", action="store_true", help="sensors and automation, no UI")
 
     args = parser.parse_args(argv)
     settings = QpbotSettings()
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return _ingest(settings, args.paths, as_json=args.json)
     if args.command == "status":
         return _status(settings, as_json=args.json)
-    return _dev(settings, args.host, args.port)
+    return _dev(settings, args.host, args.port, daemon_only=args.daemon_only)
 
 
 def _ingest(settings: QpbotSettings, paths: list[Path], as_json: bool) -> int:
@@ -76,21 +77,29 @@ def _print_status(status: dict) -> None:
         print(f"  quarantined at {item['stage']}: {item['source']}\n      {item['reason']}")
 
 
-def _dev(settings: QpbotSettings, host: str, port: int) -> int:
-    """Starts dagster-webserver and dagster-daemon; Ctrl-C stops both."""
+def _dev(settings: QpbotSettings, host: str, port: int, daemon_only: bool = False) -> int:
+    """Starts dagster-daemon (sensors, automation, run queue) and dagster-webserver (the UI);
+    Ctrl-C or SIGTERM stops both."""
     from qpbot_assets.instance import configure_environment
 
     configure_environment(settings)
     workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
     bin_dir = Path(sys.executable).parent
-    processes = [
-        subprocess.Popen([bin_dir / "dagster-daemon", "run", "-w", workspace]),
-        subprocess.Popen(
-            [bin_dir / "dagster-webserver", "-h", host, "-p", str(port), "-w", workspace]
-        ),
-    ]
-    print(f"Dagster UI: http://{host}:{port}   (QPBOT_HOME={settings.home}; Ctrl-C stops)", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    settings.inbox_dir.mkdir(parents=True, exist_ok=True)
+    processes = [subprocess.Popen([bin_dir / "dagster-daemon", "run", "-w", workspace])]
+    if not daemon_only:
+        processes.append(
+            subprocess.Popen(
+                [bin_dir / "dagster-webserver", "-h", host, "-p", str(port), "-w", workspace]
+            )
+        )
+        print(f"Dagster UI: http://{host}:{port}", flush=True)
+    print(
+        f"Inbox (files dropped here are ingested): {settings.inbox_dir}\n"
+        f"QPBOT_HOME={settings.home}   Ctrl-C stops.",
+        flush=True,
+    )
+    signal.signal(signal.SIGTERM, _stop)
     try:
         while all(p.poll() is None for p in processes):
             time.sleep(1)
@@ -102,6 +111,10 @@ def _dev(settings: QpbotSettings, host: str, port: int) -> int:
         for process in processes:
             process.wait(timeout=30)
     return 0
+
+
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the children the same way Ctrl-C does
 
 
 if __name__ == "__main__":
