@@ -64,17 +64,23 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as home:
         (Path(home) / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {home}\n")
-        sqlite_seconds = run_once(dg.DagsterInstance.from_config(home), args.partitions, args.assets)
+        sqlite_seconds = run_once(
+            dg.DagsterInstance.from_config(home), args.partitions, args.assets
+        )
     memory_seconds = run_once(dg.DagsterInstance.ephemeral(), args.partitions, args.assets)
     pairs = args.partitions * args.assets
-    print(json.dumps({
-        "partitions": args.partitions,
-        "assets": args.assets,
-        "sqlite_s": round(sqlite_seconds, 2),
-        "sqlite_ms_per_asset_partition": round(1000 * sqlite_seconds / pairs, 2),
-        "in_memory_s": round(memory_seconds, 2),
-        "in_memory_ms_per_asset_partition": round(1000 * memory_seconds / pairs, 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "partitions": args.partitions,
+                "assets": args.assets,
+                "sqlite_s": round(sqlite_seconds, 2),
+                "sqlite_ms_per_asset_partition": round(1000 * sqlite_seconds / pairs, 2),
+                "in_memory_s": round(memory_seconds, 2),
+                "in_memory_ms_per_asset_partition": round(1000 * memory_seconds / pairs, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -29,9 +29,11 @@ QPBOT = Path(sys.executable).parent / "qpbot"
 def build_corpus(folder: Path, scifact_docs: int) -> None:
     (folder / "scifact").mkdir(parents=True)
     with open(SHARED / "scifact" / "corpus.jsonl") as lines:
-        for _, line in zip(range(scifact_docs), lines):
+        for _, line in zip(range(scifact_docs), lines, strict=False):
             doc = json.loads(line)
-            (folder / "scifact" / f"{doc['_id']}.md").write_text(f"# {doc['title']}\n\n{doc['text']}\n")
+            (folder / "scifact" / f"{doc['_id']}.md").write_text(
+                f"# {doc['title']}\n\n{doc['text']}\n"
+            )
     shutil.copytree(SHARED / "aragog" / "papers", folder / "aragog")
 
 
@@ -40,7 +42,9 @@ def timed_ingest(home: Path, folder: Path) -> tuple[float, float, dict]:
     env = {**os.environ, "QPBOT_HOME": str(home)}
     env.pop("DAGSTER_HOME", None)
     started = time.perf_counter()
-    process = subprocess.run([QPBOT, "ingest", str(folder), "--json"], env=env, capture_output=True, text=True)
+    process = subprocess.run(
+        [QPBOT, "ingest", str(folder), "--json"], env=env, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - started
     if process.returncode != 0:
         sys.exit(f"qpbot ingest failed:\n{process.stderr[-3000:]}")
@@ -78,7 +82,9 @@ def main() -> None:
         table = contract.connect(home / "index").open_table(promoted.table)
         texts = table.search().select(["text"]).limit(None).to_arrow().column("text").to_pylist()
         embedder = Embedder(promoted.embedding_model)
-        embedder.encode(texts[:32])  # warm-up, as the pipeline's model is warm after its first batch
+        embedder.encode(
+            texts[:32]
+        )  # warm-up, as the pipeline's model is warm after its first batch
         started = time.perf_counter()
         embedder.model.encode(texts, batch_size=32)
         encode_seconds = time.perf_counter() - started
@@ -94,7 +100,9 @@ def main() -> None:
         "peak_rss_mb": round(peak_mb),
         "plain_encode_s": round(encode_seconds, 1),
         "plain_encode_chunks_per_s": round(len(texts) / encode_seconds, 2),
-        "ratio_end_to_end_vs_plain_encode": round((chunks / first_seconds) / (len(texts) / encode_seconds), 3),
+        "ratio_end_to_end_vs_plain_encode": round(
+            (chunks / first_seconds) / (len(texts) / encode_seconds), 3
+        ),
         "rerun_s": round(rerun_seconds, 2),
         "rerun_share_of_first": round(rerun_seconds / first_seconds, 4),
         "rerun_embeddings_computed": rerun_embedded,

@@ -208,9 +208,7 @@ def write_handbook_pdf(path: Path) -> None:
 
     def record_heading(position) -> None:
         if position.heading and position.open_close & 1:
-            headings.append(
-                [position.heading, position.text.strip(), position.page_num]
-            )
+            headings.append([position.heading, position.text.strip(), position.page_num])
 
     buffer = io.BytesIO()
     writer = pymupdf.DocumentWriter(buffer)
@@ -227,9 +225,7 @@ def write_handbook_pdf(path: Path) -> None:
         page.draw_line((45, 40), (width - 45, 40), color=(0.6, 0.6, 0.6), width=0.5)
         footer = f"Page {page.number + 1} of {doc.page_count}"
         footer_width = pymupdf.get_text_length(footer, fontname="helv", fontsize=8)
-        page.insert_text(
-            ((width - footer_width) / 2, height - 25), footer, **running_text
-        )
+        page.insert_text(((width - footer_width) / 2, height - 25), footer, **running_text)
     doc.set_toc(headings)
     doc.set_metadata(
         {
@@ -318,7 +314,9 @@ years and adds one free battery replacement. It costs 49 EUR and can be bought w
 """
 
 WARRANTY_HEADER = "Northwind Robotics GmbH · Warranty and Returns Policy"
-WARRANTY_FOOTER = "Policy version 3.1 · Effective 1 February 2026 · Questions: support@northwind-robotics.example"
+WARRANTY_FOOTER = (
+    "Policy version 3.1 · Effective 1 February 2026 · Questions: support@northwind-robotics.example"
+)
 
 
 def write_warranty_docx(path: Path) -> None:
@@ -336,13 +334,12 @@ def write_warranty_docx(path: Path) -> None:
                 document.add_paragraph(" ".join(item.split()), style="List Bullet")
         elif block.startswith("|"):
             rows = [
-                [cell.strip() for cell in line.strip("|").split("|")]
-                for line in block.splitlines()
+                [cell.strip() for cell in line.strip("|").split("|")] for line in block.splitlines()
             ]
             table = document.add_table(rows=0, cols=len(rows[0]))
             table.style = "Light Grid Accent 1"
             for row in rows:
-                for cell, text in zip(table.add_row().cells, row):
+                for cell, text in zip(table.add_row().cells, row, strict=True):
                     cell.text = text
         else:
             document.add_paragraph(" ".join(block.split()))
@@ -364,9 +361,7 @@ def _save_docx(document, path: Path) -> None:
     with zipfile.ZipFile(buffer) as source, zipfile.ZipFile(path, "w") as target:
         for member in source.infolist():
             fixed = zipfile.ZipInfo(member.filename, date_time=CREATED.timetuple()[:6])
-            target.writestr(
-                fixed, source.read(member), compress_type=zipfile.ZIP_DEFLATED
-            )
+            target.writestr(fixed, source.read(member), compress_type=zipfile.ZIP_DEFLATED)
 
 
 # --------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ingest(settings: QpbotSettings, paths: list[Path], as_json: bool) -> int:
-    from qpbot_assets.ingest import ingest_paths, index_status
+    from qpbot_assets.ingest import index_status, ingest_paths
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -72,7 +71,9 @@ def _status(settings: QpbotSettings, as_json: bool) -> int:
 
 
 def _print_status(status: dict) -> None:
-    print(f"documents: {status['documents']}  chunks: {status['chunks']}  index: {status['index_version']}")
+    print(
+        f"documents: {status['documents']}  chunks: {status['chunks']}  index: {status['index_version']}"
+    )
     for item in status["quarantined"]:
         print(f"  quarantined at {item['stage']}: {item['source']}\n      {item['reason']}")
 

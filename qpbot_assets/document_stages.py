@@ -5,7 +5,6 @@ over `context.partition_keys`, reuses unchanged outputs, and attaches metadata t
 partition's materialization.
 """
 
-
 import time
 from collections.abc import Callable
 
@@ -13,7 +12,6 @@ import dagster as dg
 from tqdm import tqdm
 
 from qpbot_assets.documents.store import StageResult
-
 
 # Dagster checks each per-partition metadata call against every partition of the run, so
 # for large backfills only the run summary is attached (the details stay in the store).

@@ -93,7 +93,11 @@ def is_up_to_date(store: DocumentStore, document_id: str, table_name: str) -> bo
     from qpbot_assets.defs.ingestion.assets import PIPELINE_VERSION, raw_fingerprint
 
     indexed = (store.read_stage(document_id, "indexed") or {}).get("output")
-    if not indexed or indexed["table"] != table_name or indexed["pipeline_version"] != PIPELINE_VERSION:
+    if (
+        not indexed
+        or indexed["table"] != table_name
+        or indexed["pipeline_version"] != PIPELINE_VERSION
+    ):
         return False
     uri = store.source_uri(document_id)
     if uri.startswith("s3://"):

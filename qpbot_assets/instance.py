@@ -18,7 +18,9 @@ def configure_environment(settings: QpbotSettings) -> None:
     settings.dagster_storage_dir.mkdir(parents=True, exist_ok=True)
     if "DAGSTER_HOME" not in os.environ:
         postgres = bool(os.environ.get("QPBOT_DAGSTER_PG_URL"))
-        os.environ["DAGSTER_HOME"] = str(DAGSTER_HOME_DIR / "postgres" if postgres else DAGSTER_HOME_DIR)
+        os.environ["DAGSTER_HOME"] = str(
+            DAGSTER_HOME_DIR / "postgres" if postgres else DAGSTER_HOME_DIR
+        )
 
 
 def get_instance(settings: QpbotSettings):

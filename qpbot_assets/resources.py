@@ -1,6 +1,5 @@
 """Resources shared by the asset graph; built from QpbotSettings in defs/resources.py."""
 
-
 from pathlib import Path
 
 import dagster as dg

@@ -55,4 +55,3 @@ class Embedder:
             show_progress_bar=show_progress_bar,
         )
         return vectors.astype(np.float32, copy=False)
-

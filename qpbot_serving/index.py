@@ -53,7 +53,9 @@ class IndexInfo:
     def from_schema(cls, schema: pa.Schema) -> IndexInfo:
         raw = (schema.metadata or {}).get(b"qpbot.index")
         if raw is None:
-            raise ValueError("this LanceDB table was not written by qpbot (no qpbot.index metadata)")
+            raise ValueError(
+                "this LanceDB table was not written by qpbot (no qpbot.index metadata)"
+            )
         return cls(**json.loads(raw))
 
 

@@ -72,7 +72,9 @@ def postgres_database():
     import psycopg2
 
     name = f"qpbot_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(host="127.0.0.1", user=os.environ.get("PGUSER", "postgres"), dbname="postgres")
+    admin = psycopg2.connect(
+        host="127.0.0.1", user=os.environ.get("PGUSER", "postgres"), dbname="postgres"
+    )
     admin.autocommit = True
     admin.cursor().execute(f'CREATE DATABASE "{name}"')
     try:
@@ -96,8 +98,16 @@ def s3_server(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     process = subprocess.Popen(
-        [rclone, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", "qpbot,qpbot-secret",
-         str(root)],
+        [
+            rclone,
+            "serve",
+            "s3",
+            "--addr",
+            f"127.0.0.1:{port}",
+            "--auth-key",
+            "qpbot,qpbot-secret",
+            str(root),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -20,7 +20,7 @@ QPBOT = Path(sys.executable).parent / "qpbot"
 def write_corpus(shared_data: Path, folder: Path, count: int) -> None:
     folder.mkdir()
     with open(shared_data / "scifact" / "corpus.jsonl") as lines:
-        for _, line in zip(range(count), lines):
+        for _, line in zip(range(count), lines, strict=False):
             doc = json.loads(line)
             (folder / f"{doc['_id']}.md").write_text(f"# {doc['title']}\n\n{doc['text']}\n")
 
@@ -29,8 +29,13 @@ def ingest(home: Path, folder: Path, kill_after: float | None = None) -> float:
     env = {**os.environ, "QPBOT_HOME": str(home)}
     env.pop("DAGSTER_HOME", None)
     started = time.monotonic()
-    process = subprocess.Popen([QPBOT, "ingest", folder, "--json"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [QPBOT, "ingest", folder, "--json"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     if kill_after is None:
         assert process.wait(timeout=600) == 0
     else:

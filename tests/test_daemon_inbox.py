@@ -36,7 +36,10 @@ def test_daemon_ingests_and_removes_inbox_files(tmp_path, sample_documents):
     # `qpbot dev` configures the instance the way the user gets it; the UI is not needed here.
     daemon = subprocess.Popen(
         [Path(sys.executable).parent / "qpbot", "dev", "--port", "0", "--daemon-only"],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
@@ -61,8 +64,11 @@ def test_daemon_ingests_and_removes_inbox_files(tmp_path, sample_documents):
         second = wait_for(one_document_left, 240, "the deleted file's chunks to go")
         assert second.chunks < first.chunks
         status = subprocess.run(
-            [Path(sys.executable).parent / "qpbot", "status", "--json"], env=env,
-            capture_output=True, text=True, check=True,
+            [Path(sys.executable).parent / "qpbot", "status", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         assert json.loads(status.stdout)["documents"] == 1
     finally:

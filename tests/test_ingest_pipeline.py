@@ -99,7 +99,10 @@ def test_edit_delete_and_metadata_only_change(qpbot_home, sample_documents, tmp_
     }
     policy_id = document_id_for(policy.resolve().as_uri())
     policy_embeddings = store.stage_output(policy_id, "embeddings")
-    assert 1 <= policy_embeddings["embedded"] < policy_embeddings["chunks"] or policy_embeddings["chunks"] == 1
+    assert (
+        1 <= policy_embeddings["embedded"] < policy_embeddings["chunks"]
+        or policy_embeddings["chunks"] == 1
+    )
 
 
 def test_bad_files_are_quarantined_and_the_batch_goes_on(qpbot_home, sample_documents, tmp_path):
@@ -133,7 +136,11 @@ def test_status_json_shape(qpbot_home, sample_documents, tmp_path):
     qpbot = Path(sys.executable).parent / "qpbot"
     ingest = subprocess.run([qpbot, "ingest", folder, "--json"], capture_output=True, text=True)
     assert ingest.returncode == 0, ingest.stderr[-2000:]
-    status = json.loads(subprocess.run([qpbot, "status", "--json"], capture_output=True, text=True, check=True).stdout)
+    status = json.loads(
+        subprocess.run(
+            [qpbot, "status", "--json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert status["documents"] == 2 and status["chunks"] > 0
     assert status["index_version"].startswith("chunks__")
     [quarantined] = status["quarantined"]

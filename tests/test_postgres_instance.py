@@ -10,7 +10,9 @@ from qpbot_assets.ingest import index_status, ingest_paths
 from qpbot_serving.settings import QpbotSettings
 
 
-def test_ingest_on_a_postgres_instance(qpbot_home, postgres_database, sample_documents, tmp_path, monkeypatch):
+def test_ingest_on_a_postgres_instance(
+    qpbot_home, postgres_database, sample_documents, tmp_path, monkeypatch
+):
     monkeypatch.setenv("QPBOT_DAGSTER_PG_URL", postgres_database)
     folder = tmp_path / "docs"
     folder.mkdir()

@@ -28,7 +28,14 @@ def test_every_corpus_file_is_indexed_or_quarantined_with_a_fitting_reason(qpbot
     quarantined = {q["document_id"]: q for q in status["quarantined"]}
     promoted = contract.read_promoted(settings.index_dir)
     table = contract.connect(settings.index_dir).open_table(promoted.table)
-    rows = table.search().select(["document_id"]).limit(None).to_arrow().column("document_id").to_pylist()
+    rows = (
+        table.search()
+        .select(["document_id"])
+        .limit(None)
+        .to_arrow()
+        .column("document_id")
+        .to_pylist()
+    )
     chunks_per_document = {d: rows.count(d) for d in set(rows)}
 
     for path in manifest:

@@ -44,10 +44,7 @@ def document_text(path: Path) -> str:
         section = document.sections[0]
         parts = [p.text for p in document.paragraphs]
         parts += [
-            cell.text
-            for table in document.tables
-            for row in table.rows
-            for cell in row.cells
+            cell.text for table in document.tables for row in table.rows for cell in row.cells
         ]
         parts += [p.text for p in section.header.paragraphs + section.footer.paragraphs]
         text = "\n".join(parts)
@@ -71,9 +68,7 @@ def test_every_document_is_written_and_non_empty(documents):
 
 @pytest.mark.parametrize("question", QUESTIONS, ids=[q["question"] for q in QUESTIONS])
 def test_answer_appears_in_its_document(documents, question):
-    assert squash(question["answer"]) in squash(
-        document_text(documents[question["document"]])
-    )
+    assert squash(question["answer"]) in squash(document_text(documents[question["document"]]))
 
 
 def test_handbook_has_outline_running_header_footer_and_metadata(documents):

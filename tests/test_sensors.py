@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import boto3
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
+from qpbot_assets.defs.ingestion.assets import raw_document
 from qpbot_assets.defs.ingestion.sensors import inbox_sensor, s3_sensor
 from qpbot_assets.documents.sources import document_id_for
-from qpbot_assets.defs.ingestion.assets import raw_document
 from qpbot_assets.resources import DocumentStoreResource, S3SourceResource
-from dagster_aws.s3 import S3Resource
 
 
 def tick(sensor, instance, cursor, **resources):
@@ -40,14 +39,21 @@ def test_inbox_sensor_adds_edits_and_deletes(tmp_path, sample_documents):
         first = tick(inbox_sensor, instance, None, documents=documents)
         assert isinstance(first, dg.SensorResult)
         keys = instance.get_dynamic_partitions("documents")
-        assert sorted(keys) == sorted(document_id_for(p.resolve().as_uri()) for p in inbox.iterdir())
+        assert sorted(keys) == sorted(
+            document_id_for(p.resolve().as_uri()) for p in inbox.iterdir()
+        )
         [run] = first.run_requests
         assert run.job_name == "ingest_documents"
-        assert {run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"]} == set(keys)
+        assert {
+            run.tags["dagster/asset_partition_range_start"],
+            run.tags["dagster/asset_partition_range_end"],
+        } == set(keys)
         assert documents.store.source_uri(keys[0]).startswith("file://")
 
         # Same state again: nothing to do, and a repeated tick would reuse the run key.
-        assert isinstance(tick(inbox_sensor, instance, first.cursor, documents=documents), dg.SkipReason)
+        assert isinstance(
+            tick(inbox_sensor, instance, first.cursor, documents=documents), dg.SkipReason
+        )
 
         (inbox / "travel-and-expense-policy.md").write_text("# Travel\n\nAll travel is by train.")
         (inbox / "release-notes.html").unlink()
@@ -63,18 +69,27 @@ def test_inbox_sensor_adds_edits_and_deletes(tmp_path, sample_documents):
 def test_s3_sensor_and_raw_document_against_a_real_s3_server(tmp_path, s3_server, sample_documents):
     endpoint, _root = s3_server
     client = boto3.client(
-        "s3", endpoint_url=endpoint, aws_access_key_id="qpbot", aws_secret_access_key="qpbot-secret",
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="qpbot",
+        aws_secret_access_key="qpbot-secret",
         region_name="us-east-1",
     )
     client.create_bucket(Bucket="docs")
-    client.upload_file(str(sample_documents / "release-notes.html"), "docs", "handbooks/release-notes.html")
+    client.upload_file(
+        str(sample_documents / "release-notes.html"), "docs", "handbooks/release-notes.html"
+    )
     client.put_object(Bucket="docs", Key="other/skip.md", Body=b"outside the prefix")
 
     home = tmp_path / "home"
     resources = {
         "documents": DocumentStoreResource(home=str(home)),
-        "s3": S3Resource(endpoint_url=endpoint, aws_access_key_id="qpbot",
-                         aws_secret_access_key="qpbot-secret", region_name="us-east-1"),
+        "s3": S3Resource(
+            endpoint_url=endpoint,
+            aws_access_key_id="qpbot",
+            aws_secret_access_key="qpbot-secret",
+            region_name="us-east-1",
+        ),
         "s3_source": S3SourceResource(bucket="docs", prefix="handbooks/"),
     }
     with dg.instance_for_test() as instance:
@@ -100,8 +115,11 @@ def test_s3_sensor_and_raw_document_against_a_real_s3_server(tmp_path, s3_server
 def test_s3_sensor_skips_clearly_without_a_bucket(tmp_path):
     with dg.instance_for_test() as instance:
         result = tick(
-            s3_sensor, instance, None,
-            documents=DocumentStoreResource(home=str(tmp_path)), s3=S3Resource(),
+            s3_sensor,
+            instance,
+            None,
+            documents=DocumentStoreResource(home=str(tmp_path)),
+            s3=S3Resource(),
             s3_source=S3SourceResource(bucket=None),
         )
     assert isinstance(result, dg.SkipReason) and "QPBOT_S3_BUCKET" in result.skip_message

@@ -31,7 +31,8 @@ class SourceObject:
 
 def document_id_for(uri: str) -> str:
     name = Path(unquote(urlparse(uri).path)).name.lower()
-    slug = re.sub(r"[^a-z0-9._-]+", "-", name).strip("-.")[:60] or "document"
+    slug = re.sub(r"[^a-z0-9._-]+", "-", name)
+    slug = re.sub(r"-+\.", ".", slug).strip("-.")[:60] or "document"
     return f"{slug}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
 
 
@@ -72,7 +73,9 @@ def diff_listing(previous: dict[str, str], current: Iterable[SourceObject]) -> S
     seen = {obj.uri for obj in current}
     return SourceChanges(
         added=[obj for obj in current if obj.uri not in previous],
-        changed=[obj for obj in current if obj.uri in previous and previous[obj.uri] != obj.version],
+        changed=[
+            obj for obj in current if obj.uri in previous and previous[obj.uri] != obj.version
+        ],
         removed=sorted(uri for uri in previous if uri not in seen),
     )
 

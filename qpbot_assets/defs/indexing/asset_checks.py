@@ -1,6 +1,5 @@
 """Blocking checks on the search index version just written: the pointer moves only when they pass."""
 
-
 import json
 from collections import Counter
 
@@ -8,7 +7,11 @@ import dagster as dg
 
 from qpbot_assets.defs.indexing.assets import SNAPSHOT_FILE, live_document_ids, scan, search_index
 from qpbot_assets.documents.store import Quarantined
-from qpbot_assets.resources import DocumentStoreResource, EmbeddingModelResource, SearchIndexResource
+from qpbot_assets.resources import (
+    DocumentStoreResource,
+    EmbeddingModelResource,
+    SearchIndexResource,
+)
 from qpbot_serving import index as contract
 
 

@@ -1,6 +1,5 @@
 """Embeddings, the LanceDB search index, its checked snapshot and the promoted pointer."""
 
-
 import hashlib
 import json
 import time
@@ -19,7 +18,11 @@ from qpbot_assets.defs.ingestion.assets import (
 from qpbot_assets.document_stages import run_for_each_document
 from qpbot_assets.documents.store import DocumentStore, Quarantined, fingerprint
 from qpbot_assets.partitions import documents_partitions
-from qpbot_assets.resources import DocumentStoreResource, EmbeddingModelResource, SearchIndexResource
+from qpbot_assets.resources import (
+    DocumentStoreResource,
+    EmbeddingModelResource,
+    SearchIndexResource,
+)
 from qpbot_serving import index as contract
 
 INDEXING = {**PER_DOCUMENT, "group_name": "indexing"}
@@ -51,7 +54,9 @@ def chunk_embeddings(
             doc_chunks = store.stage_output(document_id, "chunks")
         except Quarantined:
             continue
-        known = store.read_vectors(document_id) if record and record["output"]["model"] == model else {}
+        known = (
+            store.read_vectors(document_id) if record and record["output"]["model"] == model else {}
+        )
         pending[document_id] = (doc_chunks, known)
     texts = {
         chunk["chunk_id"]: chunk["text"]
@@ -81,7 +86,9 @@ def chunk_embeddings(
             ids = [chunk["chunk_id"] for chunk in doc_chunks]
             vectors = [known[i] if i in known else encoded[i] for i in ids]
             dimension = embedding_model.embedder.dimension
-            store.write_vectors(document_id, ids, np.array(vectors, dtype=np.float32).reshape(-1, dimension))
+            store.write_vectors(
+                document_id, ids, np.array(vectors, dtype=np.float32).reshape(-1, dimension)
+            )
             new = sum(i not in known for i in ids)
             return {"model": model, "chunks": len(ids), "embedded": new, "reused": len(ids) - new}
 

@@ -5,14 +5,13 @@ skipped when that input has not changed. A document that cannot go on is quarant
 stage that found the problem; the later stages record that and move on to the next document.
 """
 
-
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
 from dagster_aws.s3 import S3Resource
+from pydantic import Field
 
 from qpbot_assets.document_stages import run_for_each_document
 from qpbot_assets.documents.chunking import chunk_blocks
@@ -36,11 +35,14 @@ METADATA_VERSION = 1
 CHUNKER_VERSION = 1
 # What a document's indexed rows were made with; `qpbot ingest` skips documents whose source
 # and pipeline are both unchanged since they were indexed.
-PIPELINE_VERSION = fingerprint(EXTRACTOR_VERSION, CLEANER_VERSION, METADATA_VERSION, CHUNKER_VERSION)
+PIPELINE_VERSION = fingerprint(
+    EXTRACTOR_VERSION, CLEANER_VERSION, METADATA_VERSION, CHUNKER_VERSION
+)
 
 
 def raw_fingerprint(uri: str, version: dict | None) -> str:
     return fingerprint(uri, version)
+
 
 PER_DOCUMENT = dict(
     partitions_def=documents_partitions,
@@ -51,7 +53,9 @@ PER_DOCUMENT = dict(
 
 
 class ChunkingConfig(dg.Config):
-    max_tokens: int = Field(0, description="Tokens per chunk; 0 fills the embedding model's window.")
+    max_tokens: int = Field(
+        0, description="Tokens per chunk; 0 fills the embedding model's window."
+    )
     overlap_tokens: int = Field(32, description="Tokens shared by the windows of a long block.")
 
 

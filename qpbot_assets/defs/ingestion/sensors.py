@@ -6,7 +6,6 @@ to date. New documents are added together, so they form one contiguous range of 
 and are ingested in one run.
 """
 
-
 import hashlib
 import json
 
@@ -58,15 +57,21 @@ def sync_source(
 
     run_requests = []
     if new_ids:  # appended together, so contiguous in partition order
-        run_requests.append(range_run_request(new_ids[0], new_ids[-1], _run_key("new", new_ids, listing)))
+        run_requests.append(
+            range_run_request(new_ids[0], new_ids[-1], _run_key("new", new_ids, listing))
+        )
     # Documents re-added or edited already have partitions; group them into ranges.
     existing = [o.document_id for o in changes.added + changes.changed if o.document_id in known]
     ordered = context.instance.get_dynamic_partitions(documents_partitions.name)
     for first, last in contiguous_ranges(ordered, existing):
-        run_requests.append(range_run_request(first, last, _run_key("changed", [first, last], listing)))
+        run_requests.append(
+            range_run_request(first, last, _run_key("changed", [first, last], listing))
+        )
     if removed_ids:
         run_requests.append(
-            dg.RunRequest(run_key=_run_key("removed", removed_ids, listing), job_name=refresh_index_job.name)
+            dg.RunRequest(
+                run_key=_run_key("removed", removed_ids, listing), job_name=refresh_index_job.name
+            )
         )
     context.log.info(
         f"{source_name}: {len(changes.added)} new, {len(changes.changed)} changed, "
@@ -75,8 +80,8 @@ def sync_source(
     return dg.SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=[
-            *( [documents_partitions.build_add_request(new_ids)] if new_ids else [] ),
-            *( [documents_partitions.build_delete_request(removed_ids)] if removed_ids else [] ),
+            *([documents_partitions.build_add_request(new_ids)] if new_ids else []),
+            *([documents_partitions.build_delete_request(removed_ids)] if removed_ids else []),
         ],
         cursor=json.dumps({obj.uri: obj.version for obj in listing}),
     )
@@ -85,7 +90,9 @@ def sync_source(
 def _run_key(kind: str, document_ids: list[str], listing: list[SourceObject]) -> str:
     """Stable for the same change, so a sensor tick that repeats never runs it twice."""
     state = hashlib.sha256(json.dumps(sorted((o.uri, o.version) for o in listing)).encode())
-    return f"{kind}:{document_ids[0]}..{document_ids[-1]}:{len(document_ids)}:{state.hexdigest()[:16]}"
+    return (
+        f"{kind}:{document_ids[0]}..{document_ids[-1]}:{len(document_ids)}:{state.hexdigest()[:16]}"
+    )
 
 
 @dg.sensor(
@@ -116,4 +123,6 @@ def s3_sensor(
     if not s3_source.bucket:
         return dg.SkipReason("no bucket configured: set QPBOT_S3_BUCKET (and QPBOT_S3_PREFIX)")
     listing = list_s3(s3.get_client(), s3_source.bucket, s3_source.prefix)
-    return sync_source(context, documents.store, f"s3://{s3_source.bucket}/{s3_source.prefix}", listing)
+    return sync_source(
+        context, documents.store, f"s3://{s3_source.bucket}/{s3_source.prefix}", listing
+    )
