@@ -63,11 +63,14 @@ def ingest_paths(settings: QpbotSettings, paths: list[Path], quiet: bool = False
     defs = load_definitions()
     ordered = instance.get_dynamic_partitions(partitions)
     ranges = contiguous_ranges(ordered, stale)
-    level = logging.WARNING if quiet else logging.INFO
-    logging.getLogger("dagster").setLevel(level)
+    # Progress bars show the work; the run's event log is in the Dagster UI.
+    log_level = "WARNING" if quiet else "INFO"
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    logging.getLogger("dagster").setLevel(log_level)
     success = True
     for first, last in ranges:
         result = defs.resolve_job_def("ingest_documents").execute_in_process(
+            run_config=run_config,
             instance=instance,
             tags={RANGE_START: first, RANGE_END: last},
             raise_on_error=False,
@@ -75,7 +78,7 @@ def ingest_paths(settings: QpbotSettings, paths: list[Path], quiet: bool = False
         success &= result.success
     if removed and not ranges:
         result = defs.resolve_job_def("refresh_index").execute_in_process(
-            instance=instance, raise_on_error=False
+            run_config=run_config, instance=instance, raise_on_error=False
         )
         success &= result.success
     return {
