@@ -13,12 +13,9 @@ from qpbot_assets.documents.sources import (
 )
 from qpbot_assets.documents.store import DocumentStore
 from qpbot_assets.instance import get_instance
-from qpbot_assets.partitions import documents_partitions
+from qpbot_assets.partitions import documents_partitions, partition_range_tags
 from qpbot_serving import index as contract
 from qpbot_serving.settings import QpbotSettings
-
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
 
 
 def load_definitions():
@@ -72,7 +69,7 @@ def ingest_paths(settings: QpbotSettings, paths: list[Path], quiet: bool = False
         result = defs.resolve_job_def("ingest_documents").execute_in_process(
             run_config=run_config,
             instance=instance,
-            tags={RANGE_START: first, RANGE_END: last},
+            tags=partition_range_tags(first, last),
             raise_on_error=False,
         )
         success &= result.success

@@ -124,6 +124,13 @@ def test_bad_files_are_quarantined_and_the_batch_goes_on(qpbot_home, sample_docu
         document_id_for((folder / "travel-and-expense-policy.md").resolve().as_uri())
     }
 
+    # A good document that turns bad loses its chunks and is quarantined; nothing else changes.
+    (folder / "travel-and-expense-policy.md").write_bytes(b"")
+    assert ingest_paths(settings, [folder], quiet=True)["success"]
+    status = index_status(settings)
+    assert len(status["quarantined"]) == 4 and status["chunks"] == 0
+    assert index_rows(settings) == []
+
 
 def test_status_json_shape(qpbot_home, sample_documents, tmp_path):
     import subprocess

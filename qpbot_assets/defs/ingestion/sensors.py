@@ -21,11 +21,8 @@ from qpbot_assets.documents.sources import (
     scan_folder,
 )
 from qpbot_assets.documents.store import DocumentStore
-from qpbot_assets.partitions import documents_partitions
+from qpbot_assets.partitions import documents_partitions, partition_range_tags
 from qpbot_assets.resources import DocumentStoreResource, S3SourceResource
-
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
 
 
 def range_run_request(first: str, last: str, run_key: str) -> dg.RunRequest:
@@ -33,7 +30,7 @@ def range_run_request(first: str, last: str, run_key: str) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=run_key,
         job_name=ingest_documents_job.name,
-        tags={RANGE_START: first, RANGE_END: last},
+        tags=partition_range_tags(first, last),
     )
 
 

@@ -1,0 +1,130 @@
+"""Index a BEIR corpus (one row per document) for retrieval evaluation.
+
+The rows follow `qpbot_serving.index.chunk_schema` exactly and go into the table the service
+would open for the model, so the evaluated retriever is the one that serves. No Dagster
+here: evaluating a retriever needs no instance and no per-document partitions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+
+from qpbot_assets.documents.store import fingerprint
+from qpbot_serving import index as contract
+from qpbot_serving.embedding import Embedder
+
+CORPUS_MARKER = "BEIR_CORPUS.json"  # beside PROMOTED.json: which corpus the index holds
+
+
+def read_beir_corpus(corpus_path: Path) -> Iterator[dict]:
+    """Yields {"_id", "title", "text"} per line of a BEIR corpus.jsonl."""
+    with open(corpus_path, encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
+
+
+def indexed_text(title: str, text: str, include_title: bool = True) -> str:
+    """The text stored, embedded and full-text indexed for a document.
+
+    The title goes first by default: on SciFact it raises nDCG@10 (BENCHMARKS.md,
+    "Retrieval quality"), as it does in BEIR's own runs.
+    """
+    return f"{title}\n\n{text}" if title and include_title else text
+
+
+def corpus_digest(corpus_path: Path, model_name: str, include_title: bool = True) -> str:
+    """Identifies a corpus file's content and how it was indexed."""
+    sha = hashlib.sha256(Path(corpus_path).read_bytes()).hexdigest()
+    return fingerprint(sha, model_name, indexed_text("t", "x", include_title))
+
+
+def index_beir_corpus(
+    corpus_path: Path,
+    home: Path,
+    model_name: str,
+    embedder: Embedder | None = None,
+    include_title: bool = True,
+) -> contract.PromotedIndex:
+    """Writes one row per corpus document into `home/index/lancedb`, table
+    `table_name_for(model_name)` (replaced if it exists), builds the full-text index on
+    `text` and moves the promoted pointer to the new version. Returns that pointer.
+
+    `embedder` lets a caller reuse a loaded model; its `model_name` must be `model_name`.
+    `include_title=False` indexes the abstract alone (kept to measure the difference).
+    """
+    from lancedb.index import FTS
+
+    embedder = embedder or Embedder(model_name)
+    if embedder.model_name != model_name:
+        raise ValueError(f"embedder is {embedder.model_name}, not {model_name}")
+    index_dir = Path(home) / "index"
+    docs = list(read_beir_corpus(corpus_path))
+    texts = [indexed_text(d.get("title") or "", d["text"], include_title) for d in docs]
+    vectors = embedder.encode(texts, show_progress_bar=len(texts) > 64)
+    info = contract.IndexInfo(embedding_model=model_name, dimension=int(vectors.shape[1]))
+    schema = contract.chunk_schema(info)
+    rows = []
+    for doc, text, vector in zip(docs, texts, vectors, strict=True):
+        row = {
+            "chunk_id": f"{doc['_id']}#0",
+            "document_id": str(doc["_id"]),
+            "chunk_index": 0,
+            "text": text,
+            "title": doc.get("title") or "",
+            "section": None,
+            "page_start": None,
+            "page_end": None,
+            "source_uri": f"beir:{Path(corpus_path).name}#{doc['_id']}",
+            "format": "beir",
+            "author": None,
+            "language": "en",
+        }
+        row["row_hash"] = fingerprint(row, hashlib.sha256(vector.tobytes()).hexdigest())
+        row["vector"] = vector
+        rows.append(row)
+
+    db = contract.connect(index_dir)
+    table = db.create_table(
+        contract.table_name_for(model_name),
+        data=pa.Table.from_pylist(rows, schema=schema),
+        schema=schema,
+        mode="overwrite",
+    )
+    table.create_index("text", config=FTS())
+    promoted = contract.write_promoted(
+        index_dir,
+        table=table.name,
+        version=table.version,
+        embedding_model=model_name,
+        dimension=info.dimension,
+        chunks=len(rows),
+        documents=len(rows),
+    )
+    contract.atomic_write_json(
+        index_dir / CORPUS_MARKER,
+        {"digest": corpus_digest(corpus_path, model_name, include_title), "index": promoted.label},
+    )
+    return promoted
+
+
+def indexed_corpus(
+    corpus_path: Path, home: Path, model_name: str, include_title: bool = True
+) -> contract.PromotedIndex | None:
+    """The promoted index in `home` if it already holds this corpus for this model, else None."""
+    index_dir = Path(home) / "index"
+    promoted = contract.read_promoted(index_dir)
+    marker = index_dir / CORPUS_MARKER
+    if promoted is None or not marker.is_file():
+        return None
+    recorded = json.loads(marker.read_text())
+    if recorded.get("index") != promoted.label or recorded.get("digest") != corpus_digest(
+        corpus_path, model_name, include_title
+    ):
+        return None
+    return promoted
