@@ -74,6 +74,9 @@ class AnswerLog:
 
     def __init__(self, database_url: str, spool_path: Path):
         self.engine = engine_for(database_url)
+        if self.engine.dialect.name == "sqlite" and self.engine.url.database:
+            Path(self.engine.url.database).parent.mkdir(parents=True, exist_ok=True)
+        self._recent_answers: set[str] = set()  # recorded but maybe not written yet
         self.spool_path = Path(spool_path)
         self._queue: queue.Queue[tuple[str, dict] | None] = queue.Queue()
         self._spool_lock = threading.Lock()
@@ -83,6 +86,9 @@ class AnswerLog:
 
     # --- what requests call ----------------------------------------------------------
     def record_answer(self, row: dict[str, Any]) -> None:
+        if len(self._recent_answers) > 10_000:
+            self._recent_answers.clear()
+        self._recent_answers.add(row["answer_id"])
         self._queue.put(("answers", {"created_at": now(), **row}))
 
     def record_feedback(self, row: dict[str, Any]) -> None:
@@ -90,6 +96,8 @@ class AnswerLog:
 
     def answer_exists(self, answer_id: str) -> bool | None:
         """True/False from the database; None when it cannot be asked right now."""
+        if answer_id in self._recent_answers:
+            return True
         try:
             self._ensure_schema()
             with self.engine.connect() as connection:

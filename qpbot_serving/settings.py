@@ -45,6 +45,12 @@ class QpbotSettings(BaseSettings):
     generator_timeout_s: float = Field(
         default=1.5, description="Longest wait for the remote generator's next piece."
     )
+    answer_max_new_tokens: int = Field(default=160, description="Longest generated answer.")
+    api_token: str | None = Field(
+        default=None, description="When set, uploads and feedback need 'Authorization: Bearer …'."
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="JSON list of origins.")
+    max_upload_mb: int = Field(default=50, description="Largest accepted upload.")
     s3_bucket: str | None = Field(default=None, description="Bucket the S3 source sensor watches.")
     s3_prefix: str = ""
     s3_endpoint_url: str | None = Field(

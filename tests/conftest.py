@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -123,3 +126,65 @@ def s3_server(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+class StreamingChatHandler(BaseHTTPRequestHandler):
+    """A chat server on 127.0.0.1 that streams 'The answer is 42.' in three pieces, in Ollama's or OpenAI's format."""
+
+    pieces = ["The answer", " is", " 42."]
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append((self.path, request))
+        self.send_response(200)
+        self.end_headers()
+        for piece in self.pieces:
+            if self.path == "/api/chat":
+                line = json.dumps({"message": {"content": piece}, "done": False}) + "\n"
+            else:
+                line = "data: " + json.dumps({"choices": [{"delta": {"content": piece}}]}) + "\n\n"
+            self.wfile.write(line.encode())
+            self.wfile.flush()
+        end = json.dumps({"done": True}) + "\n" if self.path == "/api/chat" else "data: [DONE]\n\n"
+        self.wfile.write(end.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def streaming_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StreamingChatHandler)
+    server.requests = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens once the socket is closed
+
+
+@pytest.fixture
+def hanging_port():
+    """Accepts connections and reads the request, but never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield listener.getsockname()[1]
+    listener.close()
+    for connection in held:
+        connection.close()

@@ -3,13 +3,10 @@ that speak them (streaming), are down (a closed port) or hang (accept and never 
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import StreamingChatHandler
 
 from qpbot_serving.generation import (
     GeneratorUnavailable,
@@ -29,68 +26,6 @@ MESSAGES = [
 ]
 
 
-class _StreamingHandler(BaseHTTPRequestHandler):
-    """Streams 'The answer is 42.' in three pieces, in Ollama's or OpenAI's format."""
-
-    pieces = ["The answer", " is", " 42."]
-
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append((self.path, request))
-        self.send_response(200)
-        self.end_headers()
-        for piece in self.pieces:
-            if self.path == "/api/chat":
-                line = json.dumps({"message": {"content": piece}, "done": False}) + "\n"
-            else:
-                line = "data: " + json.dumps({"choices": [{"delta": {"content": piece}}]}) + "\n\n"
-            self.wfile.write(line.encode())
-            self.wfile.flush()
-        end = json.dumps({"done": True}) + "\n" if self.path == "/api/chat" else "data: [DONE]\n\n"
-        self.wfile.write(end.encode())
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def streaming_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StreamingHandler)
-    server.requests = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-
-
-@pytest.fixture
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # nothing listens once the socket is closed
-
-
-@pytest.fixture
-def hanging_port():
-    """Accepts connections and reads the request, but never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    held = []
-
-    def accept():
-        while True:
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield listener.getsockname()[1]
-    listener.close()
-    for connection in held:
-        connection.close()
-
-
 @pytest.mark.parametrize(
     ("kind", "path"),
     [(OllamaGenerator, "/api/chat"), (OpenAICompatibleGenerator, "/v1/chat/completions")],
@@ -98,7 +33,7 @@ def hanging_port():
 def test_http_generators_stream_pieces(streaming_server, kind, path):
     url = f"http://127.0.0.1:{streaming_server.server_address[1]}"
     generator = kind(url, "some-model", timeout_s=5, api_key="secret")
-    assert list(generator.stream(MESSAGES, max_new_tokens=20)) == _StreamingHandler.pieces
+    assert list(generator.stream(MESSAGES, max_new_tokens=20)) == StreamingChatHandler.pieces
     [(seen_path, request)] = streaming_server.requests
     assert seen_path == path and request["model"] == "some-model" and request["stream"] is True
     assert request["messages"] == MESSAGES

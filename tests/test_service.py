@@ -1,0 +1,177 @@
+"""The answer service over a real index of the sample documents, the real embedding model,
+SQLite for the answer log, and real HTTP generators on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+from conftest import StreamingChatHandler
+from fastapi.testclient import TestClient
+
+from qpbot_assets.ingest import ingest_paths
+from qpbot_serving import index as contract
+from qpbot_serving.app import create_app
+from qpbot_serving.generation import OpenAICompatibleGenerator
+from qpbot_serving.prompting import NO_ANSWER
+from qpbot_serving.settings import QpbotSettings
+
+
+@pytest.fixture(scope="module")
+def indexed_home(tmp_path_factory, sample_documents):
+    """A QPBOT_HOME with the sample documents ingested (once for the module)."""
+    home = tmp_path_factory.mktemp("service-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QPBOT_HOME", str(home))
+        patch.delenv("DAGSTER_HOME", raising=False)
+        assert ingest_paths(QpbotSettings(), [sample_documents], quiet=True)["success"]
+    return home
+
+
+def client_for(home, generator, **settings) -> TestClient:
+    return TestClient(create_app(QpbotSettings(home=home, **settings), generator=generator))
+
+
+@pytest.fixture
+def chat_url(streaming_server) -> str:
+    return f"http://127.0.0.1:{streaming_server.server_address[1]}"
+
+
+def test_health_ready_and_search(indexed_home, chat_url):
+    with client_for(indexed_home, OpenAICompatibleGenerator(chat_url, "m", 5)) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["index_version"].startswith("chunks__")
+        for mode in ("hybrid", "dense", "keyword"):
+            body = client.post(
+                "/v1/search", json={"query": "battery runtime in Eco mode", "k": 3, "mode": mode}
+            ).json()
+            assert len(body["hits"]) == 3, mode
+            assert body["hits"][0]["title"] == "Kestrel K2 User Handbook", mode
+            assert body["hits"][0]["page_start"] >= 1
+        filtered = client.post(
+            "/v1/search", json={"query": "battery", "filters": {"format": "markdown"}}
+        ).json()["hits"]
+        assert filtered and {h["document_id"].split(".")[-1][:2] for h in filtered} == {"md"}
+        assert client.post("/v1/search", json={"query": "", "k": 3}).status_code == 422
+        assert client.post("/v1/search", json={"query": "x", "mode": "magic"}).status_code == 422
+        metrics = client.get("/metrics").text
+        assert 'qpbot_request_seconds_count{endpoint="/v1/search"' in metrics
+        assert "qpbot_index_promoted_timestamp_seconds" in metrics
+
+
+def test_answer_with_citations_logged_and_feedback(indexed_home, chat_url):
+    with client_for(indexed_home, OpenAICompatibleGenerator(chat_url, "m", 5)) as client:
+        answer = client.post("/v1/answer", json={"query": "How long does the battery last?"}).json()
+        assert answer["answer"] == "".join(StreamingChatHandler.pieces)
+        assert answer["citations"] and answer["citations"][0]["number"] == 1
+        assert {"retrieval", "generation"} <= set(answer["timings_ms"])
+        assert answer["index_version"].startswith("chunks__") and answer["prompt_version"]
+
+        ok = client.post(
+            "/v1/feedback",
+            json={
+                "answer_id": answer["answer_id"],
+                "rating": "up",
+                "source_judgments": {answer["citations"][0]["chunk_id"]: "relevant"},
+            },
+        )
+        assert ok.status_code == 202
+        client.app.state.answer_log.flush()
+        assert (
+            client.post("/v1/feedback", json={"answer_id": "unknown", "rating": "up"}).status_code
+            == 404
+        )
+        assert (
+            client.post(
+                "/v1/feedback", json={"answer_id": answer["answer_id"], "rating": "meh"}
+            ).status_code
+            == 422
+        )
+        assert 'qpbot_feedback_total{rating="up"} 1.0' in client.get("/metrics").text
+
+
+def test_streamed_answer_as_server_sent_events(indexed_home, chat_url):
+    with client_for(indexed_home, OpenAICompatibleGenerator(chat_url, "m", 5)) as client:
+        with client.stream(
+            "POST", "/v1/answer", json={"query": "What does E4 mean?", "stream": True}
+        ) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = [block for block in response.read().decode().split("\n\n") if block]
+    names = [block.split("\n")[0].removeprefix("event: ") for block in events]
+    assert names[0] == "sources" and names[-1] == "done" and names.count("token") == 3
+    done = json.loads(events[-1].split("data: ", 1)[1])
+    assert done["answer"] == "The answer is 42." and "first_token" in done["timings_ms"]
+
+
+@pytest.mark.parametrize("port_fixture", ["closed_port", "hanging_port"])
+def test_a_down_or_hanging_generator_still_returns_sources_in_time(
+    indexed_home, port_fixture, request
+):
+    port = request.getfixturevalue(port_fixture)
+    generator = OpenAICompatibleGenerator(f"http://127.0.0.1:{port}", "m", timeout_s=1.5)
+    with client_for(indexed_home, generator) as client:
+        started = time.monotonic()
+        body = client.post("/v1/answer", json={"query": "How long does the battery last?"}).json()
+        assert time.monotonic() - started < 2.5
+    assert body["answer"] is None and "unavailable" in body["error"]
+    assert body["citations"]
+
+
+def test_no_sources_means_no_answer_without_calling_the_model(indexed_home, closed_port):
+    generator = OpenAICompatibleGenerator(f"http://127.0.0.1:{closed_port}", "m", 1.5)
+    with client_for(indexed_home, generator) as client:
+        body = client.post(
+            "/v1/answer", json={"query": "battery", "filters": {"document_id": "no-such-document"}}
+        ).json()
+    assert body["answer"] == NO_ANSWER and body["citations"] == [] and body["error"] is None
+
+
+def test_upload_status_limits_and_tokens(indexed_home, chat_url, tmp_path):
+    home = tmp_path / "upload-home"
+    with client_for(
+        home, OpenAICompatibleGenerator(chat_url, "m", 5), api_token="s3cret", max_upload_mb=1
+    ) as client:
+        assert client.get("/readyz").status_code == 503  # nothing promoted in this home yet
+        assert client.post("/v1/search", json={"query": "x"}).status_code == 503
+        files = {"file": ("notes.md", b"# Notes\n\nThe office closes at 18:00.", "text/markdown")}
+        assert client.post("/v1/documents", files=files).status_code == 401
+        auth = {"Authorization": "Bearer s3cret"}
+        created = client.post("/v1/documents", files=files, headers=auth)
+        assert created.status_code == 201
+        document_id = created.json()["document_id"]
+        assert (home / "inbox" / "notes.md").read_bytes().startswith(b"# Notes")
+        assert client.get(f"/v1/documents/{document_id}").json()["status"] == "queued"
+        assert client.get("/v1/documents/unknown-id").status_code == 404
+        too_big = {"file": ("big.txt", b"x" * (1024 * 1024 + 1), "text/plain")}
+        assert client.post("/v1/documents", files=too_big, headers=auth).status_code == 413
+        exe = {"file": ("tool.exe", b"MZ", "application/octet-stream")}
+        rejected = client.post("/v1/documents", files=exe, headers=auth)
+        assert rejected.status_code == 415 and "not accepted" in rejected.json()["error"]
+
+
+def test_the_service_switches_to_a_newly_promoted_index(
+    indexed_home, chat_url, sample_documents, tmp_path, monkeypatch
+):
+    home = tmp_path / "switch-home"
+    shutil.copytree(indexed_home, home)
+    # The copied pointer names the same table and version under the new home.
+    monkeypatch.setenv("QPBOT_HOME", str(home))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    with client_for(home, OpenAICompatibleGenerator(chat_url, "m", 5)) as client:
+        before = client.get("/readyz").json()["index_version"]
+        extra = tmp_path / "extra"
+        extra.mkdir()
+        (extra / "canteen.md").write_text("# Canteen\n\nThe canteen serves pancakes on Fridays.")
+        assert ingest_paths(QpbotSettings(), [extra], quiet=True)["success"]
+        after = contract.read_promoted(home / "index").label
+        assert after != before
+        deadline = time.monotonic() + 15
+        while (
+            client.get("/readyz").json()["index_version"] != after and time.monotonic() < deadline
+        ):
+            time.sleep(0.5)
+        hits = client.post("/v1/search", json={"query": "pancakes canteen", "k": 1}).json()["hits"]
+        assert "pancakes" in hits[0]["text"]
