@@ -8,7 +8,7 @@ export QPBOT_HOME
 # else PyTorch's CPU index. An unpinned or CUDA torch would pull several GB.
 TORCH_SOURCE := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 
-.PHONY: demo test install samples
+.PHONY: demo test install samples browser
 
 install: $(VENV)/.installed
 
@@ -22,10 +22,18 @@ $(VENV)/.installed: pyproject.toml
 samples: install
 	$(BIN)/python examples/make_sample_documents.py examples/sample_documents
 
-# Ingest the sample documents into $(QPBOT_HOME), then run the Dagster UI and daemon.
+# Ingest the sample documents into $(QPBOT_HOME), then run the answer service (port 8000)
+# and the Dagster UI with its daemon (port 3000); Ctrl-C stops all.
 demo: samples
 	$(BIN)/qpbot ingest examples/sample_documents
-	$(BIN)/qpbot dev
+	$(BIN)/qpbot serve & trap 'kill $$!' EXIT; $(BIN)/qpbot dev
 
-test: install
+# Headless Chromium for the web-page test, from Debian's packages when we may install them.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+	  echo "Chromium not installed: the browser test will skip (or fail with QPBOT_REQUIRE_SERVICES=1)"
+
+test: install browser
 	$(BIN)/pytest

@@ -12,17 +12,18 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, File, Header, Request, UploadFile
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from qpbot_serving import index as contract
 from qpbot_serving.answer_log import AnswerLog
-from qpbot_serving.documents import DocumentNotFound, document_status, save_upload
+from qpbot_serving.documents import DocumentNotFound, document_file, document_status, save_upload
 from qpbot_serving.generation import (
     Generator,
     GeneratorUnavailable,
@@ -35,6 +36,7 @@ from qpbot_serving.retrieval import IndexNotReady, Retriever, SearchHit
 from qpbot_serving.settings import QpbotSettings
 
 INDEX_POLL_SECONDS = 2.0
+WEB_PAGE = Path(__file__).parent / "web" / "index.html"
 
 
 # --- request and response models ---------------------------------------------------------
@@ -204,6 +206,10 @@ def create_app(
         if settings.api_token and authorization != f"Bearer {settings.api_token}":
             raise Unauthorized("this endpoint needs 'Authorization: Bearer <QPBOT_API_TOKEN>'")
 
+    @app.get("/", include_in_schema=False)
+    async def web_page() -> FileResponse:
+        return FileResponse(WEB_PAGE, media_type="text/html")
+
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict:
         return {"status": "ok"}
@@ -297,6 +303,14 @@ def create_app(
         if not re.fullmatch(r"[a-z0-9._-]{1,100}", document_id):
             raise BadRequest("document ids are lowercase letters, digits, '.', '_' and '-'")
         return await asyncio.to_thread(document_status, settings, document_id)
+
+    @app.get("/v1/documents/{document_id}/content", tags=["v1"])
+    async def document_content(document_id: str) -> FileResponse:
+        if not re.fullmatch(r"[a-z0-9._-]{1,100}", document_id):
+            raise BadRequest("document ids are lowercase letters, digits, '.', '_' and '-'")
+        path, filename = await asyncio.to_thread(document_file, settings, document_id)
+        # Inline, so a citation link opens the PDF at its page (#page=N) in the browser.
+        return FileResponse(path, filename=filename, content_disposition_type="inline")
 
     return app
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from qpbot_assets.documents.sources import document_id_for
+from qpbot_assets.documents.store import DocumentStore
 from qpbot_serving.settings import QpbotSettings
 
 ACCEPTED_SUFFIXES = {".pdf", ".docx", ".md", ".markdown", ".txt", ".html", ".htm"}
@@ -84,3 +85,13 @@ def document_status(settings: QpbotSettings, document_id: str) -> dict:
         chunks = json.loads((stages / "chunks.json").read_text()).get("output") or []
         return {**status, "status": "indexed", "chunks": len(chunks)}
     return {**status, "status": "processing"}
+
+
+def document_file(settings: QpbotSettings, document_id: str) -> tuple[Path, str]:
+    """The stored original of an ingested document: (path, file name)."""
+    store = DocumentStore(settings.home)
+    record = (store.read_stage(document_id, "raw") or {}).get("output")
+    if not record:
+        raise DocumentNotFound(f"no ingested document with id {document_id}")
+    suffix = Path(record["filename"]).suffix
+    return store.blob_path(record["sha256"], suffix=suffix), record["filename"]
