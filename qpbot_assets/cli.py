@@ -1,4 +1,4 @@
-"""The `qpbot` command line: ingest files, show status, run the Dagster UI."""
+"""The `qpbot` command line: ingest files, show status, run the Dagster UI, evaluate retrieval."""
 
 from __future__ import annotations
 
@@ -29,12 +29,36 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--port", type=int, default=3000)
     dev.add_argument("--daemon-only", action="store_true", help="sensors and automation, no UI")
 
+    evaluate = commands.add_parser("eval", help="measure quality on a benchmark")
+    evaluations = evaluate.add_subparsers(dest="evaluation", required=True)
+    retrieval = evaluations.add_parser(
+        "retrieval", help="nDCG@10, recall@100, MRR@10 of the retriever on a BEIR dataset"
+    )
+    retrieval.add_argument("--corpus", type=Path, required=True, help="BEIR corpus.jsonl")
+    retrieval.add_argument("--queries", type=Path, required=True, help="BEIR queries .jsonl")
+    retrieval.add_argument("--qrels", type=Path, required=True, help="BEIR qrels .tsv")
+    retrieval.add_argument("--mode", choices=["dense", "keyword", "hybrid"], default="hybrid")
+    retrieval.add_argument(
+        "--home",
+        type=Path,
+        help="index here (reused when it already holds this corpus); default: a temporary one",
+    )
+    retrieval.add_argument("--json", action="store_true", help="print one JSON object")
+
+    serve = commands.add_parser("serve", help="run the answer service (HTTP API)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+
     args = parser.parse_args(argv)
     settings = QpbotSettings()
+    if args.command == "eval":
+        return _eval_retrieval(settings, args)
     if args.command == "ingest":
         return _ingest(settings, args.paths, as_json=args.json)
     if args.command == "status":
         return _status(settings, as_json=args.json)
+    if args.command == "serve":
+        return _serve(settings, args.host, args.port)
     return _dev(settings, args.host, args.port, daemon_only=args.daemon_only)
 
 
@@ -67,6 +91,59 @@ def _status(settings: QpbotSettings, as_json: bool) -> int:
         print(json.dumps(status))
     else:
         _print_status(status)
+    return 0
+
+
+def _eval_retrieval(settings: QpbotSettings, args: argparse.Namespace) -> int:
+    """Indexes the corpus (one row per document) with the configured embedding model into
+    --home or a throw-away home, then runs the queries through the serving retriever."""
+    import tempfile
+
+    from qpbot_assets.beir import CORPUS_MARKER, index_beir_corpus, indexed_corpus
+    from qpbot_serving.evaluation import evaluate_retriever
+    from qpbot_serving.index import read_promoted
+    from qpbot_serving.retrieval import Retriever
+
+    missing = [str(p) for p in (args.corpus, args.queries, args.qrels) if not p.is_file()]
+    if missing:
+        print(f"qpbot eval retrieval: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="qpbot-eval-") as scratch:
+        home = args.home.expanduser().resolve() if args.home else Path(scratch)
+        model = settings.embedding_model
+        promoted = indexed_corpus(args.corpus, home, model)
+        reused = promoted is not None
+        if (
+            not reused
+            and read_promoted(home / "index")
+            and not (home / "index" / CORPUS_MARKER).is_file()
+        ):
+            # never overwrite the index of a real home (documents ingested by `qpbot ingest`)
+            print(
+                f"qpbot eval retrieval: {home} holds a document index, not an evaluation index; "
+                "give --home an empty folder (or leave it out)",
+                file=sys.stderr,
+            )
+            return 2
+        if not reused:
+            promoted = index_beir_corpus(args.corpus, home, model)
+        retriever = Retriever.open(home / "index")
+        result = {
+            **evaluate_retriever(retriever, args.queries, args.qrels, mode=args.mode),
+            "mode": args.mode,
+            "index": promoted.label,
+            "documents": promoted.documents,
+            "embedding_model": model,
+            "reused_index": reused,
+        }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{args.mode}: nDCG@10 {result['ndcg@10']:.4f}  recall@100 {result['recall@100']:.4f}"
+            f"  MRR@10 {result['mrr@10']:.4f}  over {result['queries']} queries "
+            f"({result['documents']} documents, {model})"
+        )
     return 0
 
 
@@ -111,6 +188,18 @@ def _dev(settings: QpbotSettings, host: str, port: int, daemon_only: bool = Fals
             process.terminate()
         for process in processes:
             process.wait(timeout=30)
+    return 0
+
+
+def _serve(settings: QpbotSettings, host: str, port: int) -> int:
+    import uvicorn
+
+    from qpbot_serving.app import create_app
+
+    print(
+        f"Answer service: http://{host}:{port}  (API docs: http://{host}:{port}/docs)", flush=True
+    )
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
     return 0
 
 

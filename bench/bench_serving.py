@@ -1,0 +1,216 @@
+"""Serving benchmark: search latency per mode at ~5k and 100k chunks, in-process and over
+HTTP; /v1/search throughput with 16 concurrent clients; /v1/answer time to first token.
+
+    .venv/bin/python bench/bench_serving.py --home /tmp/scifact_home [--queries 200]
+
+`--home` is a QPBOT_HOME holding the SciFact corpus (5,183 abstracts), as built by
+`qpbot eval retrieval --home DIR ...`. The 100k index is made from it by repeating each
+row 20 times with its vector slightly perturbed (and renormalized): real texts and a
+realistic vector distribution, without encoding 100k chunks on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from qpbot_serving import index as contract  # noqa: E402
+from qpbot_serving.retrieval import Retriever  # noqa: E402
+
+MODES = ("dense", "keyword", "hybrid")
+SHARED = REPO.parent / "shared" / "data"
+
+
+def percentiles(samples: list[float]) -> dict:
+    ordered = sorted(samples)
+    return {
+        "p50_ms": round(1000 * statistics.median(ordered), 1),
+        "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1),
+    }
+
+
+def queries(count: int) -> list[str]:
+    with open(SHARED / "scifact" / "queries-train.jsonl") as handle:
+        return [json.loads(line)["text"] for line, _ in zip(handle, range(count), strict=False)]
+
+
+def scaled_copy(source_home: Path, target_home: Path, factor: int) -> None:
+    """A home whose promoted table holds every row of the source `factor` times."""
+    promoted = contract.read_promoted(source_home / "index")
+    table = contract.connect(source_home / "index").open_table(promoted.table)
+    table.checkout(promoted.version)
+    rows = table.to_arrow()
+    rng = np.random.default_rng(0)
+    vectors = np.stack(rows.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+    db = contract.connect(target_home / "index")
+    copy = db.create_table(promoted.table, schema=rows.schema)
+    for copy_number in range(factor):
+        noisy = vectors + rng.normal(0, 0.02, vectors.shape).astype(np.float32) * (copy_number > 0)
+        noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+        batch = rows.set_column(
+            rows.schema.get_field_index("vector"),
+            "vector",
+            pa.FixedSizeListArray.from_arrays(pa.array(noisy.ravel()), vectors.shape[1]),
+        ).set_column(
+            0,
+            "chunk_id",
+            pa.array([f"{c}-{copy_number}" for c in rows.column("chunk_id").to_pylist()]),
+        )
+        copy.add(batch)
+    from lancedb.index import FTS
+
+    copy.create_index("text", config=FTS())
+    fields = {k: v for k, v in asdict(promoted).items() if k != "promoted_at"}
+    fields.update(version=copy.version, chunks=copy.count_rows())
+    contract.write_promoted(target_home / "index", **fields)
+
+
+def in_process(home: Path, texts: list[str]) -> dict:
+    retriever = Retriever.open(home / "index")
+    retriever.search("warm up", 10, "hybrid")
+    results = {}
+    for mode in MODES:
+        samples = []
+        for text in texts:
+            started = time.perf_counter()
+            retriever.search(text, 10, mode)
+            samples.append(time.perf_counter() - started)
+        results[mode] = percentiles(samples)
+    return results
+
+
+def start_service(home: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "QPBOT_HOME": str(home)}
+    process = subprocess.Popen(
+        [Path(sys.executable).parent / "qpbot", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise SystemExit("qpbot serve did not become ready")
+
+
+def over_http(url: str, texts: list[str]) -> dict:
+    results = {}
+    with httpx.Client(timeout=30) as client:
+        for mode in MODES:
+            samples = []
+            for text in texts:
+                started = time.perf_counter()
+                client.post(
+                    f"{url}/v1/search", json={"query": text, "k": 10, "mode": mode}
+                ).raise_for_status()
+                samples.append(time.perf_counter() - started)
+            results[mode] = percentiles(samples)
+    return results
+
+
+def throughput(url: str, texts: list[str], clients: int = 16, seconds: float = 15.0) -> dict:
+    done = []
+    deadline = time.monotonic() + seconds
+
+    def client_loop(offset: int) -> None:
+        with httpx.Client(timeout=30) as client:
+            i = offset
+            while time.monotonic() < deadline:
+                client.post(
+                    f"{url}/v1/search", json={"query": texts[i % len(texts)], "k": 10}
+                ).raise_for_status()
+                done.append(1)
+                i += clients
+
+    threads = [threading.Thread(target=client_loop, args=(n,)) for n in range(clients)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {
+        "clients": clients,
+        "requests_per_s": round(len(done) / (time.monotonic() - started), 1),
+    }
+
+
+def answer_latency(url: str, questions: list[str]) -> dict:
+    first, total = [], []
+    with httpx.Client(timeout=120) as client:
+        for question in questions:
+            started = time.perf_counter()
+            first_token = None
+            with client.stream(
+                "POST", f"{url}/v1/answer", json={"query": question, "stream": True}
+            ) as response:
+                for line in response.iter_lines():
+                    if line == "event: token" and first_token is None:
+                        first_token = time.perf_counter() - started
+            total.append(time.perf_counter() - started)
+            first.append(first_token if first_token is not None else total[-1])
+    return {
+        "time_to_first_token": percentiles(first),
+        "total": percentiles(total),
+        "questions": len(questions),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument(
+        "--scale", type=int, default=20, help="copies of each row for the big index"
+    )
+    args = parser.parse_args()
+    texts = queries(args.queries)
+    report: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        big = Path(tmp) / "big"
+        scaled_copy(args.home, big, args.scale)
+        for label, home in (("small", args.home), ("big", big)):
+            chunks = contract.read_promoted(home / "index").chunks
+            process, url = start_service(home)
+            try:
+                report[label] = {
+                    "chunks": chunks,
+                    "in_process": in_process(home, texts),
+                    "http": over_http(url, texts),
+                    "throughput_hybrid": throughput(url, texts),
+                }
+                if label == "small":
+                    report[label]["answer"] = answer_latency(url, texts[:10])
+            finally:
+                process.terminate()
+                process.wait(timeout=30)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
