@@ -253,7 +253,7 @@ def create_app(
             retriever.search, body.query, body.k, body.mode, _filters(body.filters)
         )
         timings = {"retrieval": _observe(request, "retrieval", started)}
-        sources = number_sources(hits)
+        sources = number_sources(hits, state.settings.answer_context_chars)
         citations = [_citation(number, hit) for number, hit in enumerate(hits[: len(sources)], 1)]
         record = {
             "answer_id": str(uuid.uuid4()),

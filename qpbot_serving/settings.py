@@ -46,6 +46,9 @@ class QpbotSettings(BaseSettings):
         default=1.5, description="Longest wait for the remote generator's next piece."
     )
     answer_max_new_tokens: int = Field(default=160, description="Longest generated answer.")
+    answer_context_chars: int = Field(
+        default=2500, description="Characters of retrieved text put in the prompt (best first)."
+    )
     api_token: str | None = Field(
         default=None, description="When set, uploads and feedback need 'Authorization: Bearer …'."
     )
