@@ -85,7 +85,6 @@ def index_beir_corpus(
             "author": None,
             "language": "en",
         }
-        row["row_hash"] = fingerprint(row, hashlib.sha256(vector.tobytes()).hexdigest())
         row["vector"] = vector
         rows.append(row)
 

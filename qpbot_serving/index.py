@@ -21,7 +21,7 @@ import pyarrow as pa
 POINTER_FILE = "PROMOTED.json"
 LANCEDB_DIR = "lancedb"
 
-# Columns besides the vector; `row_hash` lets a writer see that a row is unchanged.
+# Columns besides the vector.
 CHUNK_COLUMNS: list[pa.Field] = [
     pa.field("chunk_id", pa.string(), nullable=False),
     pa.field("document_id", pa.string(), nullable=False),
@@ -35,7 +35,6 @@ CHUNK_COLUMNS: list[pa.Field] = [
     pa.field("format", pa.string()),
     pa.field("author", pa.string()),
     pa.field("language", pa.string()),
-    pa.field("row_hash", pa.string()),
 ]
 
 

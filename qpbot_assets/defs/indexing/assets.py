@@ -1,6 +1,5 @@
 """Embeddings, the LanceDB search index, its checked snapshot and the promoted pointer."""
 
-import hashlib
 import json
 import time
 
@@ -126,7 +125,6 @@ def document_rows(store: DocumentStore, document_id: str) -> list[dict]:
             "language": meta["language"],
         }
         vector = vectors[chunk["chunk_id"]]
-        row["row_hash"] = fingerprint(row, hashlib.sha256(vector.tobytes()).hexdigest())
         row["vector"] = vector
         rows.append(row)
     return rows
