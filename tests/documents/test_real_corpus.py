@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import need
+from corpus_expectations import UNREADABLE  # shared with the pipeline test
 
 from qpbot_assets.documents.cleaning import clean_document, clean_text
 from qpbot_assets.documents.extraction import (
@@ -25,7 +26,6 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 DOCS = SHARED_DATA / "docs"
 ARAGOG_PAPERS = SHARED_DATA / "aragog" / "papers"
 
-from corpus_expectations import UNREADABLE  # noqa: E402  (shared with the pipeline test)
 
 # User passwords the manifest names: with them, encrypted PDFs open.
 KNOWN_PASSWORDS = {
@@ -37,11 +37,7 @@ KNOWN_PASSWORDS = {
 
 def corpus(folder: Path) -> Path:
     """The folder, or a skip (a failure with QPBOT_REQUIRE_SERVICES=1) when it is missing."""
-    if not folder.is_dir():
-        reason = f"real corpus not found at {folder}"
-        if os.environ.get("QPBOT_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{reason} (QPBOT_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
+    need(folder.is_dir(), f"real corpus not found at {folder}")
     return folder
 
 
