@@ -66,3 +66,47 @@ class S3SourceResource(dg.ConfigurableResource):
 
     bucket: str | None = None
     prefix: str = ""
+
+
+class FeedbackDatabaseResource(dg.ConfigurableResource):
+    """The database the answer service logs answers and feedback to, and the folder where the
+    feedback assets keep their copies (events, metrics, training pairs)."""
+
+    database_url: str
+    feedback_dir: str
+
+    def engine(self):
+        from qpbot_serving.answer_log import engine_for
+
+        return engine_for(self.database_url)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.feedback_dir)
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow tracking and the model registry; artifacts stay under QPBOT_HOME."""
+
+    tracking_uri: str
+    artifacts_dir: str
+
+    def start_run(self, experiment: str, run_name: str | None = None):
+        """An active MLflow run in `experiment` (created on first use); use as a context."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        found = mlflow.get_experiment_by_name(experiment)
+        experiment_id = (
+            found.experiment_id
+            if found
+            else mlflow.create_experiment(
+                experiment, artifact_location=(Path(self.artifacts_dir) / experiment).as_uri()
+            )
+        )
+        return mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)

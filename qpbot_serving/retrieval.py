@@ -108,7 +108,19 @@ class Retriever:
             raise IndexNotReady(
                 f"no promoted index in {index_dir}: run `qpbot ingest PATH...` first"
             )
-        db = contract.connect(index_dir)
+        return cls.at(index_dir, promoted, embedder, reranker)
+
+    @classmethod
+    def at(
+        cls,
+        index_dir: Path,
+        promoted: contract.PromotedIndex,
+        embedder: Embedder | None = None,
+        reranker: Reranker | None = None,
+    ) -> Retriever:
+        """Opens the table and version that `promoted` names, promoted or not (a candidate
+        index being evaluated, say)."""
+        db = contract.connect(Path(index_dir))
         try:
             table = db.open_table(promoted.table)
         except (FileNotFoundError, ValueError) as error:

@@ -10,10 +10,18 @@ import importlib.util
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
+
+class BeirSet(BaseModel):
+    """A BEIR-format retrieval evaluation set over documents already in the index."""
+
+    name: str
+    queries: Path
+    qrels: Path
 
 
 class QpbotSettings(BaseSettings):
@@ -60,6 +68,30 @@ class QpbotSettings(BaseSettings):
         default=None, description="For S3-compatible servers (MinIO, rclone, ...)."
     )
 
+    # --- the learning loop ---------------------------------------------------------------
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking URI; SQLite under home if unset."
+    )
+    eval_beir_sets: list[BeirSet] = Field(
+        default_factory=list,
+        description="Retrieval sets the evaluation assets and the promotion gate score, besides "
+        'the golden set built from feedback: JSON list of {"name", "queries", "qrels"}.',
+    )
+    eval_qa_sets: list[Path] = Field(
+        default_factory=list,
+        description="JSONL files of {question, answer} pairs for answer evaluation (JSON list).",
+    )
+    drift_threshold: float = Field(
+        default=0.5, description="Drift share of embedding dimensions that starts retraining."
+    )
+    feedback_window: int = Field(default=50, description="Last N rated answers the sensor reads.")
+    feedback_min_up_rate: float = Field(
+        default=0.5, description="Thumbs-up rate over the window below which retraining starts."
+    )
+    retrain_min_new_pairs: int = Field(
+        default=200, description="New training pairs that start retraining on their own."
+    )
+
     def model_post_init(self, __context) -> None:
         # Absolute, so a process that changes directory still finds the same home.
         self.home = self.home.expanduser().resolve()
@@ -84,6 +116,21 @@ class QpbotSettings(BaseSettings):
     @property
     def feedback_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'feedback.db'}"
+
+    @property
+    def feedback_dir(self) -> Path:
+        """Feedback events, metrics and training pairs read from the feedback database."""
+        return self.home / "feedback"
+
+    @property
+    def models_dir(self) -> Path:
+        """Fine-tuned embedders and LoRA adapters."""
+        return self.home / "models"
+
+    @property
+    def tracking_uri(self) -> str:
+        # An absolute SQLite path (four slashes): MLflow resolves relative ones per process.
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
 
 
 def resolve_model_path(model_name: str) -> str:

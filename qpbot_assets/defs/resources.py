@@ -6,6 +6,8 @@ from dagster_aws.s3 import S3Resource
 from qpbot_assets.resources import (
     DocumentStoreResource,
     EmbeddingModelResource,
+    FeedbackDatabaseResource,
+    MlflowResource,
     S3SourceResource,
     SearchIndexResource,
 )
@@ -28,5 +30,12 @@ def resources() -> dg.Definitions:
             # Credentials come from the standard AWS environment variables.
             "s3": S3Resource(endpoint_url=settings.s3_endpoint_url),
             "s3_source": S3SourceResource(bucket=settings.s3_bucket, prefix=settings.s3_prefix),
+            "feedback_db": FeedbackDatabaseResource(
+                database_url=settings.feedback_database_url,
+                feedback_dir=str(settings.feedback_dir),
+            ),
+            "mlflow": MlflowResource(
+                tracking_uri=settings.tracking_uri, artifacts_dir=str(settings.home / "mlartifacts")
+            ),
         }
     )

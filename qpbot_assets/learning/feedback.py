@@ -1,0 +1,118 @@
+"""Feedback events: an incremental copy of the service's answer and feedback rows.
+
+The service writes to the feedback database (answer_log.py). `sync_feedback_events` copies
+rows newer than a cursor into Parquet files under `$QPBOT_HOME/feedback/`, so everything
+downstream reads files, not the live database:
+
+- `answers.parquet`: answer_id, created_at (UTC), query, mode, retrieved (JSON list of
+  {chunk_id, document_id, score}), prompt_version, model_version, index_version, answer,
+  error, latency_ms (JSON object of stage -> ms)
+- `feedback.parquet`: feedback_id, answer_id, created_at (UTC), rating ("up" | "down"),
+  comment, source_judgments (JSON object chunk_id -> "relevant" | "irrelevant")
+
+Rows are keyed by their primary key, so reading a row twice never duplicates it. The cursor
+steps back by `LOOKBACK` because a row replayed from the service's spool keeps the time it
+was answered, which can be earlier than rows already copied.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import sqlalchemy as sa
+
+from qpbot_serving.answer_log import TABLES, metadata
+from qpbot_serving.index import atomic_write_json
+
+LOOKBACK = timedelta(hours=1)
+CURSOR_FILE = "cursor.json"
+KEYS = {"answers": "answer_id", "feedback": "feedback_id"}
+JSON_COLUMNS = {"answers": ["retrieved", "latency_ms"], "feedback": ["source_judgments"]}
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    new_rows: dict[str, int]  # table -> rows not seen before
+    total_rows: dict[str, int]
+    cursor: dict[str, str | None]
+
+
+def sync_feedback_events(engine: sa.Engine, feedback_dir: Path) -> SyncResult:
+    """Copies answer and feedback rows newer than the cursor (minus LOOKBACK) into Parquet."""
+    feedback_dir.mkdir(parents=True, exist_ok=True)
+    metadata.create_all(engine)  # a service that never answered has not created them yet
+    cursor_path = feedback_dir / CURSOR_FILE
+    cursor = json.loads(cursor_path.read_text()) if cursor_path.exists() else {}
+    new_rows, total_rows, new_cursor = {}, {}, {}
+    for name, table in TABLES.items():
+        since = cursor.get(name)
+        query = sa.select(table)
+        if since:
+            query = query.where(table.c.created_at >= datetime.fromisoformat(since) - LOOKBACK)
+        with engine.connect() as connection:
+            fetched = pd.DataFrame(connection.execute(query).mappings().all())
+        existing = read_table(feedback_dir, name, parse_json=False)
+        if not fetched.empty:
+            fetched["created_at"] = pd.to_datetime(fetched["created_at"], utc=True)
+            for column in JSON_COLUMNS[name]:
+                fetched[column] = fetched[column].map(_to_json)
+        key = KEYS[name]
+        known = set(existing[key]) if not existing.empty else set()
+        fresh = fetched[~fetched[key].isin(known)] if not fetched.empty else fetched
+        combined = pd.concat([existing, fresh], ignore_index=True) if not fresh.empty else existing
+        if not fresh.empty:
+            combined = combined.sort_values(["created_at", key], ignore_index=True)
+            _atomic_parquet(combined, feedback_dir / f"{name}.parquet")
+        new_rows[name] = len(fresh)
+        total_rows[name] = len(combined)
+        latest = combined["created_at"].max() if not combined.empty else None
+        new_cursor[name] = latest.isoformat() if latest is not None else since
+    atomic_write_json(cursor_path, new_cursor)
+    return SyncResult(new_rows, total_rows, new_cursor)
+
+
+def read_table(feedback_dir: Path, name: str, parse_json: bool = True) -> pd.DataFrame:
+    """One of the copied tables ("answers" or "feedback"); empty when nothing was copied.
+    With `parse_json`, the JSON columns are Python lists and dicts."""
+    path = feedback_dir / f"{name}.parquet"
+    if not path.exists():
+        return pd.DataFrame(columns=[column.name for column in TABLES[name].columns])
+    frame = pd.read_parquet(path)
+    if parse_json:
+        for column in JSON_COLUMNS[name]:
+            frame[column] = frame[column].map(lambda text: json.loads(text) if text else None)
+    return frame
+
+
+def rated_answers(feedback_dir: Path) -> pd.DataFrame:
+    """Answers joined with their latest rating: one row per rated answer, newest last.
+
+    Columns: those of answers, plus rating, source_judgments, rated_at.
+    """
+    answers = read_table(feedback_dir, "answers")
+    feedback = read_table(feedback_dir, "feedback")
+    if answers.empty or feedback.empty:
+        return pd.DataFrame(columns=[*answers.columns, "rating", "source_judgments", "rated_at"])
+    latest = (
+        feedback.sort_values("created_at")
+        .groupby("answer_id", as_index=False)
+        .last()[["answer_id", "rating", "source_judgments", "created_at"]]
+        .rename(columns={"created_at": "rated_at"})
+    )
+    return answers.merge(latest, on="answer_id").sort_values("rated_at", ignore_index=True)
+
+
+def _to_json(value) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_suffix(".parquet.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
