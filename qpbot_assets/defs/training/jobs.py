@@ -1,0 +1,13 @@
+"""The retraining job the drift and feedback sensors launch."""
+
+import dagster as dg
+
+RETRAIN_JOB_NAME = "retrain_embedder"
+
+# Fresh feedback, new training pairs, a fine-tuned embedder, its candidate index, the gate
+# and (only when the gate passes) promotion.
+retrain_embedder_job = dg.define_asset_job(
+    RETRAIN_JOB_NAME,
+    selection=dg.AssetSelection.groups("feedback", "training"),
+    description="Fine-tune the embedder on feedback, build and gate a candidate index, promote it.",
+)
