@@ -55,7 +55,8 @@ def ingest_paths(settings: QpbotSettings, paths: list[Path], quiet: bool = False
         instance.delete_dynamic_partition(partitions, document_id)
 
     # Only documents whose source or pipeline changed since they were indexed need a run.
-    table_name = contract.table_name_for(settings.embedding_model)
+    model = contract.serving_embedding_model(settings.index_dir, settings.embedding_model)
+    table_name = contract.table_name_for(model)
     stale = [d for d in wanted if not is_up_to_date(store, d, table_name)]
     defs = load_definitions()
     ordered = instance.get_dynamic_partitions(partitions)
@@ -91,13 +92,10 @@ def ingest_paths(settings: QpbotSettings, paths: list[Path], quiet: bool = False
 def is_up_to_date(store: DocumentStore, document_id: str, table_name: str) -> bool:
     """True when the document was indexed from its current source version by this pipeline."""
     from qpbot_assets.defs.ingestion.assets import PIPELINE_VERSION, raw_fingerprint
+    from qpbot_assets.index_sync import indexed_stage
 
-    indexed = (store.read_stage(document_id, "indexed") or {}).get("output")
-    if (
-        not indexed
-        or indexed["table"] != table_name
-        or indexed["pipeline_version"] != PIPELINE_VERSION
-    ):
+    indexed = (store.read_stage(document_id, indexed_stage(table_name)) or {}).get("output")
+    if not indexed or indexed["pipeline_version"] != PIPELINE_VERSION:
         return False
     uri = store.source_uri(document_id)
     if uri.startswith("s3://"):

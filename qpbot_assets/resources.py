@@ -44,21 +44,31 @@ class SearchIndexResource(dg.ConfigurableResource):
 
 
 class EmbeddingModelResource(dg.ConfigurableResource):
-    """The embedding model, loaded at most once per run and only when a stage needs it."""
+    """The embedding model new chunks get: the configured one, or its promoted fine-tune
+    (see `serving_embedding_model`). Loaded at most once per run, only when a stage needs it."""
 
-    model_name: str
+    configured_model: str
+    index_dir: str
     batch_size: int = 32
 
     _embedder: Embedder | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._embedder = Embedder(self.model_name)
+        self._embedder = self._serving_embedder()
+
+    def _serving_embedder(self) -> Embedder:
+        model = search_index.serving_embedding_model(Path(self.index_dir), self.configured_model)
+        return Embedder(model)
 
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:  # used outside a run (tests, scripts)
-            self._embedder = Embedder(self.model_name)
+            self._embedder = self._serving_embedder()
         return self._embedder
+
+    @property
+    def model_name(self) -> str:
+        return self.embedder.model_name
 
 
 class S3SourceResource(dg.ConfigurableResource):
@@ -110,3 +120,53 @@ class MlflowResource(dg.ConfigurableResource):
         from mlflow import MlflowClient
 
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+
+class BeirSetConfig(dg.Config):
+    """A BEIR-format retrieval set: its name, queries .jsonl and qrels .tsv."""
+
+    name: str
+    queries: str
+    qrels: str
+
+
+class EvaluationResource(dg.ConfigurableResource):
+    """The configured evaluation sets and the folder their reports (plots) go to."""
+
+    reports_dir: str
+    beir_sets: list[BeirSetConfig] = []
+    qa_sets: list[str] = []
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.reports_dir)
+
+
+class AnswerGeneratorResource(dg.ConfigurableResource):
+    """The answer generator and prompt budget the service uses (QPBOT_GENERATOR*,
+    QPBOT_ANSWER_*), for the answer evaluation."""
+
+    home: str
+    kind: str = "local"
+    model: str = "SmolLM2-135M-Instruct"
+    url: str | None = None
+    api_key: str | None = None
+    timeout_s: float = 1.5
+    max_new_tokens: int = 160
+    context_chars: int = 2500
+
+    def build(self):
+        """A new generator (the local one loads its model on first use)."""
+        from qpbot_serving.generation import build_generator
+        from qpbot_serving.settings import QpbotSettings
+
+        return build_generator(
+            QpbotSettings(
+                home=Path(self.home),
+                generator=self.kind,
+                generator_model=self.model,
+                generator_url=self.url,
+                generator_api_key=self.api_key,
+                generator_timeout_s=self.timeout_s,
+            )
+        )

@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 
 POINTER_FILE = "PROMOTED.json"
+EMBEDDER_FILE = "EMBEDDER.json"  # the promoted fine-tune of the configured embedding model
 LANCEDB_DIR = "lancedb"
 
 # Columns besides the vector.
@@ -63,10 +64,27 @@ def chunk_schema(info: IndexInfo) -> pa.Schema:
     return pa.schema([*CHUNK_COLUMNS, vector], metadata=info.to_metadata())
 
 
+def model_slug(embedding_model: str) -> str:
+    """A short, file-safe name for a model (the last part of its name or path)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", Path(embedding_model).name.lower()).strip("-")
+    return slug or "model"
+
+
 def table_name_for(embedding_model: str) -> str:
     """A table per embedding model, so a new model builds beside the live one."""
-    slug = re.sub(r"[^a-z0-9]+", "-", Path(embedding_model).name.lower()).strip("-")
-    return f"chunks__{slug or 'model'}"
+    return f"chunks__{model_slug(embedding_model)}"
+
+
+def serving_embedding_model(index_dir: Path, configured_model: str) -> str:
+    """The model new chunks are embedded with: the promoted fine-tune of the configured
+    model, if one was promoted, else the configured model itself (so changing the configured
+    model starts over from it)."""
+    path = Path(index_dir) / EMBEDDER_FILE
+    if path.is_file():
+        champion = json.loads(path.read_text())
+        if champion.get("base_model") == configured_model:
+            return champion["model"]
+    return configured_model
 
 
 def connect(index_dir: Path):

@@ -75,7 +75,7 @@ def test_edit_delete_and_metadata_only_change(qpbot_home, sample_documents, tmp_
     document.save(warranty)
 
     warranty_id = document_id_for(warranty.resolve().as_uri())
-    vectors_file = store.document_dir(warranty_id) / "vectors.npz"
+    vectors_file = store.document_dir(warranty_id) / "vectors" / "all-minilm-l6-v2.npz"
     vectors_written = vectors_file.stat().st_mtime_ns
 
     summary = ingest_paths(settings, [folder], quiet=True)
@@ -98,7 +98,7 @@ def test_edit_delete_and_metadata_only_change(qpbot_home, sample_documents, tmp_
         "Warranty Policy (2027 edition)"
     }
     policy_id = document_id_for(policy.resolve().as_uri())
-    policy_embeddings = store.stage_output(policy_id, "embeddings")
+    policy_embeddings = store.stage_output(policy_id, "embeddings.all-minilm-l6-v2")
     assert (
         1 <= policy_embeddings["embedded"] < policy_embeddings["chunks"]
         or policy_embeddings["chunks"] == 1

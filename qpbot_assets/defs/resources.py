@@ -4,8 +4,11 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from qpbot_assets.resources import (
+    AnswerGeneratorResource,
+    BeirSetConfig,
     DocumentStoreResource,
     EmbeddingModelResource,
+    EvaluationResource,
     FeedbackDatabaseResource,
     MlflowResource,
     S3SourceResource,
@@ -26,7 +29,9 @@ def resources() -> dg.Definitions:
                 max_document_mb=settings.max_document_mb,
             ),
             "index": SearchIndexResource(home=home),
-            "embedding_model": EmbeddingModelResource(model_name=settings.embedding_model),
+            "embedding_model": EmbeddingModelResource(
+                configured_model=settings.embedding_model, index_dir=str(settings.index_dir)
+            ),
             # Credentials come from the standard AWS environment variables.
             "s3": S3Resource(endpoint_url=settings.s3_endpoint_url),
             "s3_source": S3SourceResource(bucket=settings.s3_bucket, prefix=settings.s3_prefix),
@@ -36,6 +41,26 @@ def resources() -> dg.Definitions:
             ),
             "mlflow": MlflowResource(
                 tracking_uri=settings.tracking_uri, artifacts_dir=str(settings.home / "mlartifacts")
+            ),
+            "evaluation": EvaluationResource(
+                reports_dir=str(settings.home / "evaluation"),
+                beir_sets=[
+                    BeirSetConfig(name=s.name, queries=str(s.queries), qrels=str(s.qrels))
+                    for s in settings.eval_beir_sets
+                ],
+                qa_sets=[str(path) for path in settings.eval_qa_sets],
+            ),
+            "answer_generator": AnswerGeneratorResource(
+                home=home,
+                kind=settings.generator,
+                model=settings.generator_model,
+                url=settings.generator_url,
+                api_key=dg.EnvVar("QPBOT_GENERATOR_API_KEY")
+                if settings.generator_api_key
+                else None,
+                timeout_s=settings.generator_timeout_s,
+                max_new_tokens=settings.answer_max_new_tokens,
+                context_chars=settings.answer_context_chars,
             ),
         }
     )

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from qpbot_serving.index import model_slug
+
 QUARANTINE = "quarantine"
 
 
@@ -193,16 +195,23 @@ class DocumentStore:
                 yield json.loads(path.read_text())
 
     # --- vectors ---------------------------------------------------------------------
-    def write_vectors(self, document_id: str, chunk_ids: list[str], vectors: np.ndarray) -> None:
-        path = self.document_dir(document_id) / "vectors.npz"
+    def _vectors_path(self, document_id: str, model: str) -> Path:
+        return self.document_dir(document_id) / "vectors" / f"{model_slug(model)}.npz"
+
+    def write_vectors(
+        self, document_id: str, model: str, chunk_ids: list[str], vectors: np.ndarray
+    ) -> None:
+        """Keeps one file of vectors per document and embedding model, so a candidate model's
+        vectors never replace those of the model that serves."""
+        path = self._vectors_path(document_id, model)
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".npz") as tmp:
             np.savez(tmp, chunk_ids=np.array(chunk_ids, dtype=object), vectors=vectors)
         os.replace(tmp.name, path)
 
-    def read_vectors(self, document_id: str) -> dict[str, np.ndarray]:
-        """chunk_id -> vector for the document's last embedded chunks (empty if none)."""
-        path = self.document_dir(document_id) / "vectors.npz"
+    def read_vectors(self, document_id: str, model: str) -> dict[str, np.ndarray]:
+        """chunk_id -> vector of the document's last chunks embedded by `model` (empty if none)."""
+        path = self._vectors_path(document_id, model)
         if not path.exists():
             return {}
         with np.load(path, allow_pickle=True) as data:

@@ -5,8 +5,9 @@ from collections import Counter
 
 import dagster as dg
 
-from qpbot_assets.defs.indexing.assets import SNAPSHOT_FILE, live_document_ids, scan, search_index
+from qpbot_assets.defs.indexing.assets import SNAPSHOT_FILE, live_document_ids, search_index
 from qpbot_assets.documents.store import Quarantined
+from qpbot_assets.index_sync import scan
 from qpbot_assets.resources import (
     DocumentStoreResource,
     EmbeddingModelResource,

@@ -232,7 +232,7 @@ def chunks(
         input_fp = fingerprint(
             CHUNKER_VERSION,
             store.output_digest(document_id, "cleaned", fields=("blocks",)),
-            embedding_model.model_name,
+            embedding_model.configured_model,  # a fine-tune keeps its base model's tokenizer
             config.max_tokens,
             config.overlap_tokens,
         )

@@ -1,0 +1,243 @@
+"""Keeping a LanceDB table in step with the live documents, for any embedding model.
+
+The search index (the model that serves) and a candidate index (a fine-tuned model being
+evaluated) are built the same way. Each document's chunk vectors are kept in the document
+store per model, recorded with the fingerprint of the chunks they were made from, so a
+chunk is embedded once per model. A table receives the rows of the documents that changed
+as one atomic merge per batch (their old chunks leave in the same commit), loses the rows
+of deleted documents, and leaves unchanged documents alone. No Dagster here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from qpbot_assets.documents.store import DocumentStore, Quarantined, StageResult, fingerprint
+from qpbot_serving import index as contract
+from qpbot_serving.embedding import Embedder
+
+MERGE_BATCH_DOCUMENTS = 500
+
+
+def embedding_stage(model: str) -> str:
+    """The store stage that records a document's vectors for `model`."""
+    return f"embeddings.{contract.model_slug(model)}"
+
+
+def indexed_stage(table_name: str) -> str:
+    """The store stage that records what a document last wrote into `table_name`."""
+    return f"indexed.{table_name}"
+
+
+def embedding_fingerprint(store: DocumentStore, document_id: str, model: str) -> str:
+    return fingerprint(model, store.output_digest(document_id, "chunks"))
+
+
+def embed_documents(
+    store: DocumentStore,
+    embedder: Embedder,
+    document_ids: Iterable[str],
+    batch_size: int = 32,
+    on_encoded: Callable[[int, float], None] | None = None,
+) -> dict[str, StageResult]:
+    """Makes sure every document has vectors from `embedder` for its current chunks.
+
+    Only chunks without a vector from this model are encoded, all documents in one sorted
+    batch (the model is loaded once); vectors of unchanged chunks are reused by chunk id.
+    Returns each document's stage result (output None when its chunks are quarantined).
+    `on_encoded(count, seconds)` hears how much was encoded.
+    """
+    import time
+
+    model = embedder.model_name
+    stage = embedding_stage(model)
+    # A document whose chunks stage has not run yet has nothing to embed.
+    document_ids = [d for d in document_ids if store.read_stage(d, "chunks") is not None]
+    pending: dict[str, tuple[list[dict], dict[str, np.ndarray]]] = {}
+    for document_id in document_ids:
+        record = store.read_stage(document_id, stage)
+        if record and record["fingerprint"] == embedding_fingerprint(store, document_id, model):
+            continue
+        try:
+            doc_chunks = store.stage_output(document_id, "chunks")
+        except Quarantined:
+            continue
+        pending[document_id] = (doc_chunks, store.read_vectors(document_id, model))
+    texts = {
+        chunk["chunk_id"]: chunk["text"]
+        for doc_chunks, known in pending.values()
+        for chunk in doc_chunks
+        if chunk["chunk_id"] not in known
+    }
+    started = time.perf_counter()
+    vectors = embedder.encode(
+        list(texts.values()), batch_size=batch_size, show_progress_bar=len(texts) > 64
+    )
+    encoded = dict(zip(texts, vectors, strict=True))
+    if on_encoded:
+        on_encoded(len(texts), time.perf_counter() - started)
+
+    def embed(document_id: str) -> dict:
+        if document_id not in pending:  # its chunks are quarantined: record that here too
+            store.stage_output(document_id, "chunks")
+        doc_chunks, known = pending[document_id]
+        ids = [chunk["chunk_id"] for chunk in doc_chunks]
+        matrix = np.array([known[i] if i in known else encoded[i] for i in ids], np.float32)
+        store.write_vectors(document_id, model, ids, matrix.reshape(len(ids), -1))
+        new = sum(i not in known for i in ids)
+        return {"model": model, "chunks": len(ids), "embedded": new, "reused": len(ids) - new}
+
+    return {
+        document_id: store.run_stage(
+            document_id,
+            stage,
+            embedding_fingerprint(store, document_id, model),
+            lambda document_id=document_id: embed(document_id),
+        )
+        for document_id in document_ids
+    }
+
+
+def document_rows(store: DocumentStore, document_id: str, model: str) -> list[dict]:
+    """The index rows of one document with `model`'s vectors (none when it is quarantined)."""
+    try:
+        doc_chunks = store.stage_output(document_id, "chunks")
+        meta = store.stage_output(document_id, "metadata")
+        store.stage_output(document_id, embedding_stage(model))
+    except Quarantined:
+        return []
+    vectors = store.read_vectors(document_id, model)
+    return [
+        {
+            "chunk_id": chunk["chunk_id"],
+            "document_id": document_id,
+            "chunk_index": chunk["chunk_index"],
+            "text": chunk["text"],
+            "title": meta["title"],
+            "section": chunk["section"],
+            "page_start": chunk["page_start"],
+            "page_end": chunk["page_end"],
+            "source_uri": meta["source_uri"],
+            "format": meta["format"],
+            "author": meta["author"],
+            "language": meta["language"],
+            "vector": vectors[chunk["chunk_id"]],
+        }
+        for chunk in doc_chunks
+    ]
+
+
+def open_or_create_table(db, model: str, dimension: int):
+    """The table of `model`'s vectors, created empty (with its IndexInfo) if missing."""
+    name = contract.table_name_for(model)
+    if name in db.list_tables().tables:
+        table = db.open_table(name)
+        info = contract.IndexInfo.from_schema(table.schema)
+        if info.embedding_model != model:
+            raise ValueError(
+                f"table {name} holds vectors of {info.embedding_model}, not {model}; "
+                "remove the index folder or pick another model"
+            )
+        return table
+    info = contract.IndexInfo(embedding_model=model, dimension=dimension)
+    return db.create_table(name, schema=contract.chunk_schema(info))
+
+
+def scan(table, columns: list[str], where: str | None = None) -> pa.Table:
+    """Some columns of all (or the matching) rows, without reading the vectors."""
+    query = table.search().select(columns).limit(None)
+    return (query.where(where) if where else query).to_arrow()
+
+
+def in_filter(document_ids: list[str]) -> str:
+    quoted = ", ".join("'" + d.replace("'", "''") + "'" for d in document_ids)
+    return f"document_id IN ({quoted})"
+
+
+def indexed_fingerprint(store: DocumentStore, document_id: str, model: str, table: str) -> str:
+    """Changes whenever a document's rows would: its vectors or its metadata."""
+    return fingerprint(
+        table,
+        store.read_stage(document_id, embedding_stage(model)),
+        store.output_digest(document_id, "metadata"),
+    )
+
+
+def sync_table(
+    store: DocumentStore,
+    table,
+    embedder: Embedder,
+    live: list[str],
+    record: Callable[[str], dict],
+    batch_size: int = 32,
+) -> dict:
+    """Brings `table` (of `embedder`'s model) in step with the `live` documents.
+
+    Documents whose rows would change are embedded where needed and written as an atomic
+    merge per batch; rows of documents not in `live` are deleted; the full-text index is
+    created or refreshed. `record(document_id)` is stored with each written document.
+    Returns counts and the table's snapshot (table, version, model, dimension, chunks,
+    documents).
+    """
+    from lancedb.index import FTS
+
+    model = embedder.model_name
+    stage = indexed_stage(table.name)
+    changed = [
+        document_id
+        for document_id in live
+        if store.read_stage(document_id, "chunks") is not None  # else nothing to write yet
+        and (store.read_stage(document_id, stage) or {}).get("fingerprint")
+        != indexed_fingerprint(store, document_id, model, table.name)
+    ]
+    embed_documents(store, embedder, changed, batch_size)  # usually all there already
+
+    written_rows = 0
+    batches = range(0, len(changed), MERGE_BATCH_DOCUMENTS)
+    for start in tqdm(batches, desc=table.name, unit="batch", disable=len(batches) < 2):
+        batch = changed[start : start + MERGE_BATCH_DOCUMENTS]
+        rows = [row for document_id in batch for row in document_rows(store, document_id, model)]
+        (
+            table.merge_insert("chunk_id")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .when_not_matched_by_source_delete(in_filter(batch))
+            .execute(pa.Table.from_pylist(rows, schema=table.schema))
+        )
+        written_rows += len(rows)
+        for document_id in batch:  # recorded after the commit: a crash in between redoes it
+            fp = indexed_fingerprint(store, document_id, model, table.name)
+            store.run_stage(document_id, stage, fp, lambda d=document_id: record(d))
+
+    indexed = set(scan(table, ["document_id"]).column("document_id").unique().to_pylist())
+    orphans = sorted(indexed - set(live))
+    if orphans:
+        table.delete(in_filter(orphans))
+
+    if table.count_rows() and not any(i.index_type == "FTS" for i in table.list_indices()):
+        table.create_index("text", config=FTS())
+    if changed or orphans:
+        table.optimize()  # folds new rows into the full-text index and compacts small files
+    return {
+        "written_documents": len(changed),
+        "written_rows": written_rows,
+        "removed_documents": orphans,
+        "snapshot": snapshot(table, len(indexed & set(live))),
+    }
+
+
+def snapshot(table, documents: int) -> dict:
+    """What a pointer to this table's current version records."""
+    info = contract.IndexInfo.from_schema(table.schema)
+    return {
+        "table": table.name,
+        "version": table.version,
+        "embedding_model": info.embedding_model,
+        "dimension": info.dimension,
+        "chunks": table.count_rows(),
+        "documents": documents,
+    }
