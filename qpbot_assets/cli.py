@@ -1,4 +1,5 @@
-"""The `qpbot` command line: ingest files, show status, run the Dagster UI, evaluate retrieval."""
+"""The `qpbot` command line: ingest files, show status, run the Dagster UI, evaluate retrieval
+and answers."""
 
 from __future__ import annotations
 
@@ -44,6 +45,19 @@ def main(argv: list[str] | None = None) -> int:
         help="index here (reused when it already holds this corpus); default: a temporary one",
     )
     retrieval.add_argument("--json", action="store_true", help="print one JSON object")
+    qa = evaluations.add_parser(
+        "qa",
+        help="whether retrieved context holds the reference answers, and how close generated "
+        "answers come to them, on the index of --home (or QPBOT_HOME)",
+    )
+    qa.add_argument("--questions", type=Path, required=True, help='JSONL of {"question", "answer"}')
+    qa.add_argument("--home", type=Path, help="QPBOT_HOME whose promoted index is searched")
+    qa.add_argument("--k", type=int, default=5, help="chunks retrieved per question")
+    qa.add_argument("--mode", choices=["dense", "keyword", "hybrid"], default="hybrid")
+    qa.add_argument("--limit", type=int, help="score only the first N questions")
+    qa.add_argument("--no-generate", action="store_true", help="score retrieval only")
+    qa.add_argument("--details", type=Path, help="write one JSON line per question here")
+    qa.add_argument("--json", action="store_true", help="print one JSON object")
 
     serve = commands.add_parser("serve", help="run the answer service (HTTP API)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -51,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     settings = QpbotSettings()
+    if args.command == "eval" and args.evaluation == "qa":
+        return _eval_qa(settings, args)
     if args.command == "eval":
         return _eval_retrieval(settings, args)
     if args.command == "ingest":
@@ -143,6 +159,59 @@ def _eval_retrieval(settings: QpbotSettings, args: argparse.Namespace) -> int:
             f"{args.mode}: nDCG@10 {result['ndcg@10']:.4f}  recall@100 {result['recall@100']:.4f}"
             f"  MRR@10 {result['mrr@10']:.4f}  over {result['queries']} queries "
             f"({result['documents']} documents, {model})"
+        )
+    return 0
+
+
+def _eval_qa(settings: QpbotSettings, args: argparse.Namespace) -> int:
+    """Runs the answer evaluation (qpbot_assets.learning.qa_eval) against an existing index,
+    with the retriever and generator the service would use."""
+    import time
+
+    from qpbot_assets.learning.qa_eval import evaluate_qa, read_qa_set, result_rows
+    from qpbot_serving.generation import build_generator
+    from qpbot_serving.retrieval import IndexNotReady, Retriever
+
+    if args.home:
+        settings = QpbotSettings(home=args.home)
+    if not args.questions.is_file():
+        print(f"qpbot eval qa: no such file: {args.questions}", file=sys.stderr)
+        return 2
+    try:
+        retriever = Retriever.open(settings.index_dir)
+    except IndexNotReady as problem:
+        print(f"qpbot eval qa: {problem}", file=sys.stderr)
+        return 2
+    items = read_qa_set(args.questions)[: args.limit]
+    generator = None if args.no_generate else build_generator(settings)
+    started = time.perf_counter()
+    summary, results = evaluate_qa(
+        retriever,
+        items,
+        k=args.k,
+        mode=args.mode,
+        generator=generator,
+        max_new_tokens=settings.answer_max_new_tokens,
+        context_chars=settings.answer_context_chars,
+    )
+    result = {
+        **summary,
+        "index": retriever.promoted.label,
+        "generator": generator.model_name if generator else None,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if args.details:
+        rows = result_rows(results)
+        args.details.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        similarity = result["answer_similarity"]
+        print(
+            f"{result['questions']} questions on {result['index']}: context holds the answer "
+            f"{result['context_holds_answer']:.3f} (top {args.k}: "
+            f"{result['retrieved_holds_answer']:.3f}), answer similarity "
+            f"{'-' if similarity is None else f'{similarity:.3f}'}"
         )
     return 0
 

@@ -94,8 +94,14 @@ def evaluate_retriever(
 ) -> dict[str, float | int]:
     """Runs every BEIR query that has qrels through `retriever.search(k=100, mode=mode)` and
     returns {"ndcg@10", "recall@100", "mrr@10", "queries"}, macro-averaged."""
-    queries = read_queries(queries_path)
-    qrels = read_qrels(qrels_path)
+    return evaluate_queries(retriever, read_queries(queries_path), read_qrels(qrels_path), mode)
+
+
+def evaluate_queries(
+    retriever, queries: dict[str, str], qrels: dict[str, dict[str, int]], mode: str = "hybrid"
+) -> dict[str, float | int]:
+    """`evaluate_retriever` on queries and qrels already in memory (a golden set built from
+    feedback, say)."""
     rankings = {
         query_id: [hit.document_id for hit in retriever.search(text, k=100, mode=mode)]
         for query_id, text in queries.items()

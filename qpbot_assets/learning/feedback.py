@@ -84,7 +84,10 @@ def read_table(feedback_dir: Path, name: str, parse_json: bool = True) -> pd.Dat
     frame = pd.read_parquet(path)
     if parse_json:
         for column in JSON_COLUMNS[name]:
-            frame[column] = frame[column].map(lambda text: json.loads(text) if text else None)
+            # pandas 3 reads a missing string as NaN, not None
+            frame[column] = frame[column].map(
+                lambda text: json.loads(text) if isinstance(text, str) and text else None
+            )
     return frame
 
 
