@@ -50,8 +50,8 @@ def grouped_bars(
     axes.set_ylabel(ylabel)
     axes.set_title(title, fontsize=10)
     if ylim is not None:
-        axes.set_ylim(0, ylim * 1.1)
-    axes.legend(fontsize=7, loc="upper right")
+        axes.set_ylim(0, ylim * 1.3)  # room for the legend above the highest bars
+    axes.legend(fontsize=7, loc="upper center", ncol=len(series), frameon=False)
     return _png(figure)
 
 
@@ -63,6 +63,7 @@ def daily_answers_and_rating(series: pd.DataFrame, title: str) -> bytes:
     labels = [day.strftime("%m-%d") for day in series.index]
     answers_axis.bar(labels, series["answers"], color="#8fb3d9", label="answers")
     answers_axis.set_ylabel("answers per day")
+    answers_axis.yaxis.get_major_locator().set_params(integer=True)
     answers_axis.tick_params(axis="x", labelrotation=90, labelsize=7)
     rate_axis = answers_axis.twinx()
     rate_axis.plot(labels, series["thumbs_up_rate"], color="#2e7d32", marker="o", markersize=3)

@@ -137,7 +137,7 @@ def retrieval_evaluation(
             }
         )
         tracking.log_params(
-            {f"{name}.queries": r["hybrid"]["queries"] for name, r in results.items()}
+            {_metric_name(name, "queries"): r["hybrid"]["queries"] for name, r in results.items()}
         )
         tracking.log_artifact(str(plot_path))
 
