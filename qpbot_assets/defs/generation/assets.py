@@ -1,0 +1,284 @@
+"""The answer generator learns from feedback: a LoRA adapter trained on thumbs-up answers,
+tracked and registered in MLflow, promoted only when the gate in asset_checks.py passes."""
+
+import json
+import shutil
+import uuid
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+
+from qpbot_assets.defs.feedback.assets import feedback_events
+from qpbot_assets.learning.feedback import rated_answers
+from qpbot_assets.learning.lora import (
+    LoraParams,
+    build_examples,
+    judge_adapter,
+    read_chunk_texts,
+    thumbs_up_chunk_ids,
+    train_lora,
+)
+from qpbot_assets.resources import FeedbackDatabaseResource, MlflowResource, SearchIndexResource
+from qpbot_serving.generation import (
+    ADAPTER_POINTER,
+    ADAPTERS_DIR,
+    DEFAULT_LOCAL_MODEL,
+    read_promoted_adapter,
+    resolve_local_model,
+)
+from qpbot_serving.index import atomic_write_json
+from qpbot_serving.prompting import PROMPT_VERSION
+from qpbot_serving.settings import QpbotSettings
+
+GENERATION = {"group_name": "generation"}
+EXPERIMENT = "qpbot-llm-adapter"
+REGISTERED_MODEL = "qpbot-llm-adapter"
+CANDIDATE_FILE = "CANDIDATE.json"  # the adapter the gate judges; promoted_adapter copies it
+
+
+class LlmAdapterConfig(dg.Config):
+    """Which base model, which examples, and the LoRA hyperparameters."""
+
+    base_model: str = DEFAULT_LOCAL_MODEL  # the served local model: a hub id or a path
+    # Must match the service's QPBOT_ANSWER_CONTEXT_CHARS, so prompts are rebuilt exactly.
+    context_chars: int = QpbotSettings.model_fields["answer_context_chars"].default
+    min_examples: int = 8  # thumbs-up training answers below which nothing is trained
+    min_validation_examples: int = 1  # held-out ones, without which the gate cannot judge
+    max_examples: int = 2000  # newest rated answers read
+    r: int = LoraParams.r
+    alpha: int = LoraParams.alpha
+    dropout: float = LoraParams.dropout
+    learning_rate: float = LoraParams.learning_rate
+    epochs: int = LoraParams.epochs
+    max_steps: int = LoraParams.max_steps
+    batch_size: int = LoraParams.batch_size
+    max_length: int = LoraParams.max_length
+    seed: int = LoraParams.seed
+
+    def lora_params(self) -> LoraParams:
+        return LoraParams(
+            r=self.r,
+            alpha=self.alpha,
+            dropout=self.dropout,
+            learning_rate=self.learning_rate,
+            epochs=self.epochs,
+            max_steps=self.max_steps,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            seed=self.seed,
+        )
+
+
+def models_dir(index: SearchIndexResource) -> Path:
+    """`$QPBOT_HOME/models` (QpbotSettings.models_dir), the generator's cache_dir."""
+    return Path(index.home) / "models"
+
+
+def read_candidate(index: SearchIndexResource) -> dict | None:
+    path = models_dir(index) / ADAPTERS_DIR / CANDIDATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@dg.asset(**GENERATION, deps=[feedback_events], kinds={"pytorch", "mlflow"})
+def llm_adapter(
+    context: dg.AssetExecutionContext,
+    config: LlmAdapterConfig,
+    feedback_db: FeedbackDatabaseResource,
+    index: SearchIndexResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """A LoRA adapter of the local generator trained on thumbs-up answers, saved under
+    `$QPBOT_HOME/models/adapters/<version>/`, logged to MLflow (experiment
+    "qpbot-llm-adapter") and registered as a version of "qpbot-llm-adapter" with the alias
+    `challenger`. Held-out loss is measured for the base model, the adapter and the promoted
+    adapter on the same questions; the blocking check judges it. With too few examples
+    nothing is trained and the metadata says why."""
+    adapters = models_dir(index) / ADAPTERS_DIR
+    rated = rated_answers(feedback_db.folder).tail(config.max_examples)
+    chunks = read_chunk_texts(index.index_dir, thumbs_up_chunk_ids(rated))
+    examples, left_out = build_examples(rated, chunks, config.context_chars)
+    counts = {
+        split: sum(example.split == split for example in examples)
+        for split in ("train", "validation")
+    }
+    found = {
+        "rated_answers": len(rated),
+        "train_examples": counts["train"],
+        "validation_examples": counts["validation"],
+        "left_out": dg.MetadataValue.json(dict(left_out)),
+    }
+    if counts["train"] < config.min_examples or (
+        counts["validation"] < config.min_validation_examples
+    ):
+        reason = (
+            f"not enough thumbs-up answers: {counts['train']} to train on (need "
+            f"{config.min_examples}) and {counts['validation']} held out (need "
+            f"{config.min_validation_examples})"
+        )
+        context.log.info(f"llm_adapter: skipped, {reason}")
+        atomic_write_json(adapters / CANDIDATE_FILE, {"version": None, "reason": reason})
+        return dg.MaterializeResult(metadata={"skipped": reason, **found})
+
+    base_path = resolve_local_model(config.base_model, models_dir(index))
+    champion = read_promoted_adapter(models_dir(index), config.base_model)
+    params = config.lora_params()
+    client = mlflow.client()
+    version = f"lora-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    adapter_dir = adapters / version
+    partial = adapters / f".{version}.partial"  # renamed into place once complete
+    with mlflow.start_run(EXPERIMENT, run_name=version) as run:
+        run_id = run.info.run_id
+        try:
+            report = train_lora(
+                base_path,
+                examples,
+                params,
+                partial,
+                champion_dir=Path(champion["path"]) if champion else None,
+                log=context.log.info,
+            )
+            trained = {**asdict(report), "step_losses": None}
+            (partial / "training.json").write_text(
+                json.dumps({"base_model": config.base_model, "params": asdict(params), **trained})
+            )
+            partial.replace(adapter_dir)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        _log_run(client, run_id, config, params, report, champion)
+        client.log_artifacts(run_id, str(adapter_dir), artifact_path="adapter")
+        registered = _register(client, run.info.artifact_uri, run_id, version)
+
+    candidate = {
+        "version": version,
+        "base_model": config.base_model,
+        "registered_model": REGISTERED_MODEL,
+        "registered_version": registered,
+        "run_id": run_id,
+        "champion": champion["version"] if champion else None,
+        "report": trained,
+    }
+    atomic_write_json(adapters / CANDIDATE_FILE, candidate)
+    context.log.info(f"llm_adapter: {version} ({REGISTERED_MODEL} v{registered}, challenger)")
+    return dg.MaterializeResult(
+        metadata={
+            "version": version,
+            "adapter_dir": dg.MetadataValue.path(str(adapter_dir)),
+            "registered_version": registered,
+            "mlflow_run_id": run_id,
+            "base_model": config.base_model,
+            **found,
+            "steps": report.steps,
+            "seconds": report.seconds,
+            **{key: round(value, 4) for key, value in report.metrics().items() if "loss" in key},
+            "losses": dg.MetadataValue.md(_loss_table(report, champion)),
+        }
+    )
+
+
+def _log_run(client, run_id, config: LlmAdapterConfig, params, report, champion) -> None:
+    from mlflow.entities import Metric, Param
+
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    logged = {
+        **{key: value for key, value in asdict(params).items() if key != "target_modules"},
+        "target_modules": ",".join(params.target_modules),
+        "base_model": config.base_model,
+        "context_chars": config.context_chars,
+        "prompt_version": PROMPT_VERSION,
+        "champion": champion["version"] if champion else "none",
+    }
+    metrics = [Metric(key, value, now_ms, 0) for key, value in report.metrics().items()]
+    metrics += [
+        Metric("step_loss", loss, now_ms, step)
+        for step, loss in enumerate(report.step_losses, start=1)
+    ]
+    client.log_batch(
+        run_id,
+        metrics=metrics,
+        params=[Param(key, str(value)) for key, value in logged.items()],
+    )
+
+
+def _register(client, artifact_uri: str, run_id: str, version: str) -> str:
+    """A new version of the registered model, pointing at the run's adapter artifacts,
+    with the alias `challenger`."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(REGISTERED_MODEL)
+    except MlflowException:
+        client.create_registered_model(
+            REGISTERED_MODEL, description="LoRA adapters of the local answer generator."
+        )
+    # The adapter is plain peft files, not an MLflow model, so it is registered by source.
+    model_version = client.create_model_version(
+        REGISTERED_MODEL,
+        source=f"{artifact_uri}/adapter",
+        run_id=run_id,
+        tags={"adapter_version": version},
+    )
+    client.set_registered_model_alias(REGISTERED_MODEL, "challenger", model_version.version)
+    return str(model_version.version)
+
+
+def _loss_table(report, champion) -> str:
+    def cell(value) -> str:
+        return "–" if value is None else f"{value:.4f}"
+
+    rows = [
+        ("base model", report.base_train_loss, report.base_validation_loss),
+        ("adapter", report.adapter_train_loss, report.adapter_validation_loss),
+    ]
+    if champion:
+        rows.append((f"promoted {champion['version']}", None, report.champion_validation_loss))
+    lines = ["| loss per answer token | train | held out |", "|---|---|---|"]
+    lines += [f"| {name} | {cell(train)} | {cell(held_out)} |" for name, train, held_out in rows]
+    return "\n".join(lines)
+
+
+@dg.asset(
+    **GENERATION,
+    deps=[llm_adapter],
+    kinds={"mlflow"},
+    automation_condition=dg.AutomationCondition.eager()
+    & dg.AutomationCondition.all_deps_blocking_checks_passed(),
+)
+def promoted_adapter(index: SearchIndexResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    """The pointer the local generator reads (`$QPBOT_HOME/models/adapters/PROMOTED.json`)
+    and the MLflow alias `champion`: the last adapter whose blocking check passed."""
+    candidate = read_candidate(index)
+    pointer = models_dir(index) / ADAPTERS_DIR / ADAPTER_POINTER
+    serving = json.loads(pointer.read_text())["version"] if pointer.is_file() else "base model"
+    if not candidate or not candidate.get("version"):
+        reason = (candidate or {}).get("reason", "no adapter has been trained")
+        return dg.MaterializeResult(
+            metadata={"promoted": False, "reason": reason, "serving": serving}
+        )
+    # The gate again, so that materializing this asset by hand cannot promote a refused one.
+    passed, why = judge_adapter(candidate["report"])
+    if not passed:
+        return dg.MaterializeResult(metadata={"promoted": False, "reason": why, "serving": serving})
+    promoted = {
+        "version": candidate["version"],
+        "base_model": candidate["base_model"],
+        "registered_model": candidate["registered_model"],
+        "registered_version": candidate["registered_version"],
+        "run_id": candidate["run_id"],
+        "validation_loss": candidate["report"]["adapter_validation_loss"],
+        "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    atomic_write_json(pointer, promoted)
+    mlflow.client().set_registered_model_alias(
+        candidate["registered_model"], "champion", candidate["registered_version"]
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "promoted": True,
+            "version": promoted["version"],
+            "registered_version": promoted["registered_version"],
+            "previous": serving,
+            "why": why,
+        }
+    )

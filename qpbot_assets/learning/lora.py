@@ -1,0 +1,354 @@
+"""A LoRA adapter for the answer generator, trained on the answers users liked (no Dagster).
+
+Each thumbs-up answer becomes one supervised example: the prompt the service built for it
+(rebuilt with the serving code from the chunks it retrieved, read back from the promoted
+index by chunk id) and the answer as the target. The loss counts the answer's tokens only.
+Queries are held out by `golden.split_of`, the same split the embedder's gate uses, so the
+adapter is judged on questions it never trained on, against the base model and the adapter
+that serves today.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from qpbot_assets.learning.golden import split_of
+from qpbot_serving import index as contract
+from qpbot_serving.prompting import build_messages, number_sources
+
+# The attention projections of Llama-style models (SmolLM2 is one).
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+IGNORE = -100  # label of tokens that carry no loss (the prompt)
+
+
+@dataclass(frozen=True)
+class ChunkText:
+    """What a prompt shows of a retrieved chunk (the fields `number_sources` reads)."""
+
+    title: str | None
+    page_start: int | None
+    text: str
+
+
+@dataclass(frozen=True)
+class AnswerExample:
+    """One thumbs-up answer: the chat prompt the service used and the answer it gave."""
+
+    answer_id: str
+    query: str
+    split: str  # "train" | "validation"
+    messages: list[dict[str, str]]
+    answer: str
+
+
+@dataclass(frozen=True)
+class LoraParams:
+    """Hyperparameters of one training run."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    learning_rate: float = 2e-4
+    epochs: int = 2
+    max_steps: int = 200  # optimizer steps, over all epochs
+    batch_size: int = 4  # examples per optimizer step (accumulated, no padding)
+    max_length: int = 2048  # longer examples (prompt + answer tokens) are left out
+    seed: int = 0
+    target_modules: tuple[str, ...] = ATTENTION_PROJECTIONS
+
+
+@dataclass
+class LoraReport:
+    """What training measured: mean loss per answer token, base model vs adapter."""
+
+    train_examples: int
+    validation_examples: int
+    too_long: int
+    steps: int
+    trainable_parameters: int
+    base_train_loss: float | None
+    base_validation_loss: float | None
+    adapter_train_loss: float | None
+    adapter_validation_loss: float | None
+    champion_validation_loss: float | None = None  # the promoted adapter, same examples
+    seconds: float = 0.0
+    step_losses: list[float] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        """The numeric figures, for MLflow and asset metadata (None left out)."""
+        return {
+            key: float(value)
+            for key, value in asdict(self).items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+
+
+# --- examples ------------------------------------------------------------------------------
+def thumbs_up_chunk_ids(rated: pd.DataFrame) -> list[str]:
+    """Chunk ids retrieved for thumbs-up answers: the texts `build_examples` needs."""
+    ids: dict[str, None] = {}
+    for _, answer in rated[rated["rating"] == "up"].iterrows():
+        for hit in answer["retrieved"] or []:
+            ids[hit["chunk_id"]] = None
+    return list(ids)
+
+
+def read_chunk_texts(index_dir: Path, chunk_ids: Sequence[str]) -> dict[str, ChunkText]:
+    """Title, page and text of the given chunks in the promoted index (those it still has).
+    Chunk ids derive from content, so an id found there is the text the answer saw."""
+    from lancedb.expr import col
+
+    promoted = contract.read_promoted(Path(index_dir))
+    if promoted is None or not chunk_ids:
+        return {}
+    table = contract.connect(Path(index_dir)).open_table(promoted.table)
+    table.checkout(promoted.version)
+    found: dict[str, ChunkText] = {}
+    ids = list(dict.fromkeys(chunk_ids))
+    for start in range(0, len(ids), 500):
+        rows = (
+            table.search()
+            .where(col("chunk_id").isin(ids[start : start + 500]))
+            .select(["chunk_id", "title", "page_start", "text"])
+            .limit(None)
+            .to_list()
+        )
+        for row in rows:
+            found[row["chunk_id"]] = ChunkText(row["title"], row["page_start"], row["text"] or "")
+    return found
+
+
+def build_examples(
+    rated: pd.DataFrame, chunks: Mapping[str, ChunkText], context_chars: int
+) -> tuple[list[AnswerExample], Counter]:
+    """Supervised examples from rated answers (`feedback.rated_answers`) and the texts of
+    their chunks; returns them with the count of answers left out, by reason.
+
+    The prompt is rebuilt the way the service builds it (`number_sources` with the same
+    `context_chars`, then `build_messages`). An answer is left out when its prompt cannot be
+    rebuilt exactly: a chunk it showed is no longer in the index.
+    """
+    examples: list[AnswerExample] = []
+    left_out: Counter = Counter()
+    for _, answer in rated.iterrows():
+        text = answer.get("answer")
+        if answer.get("rating") != "up":
+            left_out["not thumbs up"] += 1
+            continue
+        if not isinstance(text, str) or not text.strip():
+            left_out["no answer text"] += 1
+            continue
+        retrieved = [hit["chunk_id"] for hit in answer.get("retrieved") or []]
+        if not retrieved:  # the service answered without the model
+            left_out["no sources"] += 1
+            continue
+        known = []
+        for chunk_id in retrieved:
+            if chunk_id not in chunks:
+                break
+            known.append(chunks[chunk_id])
+        sources = number_sources(known, context_chars)
+        # Exact when every retrieved chunk is known, or the prompt was full before the first
+        # unknown one; otherwise that chunk might have been shown.
+        if not sources or (len(known) < len(retrieved) and len(sources) == len(known)):
+            left_out["sources no longer in the index"] += 1
+            continue
+        examples.append(
+            AnswerExample(
+                answer_id=answer["answer_id"],
+                query=answer["query"],
+                split=split_of(answer["query"]),
+                messages=build_messages(answer["query"], sources),
+                answer=text.strip(),
+            )
+        )
+    return examples, left_out
+
+
+# --- tokens --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EncodedExample:
+    input_ids: list[int]
+    prompt_length: int  # tokens before the answer; only the rest carry loss
+
+    @property
+    def target_tokens(self) -> int:
+        return len(self.input_ids) - self.prompt_length
+
+
+def encode_example(tokenizer, example: AnswerExample) -> EncodedExample:
+    """The chat template applied to prompt + answer; the prompt part is the template with
+    the generation prompt, exactly what the service feeds the model before it answers."""
+    prompt = _token_ids(tokenizer.apply_chat_template(example.messages, add_generation_prompt=True))
+    full = _token_ids(
+        tokenizer.apply_chat_template(
+            [*example.messages, {"role": "assistant", "content": example.answer}]
+        )
+    )
+    if full[: len(prompt)] != prompt or len(full) <= len(prompt):
+        raise ValueError("this chat template does not put the answer after the prompt")
+    return EncodedExample(full, len(prompt))
+
+
+def _token_ids(encoded) -> list[int]:
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def answer_loss(model, example: EncodedExample):
+    """Summed cross-entropy of the answer tokens (a tensor, differentiable) and their count.
+    Only the answer's logits are computed: on a 135M model the vocabulary projection of a
+    long prompt would cost more than the rest."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    input_ids = torch.tensor([example.input_ids])
+    keep = example.target_tokens + 1
+    logits = model(input_ids=input_ids, logits_to_keep=keep).logits[0, :-1]
+    targets = input_ids[0, example.prompt_length :]
+    loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+    return loss, int(targets.numel())
+
+
+def mean_answer_loss(model, examples: Sequence[EncodedExample]) -> float | None:
+    """Mean loss per answer token over `examples` (None for none), in eval mode."""
+    import torch
+
+    if not examples:
+        return None
+    model.eval()
+    total, tokens = 0.0, 0
+    with torch.inference_mode():
+        for example in examples:
+            loss, count = answer_loss(model, example)
+            total += float(loss)
+            tokens += count
+    return total / tokens
+
+
+# --- training ------------------------------------------------------------------------------
+def train_lora(
+    base_model: str,
+    examples: Iterable[AnswerExample],
+    params: LoraParams,
+    output_dir: Path,
+    champion_dir: Path | None = None,
+    log=None,
+) -> LoraReport:
+    """Trains a LoRA adapter of `base_model` (a path or hub id) on the train examples, on
+    CPU, and saves it to `output_dir` (`save_pretrained`: adapter_config.json and weights).
+
+    Measures the loss per answer token on the train and validation examples for the base
+    model and the adapter, and for `champion_dir` (the promoted adapter, when given) on the
+    validation examples, so the gate compares all three on the same questions.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    torch.manual_seed(params.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+
+    encoded = {"train": [], "validation": []}
+    too_long = 0
+    for example in examples:
+        item = encode_example(tokenizer, example)
+        if len(item.input_ids) > params.max_length:
+            too_long += 1
+            continue
+        encoded[example.split].append(item)
+    train, validation = encoded["train"], encoded["validation"]
+
+    base_train = mean_answer_loss(model, train)
+    base_validation = mean_answer_loss(model, validation)
+
+    config = LoraConfig(
+        r=params.r,
+        lora_alpha=params.alpha,
+        lora_dropout=params.dropout,
+        target_modules=list(params.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate)
+    order = random.Random(params.seed)
+    steps, step_losses = 0, []
+    for _epoch in range(params.epochs):
+        if steps >= params.max_steps or not train:
+            break
+        shuffled = order.sample(train, len(train))
+        for start in range(0, len(shuffled), params.batch_size):
+            batch = shuffled[start : start + params.batch_size]
+            tokens = sum(item.target_tokens for item in batch)
+            peft_model.train()
+            optimizer.zero_grad()
+            batch_loss = 0.0
+            for item in batch:  # accumulated one by one: no padding, one example in memory
+                loss, _count = answer_loss(peft_model, item)
+                (loss / tokens).backward()
+                batch_loss += float(loss.detach())
+            optimizer.step()
+            steps += 1
+            step_losses.append(batch_loss / tokens)
+            if log and (steps == 1 or steps % 10 == 0):
+                log(f"step {steps}: loss {step_losses[-1]:.4f}")
+            if steps >= params.max_steps:
+                break
+
+    adapter_train = mean_answer_loss(peft_model, train)
+    adapter_validation = mean_answer_loss(peft_model, validation)
+    champion_validation = None
+    if champion_dir is not None and validation:
+        peft_model.load_adapter(str(champion_dir), adapter_name="champion", is_trainable=False)
+        peft_model.set_adapter("champion")
+        champion_validation = mean_answer_loss(peft_model, validation)
+        peft_model.set_adapter("default")
+        peft_model.delete_adapter("champion")
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(output_dir)
+    return LoraReport(
+        train_examples=len(train),
+        validation_examples=len(validation),
+        too_long=too_long,
+        steps=steps,
+        trainable_parameters=sum(p.numel() for p in trainable),
+        base_train_loss=base_train,
+        base_validation_loss=base_validation,
+        adapter_train_loss=adapter_train,
+        adapter_validation_loss=adapter_validation,
+        champion_validation_loss=champion_validation,
+        seconds=round(time.perf_counter() - started, 2),
+        step_losses=step_losses,
+    )
+
+
+# --- the gate ------------------------------------------------------------------------------
+def judge_adapter(report: Mapping) -> tuple[bool, str]:
+    """Whether an adapter may serve: on the held-out thumbs-up answers its loss is no worse
+    than the base model's and than the promoted adapter's (when there is one). `report` is
+    `LoraReport` as a dict. Returns (passed, why)."""
+    adapter = report.get("adapter_validation_loss")
+    if not report.get("validation_examples") or adapter is None:
+        return False, "no held-out thumbs-up answers to judge the adapter on"
+    if not math.isfinite(adapter):
+        return False, f"held-out loss is {adapter}: training diverged"
+    serving = {"base model": report.get("base_validation_loss")}
+    if report.get("champion_validation_loss") is not None:
+        serving["promoted adapter"] = report["champion_validation_loss"]
+    worse = [f"{name} {loss:.4f}" for name, loss in serving.items() if adapter > loss]
+    if worse:
+        return False, f"held-out loss {adapter:.4f} is worse than the {', '.join(worse)}"
+    beaten = ", ".join(f"{name} {loss:.4f}" for name, loss in serving.items())
+    return True, f"held-out loss {adapter:.4f} is no worse than the {beaten}"

