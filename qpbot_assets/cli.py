@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     qa.add_argument("--details", type=Path, help="write one JSON line per question here")
     qa.add_argument("--json", action="store_true", help="print one JSON object")
 
+    rollback = commands.add_parser(
+        "rollback", help="undo the last promotion of a fine-tuned embedder and its index"
+    )
+    rollback.add_argument("--json", action="store_true", help="print one JSON object")
+
     serve = commands.add_parser("serve", help="run the answer service (HTTP API)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -75,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         return _status(settings, as_json=args.json)
     if args.command == "serve":
         return _serve(settings, args.host, args.port)
+    if args.command == "rollback":
+        return _rollback(settings, as_json=args.json)
     return _dev(settings, args.host, args.port, daemon_only=args.daemon_only)
 
 
@@ -107,6 +114,48 @@ def _status(settings: QpbotSettings, as_json: bool) -> int:
         print(json.dumps(status))
     else:
         _print_status(status)
+    return 0
+
+
+def _rollback(settings: QpbotSettings, as_json: bool) -> int:
+    """Puts the previous champion back: its embedder, its index pointer, its MLflow alias.
+    The service follows within seconds; documents ingested since are then synced into the
+    restored index by a refresh run."""
+    from qpbot_assets.ingest import refresh_index
+    from qpbot_assets.promotion import rollback
+    from qpbot_assets.resources import MlflowResource
+
+    try:
+        undone = rollback(settings.index_dir)
+    except LookupError as problem:
+        print(f"qpbot rollback: {problem}", file=sys.stderr)
+        return 1
+    previous = undone["previous_embedder"] or {}
+    mlflow = MlflowResource(
+        tracking_uri=settings.tracking_uri, artifacts_dir=str(settings.home / "mlartifacts")
+    )
+    from qpbot_assets.defs.training.assets import REGISTERED_EMBEDDER
+
+    client = mlflow.client()
+    if previous.get("mlflow_version"):
+        client.set_registered_model_alias(
+            REGISTERED_EMBEDDER, "champion", previous["mlflow_version"]
+        )
+    else:
+        client.delete_registered_model_alias(REGISTERED_EMBEDDER, "champion")
+    refreshed = refresh_index(settings)
+    result = {
+        "rolled_back": undone["embedder"]["model"],
+        "embedding_model": previous.get("model", settings.embedding_model),
+        "index_version": refreshed,
+    }
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"rolled back {result['rolled_back']}; serving {result['index_version']} "
+            f"embedded with {result['embedding_model']}"
+        )
     return 0
 
 

@@ -241,3 +241,66 @@ def snapshot(table, documents: int) -> dict:
         "chunks": table.count_rows(),
         "documents": documents,
     }
+
+
+def reembed_table(source, db, embedder: Embedder, batch_size: int = 32, rows_per_write: int = 2048):
+    """A new table for `embedder`'s model with every row of `source` (a table at a fixed
+    version) and its text embedded again: a candidate index built beside the live one.
+    Returns the new table, with its full-text index."""
+    from lancedb.index import FTS
+
+    name = contract.table_name_for(embedder.model_name)
+    if name in db.list_tables().tables:
+        db.drop_table(name)  # a half-built candidate from an interrupted run
+    table = open_or_create_table(db, embedder.model_name, embedder.dimension)
+    columns = [field.name for field in contract.CHUNK_COLUMNS]
+    rows = scan(source, columns)
+    progress = tqdm(total=rows.num_rows, desc=f"re-embed into {name}", unit="chunk")
+    for start in range(0, rows.num_rows, rows_per_write):
+        part = rows.slice(start, rows_per_write)
+        vectors = embedder.encode(part.column("text").to_pylist(), batch_size=batch_size)
+        vector_type = table.schema.field("vector").type
+        part = part.append_column("vector", pa.array(list(vectors), type=vector_type))
+        table.add(part.cast(table.schema))
+        progress.update(part.num_rows)
+    progress.close()
+    if table.count_rows():
+        table.create_index("text", config=FTS())
+    table.optimize()
+    return table
+
+
+def adopt_table_vectors(store: DocumentStore, table, record: Callable[[str], dict]) -> int:
+    """Records in the document store the vectors a re-embedded table holds, for documents
+    the store knows, as if `embed_documents` and `sync_table` had made them: after the
+    table is promoted, ingestion finds them current and embeds nothing again. Returns
+    the number of documents adopted."""
+    info = contract.IndexInfo.from_schema(table.schema)
+    model = info.embedding_model
+    rows = table.search().select(["document_id", "chunk_id", "vector"]).limit(None).to_arrow()
+    by_document: dict[str, list[int]] = {}
+    for position, document_id in enumerate(rows.column("document_id").to_pylist()):
+        by_document.setdefault(document_id, []).append(position)
+    chunk_ids = rows.column("chunk_id").to_pylist()
+    vectors = rows.column("vector").to_numpy(zero_copy_only=False)
+    adopted = 0
+    for document_id, positions in by_document.items():
+        record_of_chunks = store.read_stage(document_id, "chunks")
+        if not record_of_chunks or "output" not in record_of_chunks:
+            continue  # not a document of this store (an index built outside the graph)
+        ids = [chunk_ids[p] for p in positions]
+        if sorted(ids) != sorted(c["chunk_id"] for c in record_of_chunks["output"]):
+            continue  # its chunks changed since: the next sync embeds it
+        matrix = np.stack([np.asarray(vectors[p], dtype=np.float32) for p in positions])
+        store.write_vectors(document_id, model, ids, matrix)
+        output = {"model": model, "chunks": len(ids), "embedded": len(ids), "reused": 0}
+        store.run_stage(
+            document_id,
+            embedding_stage(model),
+            embedding_fingerprint(store, document_id, model),
+            lambda output=output: output,
+        )
+        fp = indexed_fingerprint(store, document_id, model, table.name)
+        store.run_stage(document_id, indexed_stage(table.name), fp, lambda d=document_id: record(d))
+        adopted += 1
+    return adopted

@@ -137,3 +137,21 @@ def index_status(settings: QpbotSettings) -> dict:
         "quarantined": quarantined,
         "index_version": promoted.label if promoted else None,
     }
+
+
+def refresh_index(settings: QpbotSettings) -> str | None:
+    """Syncs the index of the serving embedder with the live documents and promotes it (the
+    refresh_index job, in-process); returns the promoted index version. An index with no
+    live document partitions (one built outside the asset graph, like `qpbot eval
+    retrieval`'s) is left as it is."""
+    instance = get_instance(settings)
+    if instance.get_dynamic_partitions(documents_partitions.name):
+        result = (
+            load_definitions()
+            .resolve_job_def("refresh_index")
+            .execute_in_process(instance=instance, raise_on_error=False)
+        )
+        if not result.success:
+            raise RuntimeError("the refresh_index run failed: see it in the Dagster UI")
+    promoted = contract.read_promoted(settings.index_dir)
+    return promoted.label if promoted else None

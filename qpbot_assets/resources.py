@@ -42,6 +42,35 @@ class SearchIndexResource(dg.ConfigurableResource):
     def connect(self):
         return search_index.connect(self.index_dir)
 
+    def promoted_table(self):
+        """The table and version the service reads, or None before the first promotion."""
+        promoted = search_index.read_promoted(self.index_dir)
+        if promoted is None:
+            return None
+        table = self.connect().open_table(promoted.table)
+        table.checkout(promoted.version)
+        return table
+
+    def chunk_texts(self, chunk_ids: list[str]) -> dict[str, str]:
+        """chunk_id -> text, from the promoted index (chunks no longer there are left out)."""
+        from lancedb.expr import col
+
+        table = self.promoted_table()
+        if table is None or not chunk_ids:
+            return {}
+        texts: dict[str, str] = {}
+        for start in range(0, len(chunk_ids), 1000):
+            batch = chunk_ids[start : start + 1000]
+            rows = (
+                table.search()
+                .where(col("chunk_id").isin(batch))
+                .select(["chunk_id", "text"])
+                .limit(None)
+                .to_list()
+            )
+            texts.update({row["chunk_id"]: row["text"] for row in rows})
+        return texts
+
 
 class EmbeddingModelResource(dg.ConfigurableResource):
     """The embedding model new chunks get: the configured one, or its promoted fine-tune
@@ -121,6 +150,19 @@ class MlflowResource(dg.ConfigurableResource):
 
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
+    def register_version(self, name: str, run_id: str, artifact_path: str):
+        """A new version of registered model `name` from a folder the run logged as
+        artifacts (a plain model folder, not an MLflow flavor)."""
+        from mlflow.exceptions import MlflowException
+
+        client = self.client()
+        try:
+            client.create_registered_model(name)
+        except MlflowException:
+            pass  # it exists
+        source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        return client.create_model_version(name, source=source, run_id=run_id)
+
 
 class BeirSetConfig(dg.Config):
     """A BEIR-format retrieval set: its name, queries .jsonl and qrels .tsv."""
@@ -169,4 +211,21 @@ class AnswerGeneratorResource(dg.ConfigurableResource):
                 generator_api_key=self.api_key,
                 generator_timeout_s=self.timeout_s,
             )
+        )
+
+
+class RetrainingPolicyResource(dg.ConfigurableResource):
+    """When feedback starts retraining (QPBOT_FEEDBACK_WINDOW, QPBOT_FEEDBACK_MIN_UP_RATE,
+    QPBOT_RETRAIN_MIN_NEW_PAIRS)."""
+
+    feedback_window: int = 50
+    feedback_min_up_rate: float = 0.5
+    retrain_min_new_pairs: int = 200
+
+    @property
+    def feedback_policy(self):
+        from qpbot_assets.learning.signals import FeedbackPolicy
+
+        return FeedbackPolicy(
+            self.feedback_window, self.feedback_min_up_rate, self.retrain_min_new_pairs
         )

@@ -11,6 +11,7 @@ from qpbot_assets.resources import (
     EvaluationResource,
     FeedbackDatabaseResource,
     MlflowResource,
+    RetrainingPolicyResource,
     S3SourceResource,
     SearchIndexResource,
 )
@@ -38,6 +39,11 @@ def resources() -> dg.Definitions:
             "feedback_db": FeedbackDatabaseResource(
                 database_url=settings.feedback_database_url,
                 feedback_dir=str(settings.feedback_dir),
+            ),
+            "retraining": RetrainingPolicyResource(
+                feedback_window=settings.feedback_window,
+                feedback_min_up_rate=settings.feedback_min_up_rate,
+                retrain_min_new_pairs=settings.retrain_min_new_pairs,
             ),
             "mlflow": MlflowResource(
                 tracking_uri=settings.tracking_uri, artifacts_dir=str(settings.home / "mlartifacts")

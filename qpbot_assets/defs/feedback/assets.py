@@ -1,10 +1,14 @@
 """What users said: answer and feedback rows copied from the feedback database, and the
 training pairs made from them."""
 
+import json
+
 import dagster as dg
 
-from qpbot_assets.learning.feedback import sync_feedback_events
-from qpbot_assets.resources import FeedbackDatabaseResource
+from qpbot_assets.learning.feedback import rated_answers, sync_feedback_events
+from qpbot_assets.learning.pairs import build_training_pairs, pairs_version
+from qpbot_assets.resources import FeedbackDatabaseResource, SearchIndexResource
+from qpbot_serving.index import atomic_write_json
 
 FEEDBACK = {"group_name": "feedback"}
 
@@ -31,4 +35,52 @@ def feedback_events(
             "cursor": dg.MetadataValue.json(result.cursor),
             "folder": dg.MetadataValue.path(str(feedback_db.folder)),
         }
+    )
+
+
+@dg.asset(**FEEDBACK, deps=[feedback_events], kinds={"parquet"})
+def training_pairs(
+    context: dg.AssetExecutionContext,
+    feedback_db: FeedbackDatabaseResource,
+    index: SearchIndexResource,
+) -> dg.MaterializeResult:
+    """(query, positive chunk, hard negative) rows from rated answers and judged sources,
+    with the chunk texts of the promoted index. Versioned by content: a new version file
+    only when the pairs change; `LATEST.json` names the current one."""
+    folder = feedback_db.folder / "training_pairs"
+    pairs = build_training_pairs(rated_answers(feedback_db.folder), index.chunk_texts)
+    version = pairs_version(pairs)
+    latest_path = folder / "LATEST.json"
+    previous = json.loads(latest_path.read_text()) if latest_path.exists() else None
+    path = folder / f"{version}.parquet"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        pairs.to_parquet(path, index=False)
+    latest = {
+        "version": version,
+        "path": str(path),
+        "pairs": len(pairs),
+        "train_pairs": int((pairs["split"] == "train").sum()),
+        "validation_pairs": int((pairs["split"] == "validation").sum()),
+        "queries": int(pairs["query_id"].nunique()),
+        "with_hard_negative": int(pairs["negative_chunk_id"].notna().sum()),
+        "new_pairs": len(pairs) - (previous["pairs"] if previous else 0),
+        "previous_version": previous["version"] if previous else None,
+    }
+    atomic_write_json(latest_path, latest)
+    preview = pairs.head(5)[["query", "positive", "negative"]].fillna("")
+    table = "\n".join(
+        f"| {r.query[:60]} | {r.positive[:60]} | {r.negative[:60]} |".replace("\n", " ")
+        for r in preview.itertuples()
+    )
+    context.log.info(f"training_pairs {version}: {len(pairs)} pairs")
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(version),
+        metadata={
+            **{k: v for k, v in latest.items() if k != "path"},
+            "path": dg.MetadataValue.path(str(path)),
+            "preview": dg.MetadataValue.md(
+                "| query | positive | hard negative |\n|---|---|---|\n" + table
+            ),
+        },
     )

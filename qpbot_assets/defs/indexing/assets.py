@@ -127,9 +127,21 @@ def sample_preview(table) -> dg.MetadataValue:
     automation_condition=dg.AutomationCondition.eager()
     & dg.AutomationCondition.all_deps_blocking_checks_passed(),
 )
-def promoted_index(index: SearchIndexResource) -> dg.MaterializeResult:
+def promoted_index(
+    index: SearchIndexResource, embedding_model: EmbeddingModelResource
+) -> dg.MaterializeResult:
     """The pointer the answer service reads: the last index version whose blocking checks passed."""
     snapshot = json.loads((index.index_dir / SNAPSHOT_FILE).read_text())
+    champion = contract.serving_embedding_model(index.index_dir, embedding_model.configured_model)
+    if snapshot["embedding_model"] != champion:
+        # Written by a run that started before a fine-tuned embedder was promoted: moving
+        # the pointer back to the old model's table would undo that promotion.
+        return dg.MaterializeResult(
+            metadata={
+                "pointer_unchanged": f"snapshot is of {snapshot['embedding_model']}, "
+                f"the serving embedder is {champion}"
+            }
+        )
     promoted = contract.write_promoted(index.index_dir, **snapshot)
     return dg.MaterializeResult(
         metadata={

@@ -1,0 +1,189 @@
+"""Retraining from feedback: a fine-tuned embedder, its candidate index beside the live one,
+and the promotion that only happens when the gate (asset_checks.py) passes.
+
+Files under `$QPBOT_HOME/models/embedders/`: one folder per fine-tuned model, and
+`CHALLENGER.json` (the newest one); under `$QPBOT_HOME/index/`: `CANDIDATE.json` (the
+candidate table and version, and the gate's verdict once it has one).
+"""
+
+import json
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from qpbot_assets.defs.feedback.assets import training_pairs
+from qpbot_assets.index_sync import adopt_table_vectors, reembed_table, snapshot
+from qpbot_assets.learning.finetune import FineTuneParams, fine_tune_embedder
+from qpbot_assets.promotion import promote_candidate
+from qpbot_assets.resources import (
+    DocumentStoreResource,
+    EmbeddingModelResource,
+    FeedbackDatabaseResource,
+    MlflowResource,
+    SearchIndexResource,
+)
+from qpbot_serving import index as contract
+from qpbot_serving.embedding import Embedder
+
+TRAINING = {"group_name": "training"}
+REGISTERED_EMBEDDER = "qpbot-embedder"
+CHALLENGER_FILE = "CHALLENGER.json"
+CANDIDATE_FILE = "CANDIDATE.json"
+
+
+class FineTuneConfig(dg.Config):
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 2e-5
+    warmup_ratio: float = 0.1
+    min_pairs: int = 20
+    seed: int = 0
+    shuffle_labels: bool = False  # for demonstrating the gate: trains on mismatched pairs
+
+
+def embedders_dir(index: SearchIndexResource) -> Path:
+    return Path(index.home) / "models" / "embedders"
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise dg.Failure(f"{path} is missing: materialize the upstream asset first")
+    return json.loads(path.read_text())
+
+
+@dg.asset(**TRAINING, deps=[training_pairs], kinds={"pytorch", "mlflow"})
+def fine_tuned_embedder(
+    context: dg.AssetExecutionContext,
+    config: FineTuneConfig,
+    feedback_db: FeedbackDatabaseResource,
+    index: SearchIndexResource,
+    embedding_model: EmbeddingModelResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """The configured embedding model fine-tuned on the current training pairs
+    (MultipleNegativesRankingLoss with the hard negatives), registered in MLflow as a new
+    version of `qpbot-embedder` with the alias `challenger`. Always starts from the
+    configured model, so a version depends only on its pairs and hyperparameters."""
+    latest = read_json(feedback_db.folder / "training_pairs" / "LATEST.json")
+    pairs = pd.read_parquet(latest["path"])
+    train_pairs = int((pairs["split"] == "train").sum())
+    if train_pairs < config.min_pairs:
+        raise dg.Failure(
+            f"only {train_pairs} training pairs (version {latest['version']}); fine-tuning "
+            f"needs at least {config.min_pairs}: collect more judged feedback"
+        )
+    base = embedding_model.configured_model
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    name = f"{contract.model_slug(base)}-ft-{stamp}{'-shuffled' if config.shuffle_labels else ''}"
+    output_dir = embedders_dir(index) / name
+    params = FineTuneParams(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        warmup_ratio=config.warmup_ratio,
+        seed=config.seed,
+        shuffle_labels=config.shuffle_labels,
+    )
+    import mlflow as mlflow_api
+
+    with mlflow.start_run("qpbot-embedder", run_name=name) as run:
+        mlflow_api.log_params(
+            {**asdict(params), "base_model": base, "pairs_version": latest["version"]}
+        )
+        metrics = fine_tune_embedder(base, pairs, output_dir, params)
+        mlflow_api.log_metrics({k: v for k, v in metrics.items() if k != "seconds"})
+        mlflow_api.log_metric("train_seconds", metrics["seconds"])
+        mlflow_api.log_artifacts(str(output_dir), artifact_path="model")
+    version = mlflow.register_version(REGISTERED_EMBEDDER, run.info.run_id, "model")
+    mlflow.client().set_registered_model_alias(REGISTERED_EMBEDDER, "challenger", version.version)
+    challenger = {
+        "model": str(output_dir),
+        "base_model": base,
+        "mlflow_version": str(version.version),
+        "mlflow_run_id": run.info.run_id,
+        "pairs_version": latest["version"],
+        "trained_at": stamp,
+    }
+    contract.atomic_write_json(embedders_dir(index) / CHALLENGER_FILE, challenger)
+    return dg.MaterializeResult(
+        metadata={
+            **metrics,
+            "model": dg.MetadataValue.path(str(output_dir)),
+            "mlflow_version": challenger["mlflow_version"],
+            "pairs_version": latest["version"],
+            "train_pairs": train_pairs,
+        }
+    )
+
+
+@dg.asset(**TRAINING, deps=[fine_tuned_embedder, "promoted_index"], kinds={"lancedb"})
+def candidate_index(
+    context: dg.AssetExecutionContext,
+    documents: DocumentStoreResource,
+    index: SearchIndexResource,
+) -> dg.MaterializeResult:
+    """The promoted index's chunks embedded again with the challenger, in a table of its
+    own beside the live one. The service does not see it until the gate passes."""
+    challenger = read_json(embedders_dir(index) / CHALLENGER_FILE)
+    champion = index.promoted_table()
+    if champion is None:
+        raise dg.Failure("no promoted index to build a candidate from: ingest documents first")
+    embedder = Embedder(challenger["model"])
+    table = reembed_table(champion, index.connect(), embedder)
+    from qpbot_assets.defs.indexing.assets import index_record  # the record ingestion keeps
+
+    store = documents.store
+    adopted = adopt_table_vectors(store, table, lambda d: index_record(store, d))
+    documents_in_table = len(
+        set(
+            table.search()
+            .select(["document_id"])
+            .limit(None)
+            .to_arrow()
+            .column("document_id")
+            .to_pylist()
+        )
+    )
+    candidate = {
+        "snapshot": snapshot(table, documents_in_table),
+        "embedder": challenger,
+        "built_from": contract.read_promoted(index.index_dir).label,
+    }
+    contract.atomic_write_json(index.index_dir / CANDIDATE_FILE, candidate)
+    return dg.MaterializeResult(
+        metadata={
+            "candidate": f"{table.name}@v{table.version}",
+            "chunks": table.count_rows(),
+            "built_from": candidate["built_from"],
+            "documents_adopted": adopted,
+            "embedding_model": challenger["model"],
+        }
+    )
+
+
+@dg.asset(
+    **TRAINING,
+    deps=[candidate_index],
+    kinds={"lancedb", "mlflow"},
+    automation_condition=dg.AutomationCondition.eager()
+    & dg.AutomationCondition.all_deps_blocking_checks_passed(),
+)
+def promoted_candidate(index: SearchIndexResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    """Moves the promoted pointer to the candidate index and makes its model the champion
+    (for the service, for ingestion and in MLflow). Runs only after the gate passed;
+    `qpbot rollback` undoes it."""
+    candidate = read_json(index.index_dir / CANDIDATE_FILE)
+    promoted = promote_candidate(index.index_dir, candidate["snapshot"], candidate["embedder"])
+    version = candidate["embedder"]["mlflow_version"]
+    mlflow.client().set_registered_model_alias(REGISTERED_EMBEDDER, "champion", version)
+    return dg.MaterializeResult(
+        metadata={
+            "index_version": promoted.label,
+            "embedding_model": candidate["embedder"]["model"],
+            "mlflow_version": version,
+            "promoted_at": promoted.promoted_at,
+        }
+    )

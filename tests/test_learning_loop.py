@@ -1,0 +1,244 @@
+"""The learning loop end to end on the sample documents: answers and judgments in the real
+feedback database, the feedback sensor, the retraining job (real fine-tune, real LanceDB,
+real MLflow), the gate passing and refusing, promotion, ingestion after promotion, rollback.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from qpbot_assets.cli import main as qpbot
+from qpbot_assets.documents.sources import document_id_for
+from qpbot_assets.learning.gate import GateSet, compare_retrievers
+from qpbot_assets.learning.pairs import build_training_pairs, pairs_version
+from qpbot_assets.learning.signals import FeedbackPolicy, retraining_reason
+from qpbot_serving import index as contract
+from qpbot_serving.answer_log import AnswerLog
+from qpbot_serving.retrieval import Retriever, SearchHit
+from qpbot_serving.settings import QpbotSettings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- pure ------------------------------------------------------------------------------
+def test_retraining_reason_counts_pairs_and_a_low_rate_once_per_window():
+    policy = FeedbackPolicy(window=4, min_up_rate=0.5, min_new_pairs=3)
+    judged = [("up", {"c1": "relevant", "c2": "relevant"}), ("up", None)]
+    assert "3 new training pairs" in retraining_reason(["up"] * 4, judged, policy)
+    assert retraining_reason(["up"] * 4, judged[:1], policy) is None
+    downs = [("down", {"c1": "irrelevant"})] * 4
+    assert "thumbs-up rate 0.25" in retraining_reason(["down", "down", "down", "up"], downs, policy)
+    # A low rate over a window mostly seen before the last retraining does not count again.
+    assert retraining_reason(["down", "down", "down", "up"], downs[:2], policy) is None
+
+
+def rated(query, rating, retrieved, judgments=None):
+    return {
+        "query": query,
+        "rating": rating,
+        "retrieved": [{"chunk_id": c, "document_id": c[0], "score": 1.0} for c in retrieved],
+        "source_judgments": judgments,
+    }
+
+
+def test_training_pairs_pool_judgments_and_never_use_a_positive_as_negative():
+    frame = pd.DataFrame(
+        [
+            rated(
+                "How long is the battery?",
+                "up",
+                ["a1", "b1"],
+                {"a1": "relevant", "b1": "irrelevant"},
+            ),
+            rated("how long is the  BATTERY?", "down", ["b1", "a1", "c1"]),  # same query
+            rated("Warranty period?", "up", ["w1", "x1"]),  # no judgments: top source
+            rated("Gone?", "up", ["z9"], {"z9": "relevant"}),  # its chunk left the index
+        ]
+    )
+    texts = {c: f"text of {c}" for c in ["a1", "b1", "c1", "w1", "x1"]}
+    pairs = build_training_pairs(frame, lambda ids: {i: texts[i] for i in ids if i in texts})
+    as_tuples = {
+        (positive, negative if isinstance(negative, str) else None)
+        for positive, negative in zip(
+            pairs["positive_chunk_id"], pairs["negative_chunk_id"], strict=True
+        )
+    }
+    assert as_tuples == {("a1", "b1"), ("w1", None)}
+    battery = pairs[pairs["positive_chunk_id"] == "a1"].iloc[0]
+    assert battery["positive"] == "text of a1" and battery["negative"] == "text of b1"
+    assert pairs_version(pairs) == pairs_version(pairs.copy())
+    assert pairs_version(pairs) != pairs_version(pairs.iloc[:1])
+
+
+class RankedRetriever:
+    """Answers each query with a fixed ranking of document ids (pure gate logic only)."""
+
+    def __init__(self, rankings):
+        self.rankings = rankings
+
+    def search(self, query, k, mode):
+        return [
+            SearchHit(d, d, None, None, None, None, "", None, 1.0) for d in self.rankings[query]
+        ][:k]
+
+
+def test_gate_compares_the_default_mode_and_refuses_without_queries():
+    gate_set = GateSet("s", {"q1": "first", "q2": "second"}, {"q1": {"a": 1}, "q2": {"b": 1}})
+    good = RankedRetriever({"first": ["a", "x"], "second": ["b", "y"]})
+    worse = RankedRetriever({"first": ["x", "a"], "second": ["b", "y"]})
+    assert compare_retrievers(good, good, [gate_set])["passed"]
+    refused = compare_retrievers(good, worse, [gate_set])
+    assert not refused["passed"] and refused["reason"].startswith("refused")
+    assert compare_retrievers(worse, good, [gate_set])["passed"]
+    empty = compare_retrievers(good, good, [])
+    assert not empty["passed"] and "no evaluation query" in empty["reason"]
+
+
+# --- the loop on real components -------------------------------------------------------
+@pytest.fixture
+def judged_home(qpbot_home, sample_documents, tmp_path, monkeypatch):
+    """Sample documents ingested, every sample question asked and judged, an evaluation
+    set of those questions configured."""
+    from qpbot_assets.ingest import ingest_paths
+
+    questions = [json.loads(line) for line in open(REPO / "examples" / "sample_questions.jsonl")]
+    expected = {
+        q["question"]: document_id_for((sample_documents / q["document"]).resolve().as_uri())
+        for q in questions
+    }
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    (eval_dir / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": str(i), "text": q}) + "\n" for i, q in enumerate(expected))
+    )
+    (eval_dir / "qrels.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n"
+        + "".join(f"{i}\t{d}\t1\n" for i, d in enumerate(expected.values()))
+    )
+    beir_set = {
+        "name": "samples",
+        "queries": str(eval_dir / "queries.jsonl"),
+        "qrels": str(eval_dir / "qrels.tsv"),
+    }
+    monkeypatch.setenv("QPBOT_EVAL_BEIR_SETS", json.dumps([beir_set]))
+    monkeypatch.setenv("QPBOT_RETRAIN_MIN_NEW_PAIRS", "10")
+    settings = QpbotSettings()
+    assert ingest_paths(settings, [sample_documents], quiet=True)["success"]
+
+    retriever = Retriever.open(settings.index_dir)
+    log = AnswerLog(settings.feedback_database_url, settings.home / "spool.jsonl")
+    for question, document_id in expected.items():
+        hits = retriever.search(question, k=5)
+        answer_id = str(uuid.uuid4())
+        log.record_answer(
+            {
+                "answer_id": answer_id,
+                "query": question,
+                "mode": "hybrid",
+                "retrieved": [
+                    {"chunk_id": h.chunk_id, "document_id": h.document_id, "score": h.score}
+                    for h in hits
+                ],
+                "answer": "an answer",
+            }
+        )
+        judgments = {
+            h.chunk_id: "relevant" if h.document_id == document_id else "irrelevant"
+            for h in hits[:3]
+        }
+        good = "relevant" in judgments.values()
+        log.record_feedback(
+            {
+                "feedback_id": str(uuid.uuid4()),
+                "answer_id": answer_id,
+                "rating": "up" if good else "down",
+                "source_judgments": judgments,
+            }
+        )
+    assert log.flush()
+    log.close()
+    return settings
+
+
+def retrain(settings, **fine_tune):
+    """What the daemon does: evaluate the feedback sensor, launch the run it asks for."""
+    from qpbot_assets.defs.feedback.sensors import feedback_sensor
+    from qpbot_assets.ingest import load_definitions
+    from qpbot_assets.instance import get_instance
+
+    defs = load_definitions()
+    instance = get_instance(settings)
+    context = dg.build_sensor_context(instance=instance, resources=defs.resources)
+    request = feedback_sensor(context)
+    assert isinstance(request, dg.RunRequest), request
+    config = {"epochs": 1, "batch_size": 8, "min_pairs": 5, **fine_tune}
+    result = defs.resolve_job_def("retrain_embedder").execute_in_process(
+        instance=instance,
+        run_config={"ops": {"fine_tuned_embedder": {"config": config}}},
+        tags=request.tags,
+        raise_on_error=False,
+    )
+    gate = result.get_asset_check_evaluations()
+    return result, gate, context.cursor
+
+
+def test_feedback_retrains_gates_promotes_and_rolls_back(judged_home, sample_documents, tmp_path):
+    from mlflow import MlflowClient
+
+    settings = judged_home
+    before = contract.read_promoted(settings.index_dir)
+
+    # An as-good candidate (a learning rate too small to change it) passes the gate.
+    result, gate, cursor = retrain(settings, learning_rate=1e-9)
+    assert [check.passed for check in gate] == [True], gate
+    promoted = contract.read_promoted(settings.index_dir)
+    assert promoted.table != before.table and "-ft-" in promoted.embedding_model
+    assert Retriever.open(settings.index_dir).embedder.model_name == promoted.embedding_model
+    client = MlflowClient(settings.tracking_uri)
+    champion = client.get_model_version_by_alias("qpbot-embedder", "champion")
+    assert champion.tags["gate"] == "passed"
+
+    # The same feedback does not start a second retraining.
+    from qpbot_assets.defs.feedback.sensors import feedback_sensor
+    from qpbot_assets.ingest import load_definitions
+    from qpbot_assets.instance import get_instance
+
+    resources = load_definitions().resources
+    again = dg.build_sensor_context(get_instance(settings), cursor=cursor, resources=resources)
+    assert isinstance(feedback_sensor(again), dg.SkipReason)
+
+    # Ingestion now embeds with the promoted model, and only the new document.
+    from qpbot_assets.ingest import ingest_paths
+
+    extra = tmp_path / "more"
+    shutil.copytree(sample_documents, extra)
+    (extra / "extra-note.md").write_text("# Loading dock\n\nThe loading dock opens at 6 am.\n")
+    assert ingest_paths(settings, [extra], quiet=True)["success"]
+    after_ingest = contract.read_promoted(settings.index_dir)
+    assert after_ingest.table == promoted.table and after_ingest.chunks > promoted.chunks
+    hits = Retriever.open(settings.index_dir).search("When does the loading dock open?", k=1)
+    assert "6 am" in hits[0].text
+
+    # Rollback: the base model's table serves again, with the new document synced into it.
+    assert qpbot(["rollback", "--json"]) == 0
+    restored = contract.read_promoted(settings.index_dir)
+    assert restored.table == before.table and restored.embedding_model == before.embedding_model
+    assert restored.chunks == after_ingest.chunks
+    assert not (settings.index_dir / contract.EMBEDDER_FILE).exists()
+
+
+def test_the_gate_refuses_a_candidate_trained_on_shuffled_pairs(judged_home):
+    settings = judged_home
+    before = contract.read_promoted(settings.index_dir)
+    result, gate, _ = retrain(settings, shuffle_labels=True, learning_rate=1e-3, epochs=3)
+    assert [check.passed for check in gate] == [False], gate
+    assert contract.read_promoted(settings.index_dir) == before  # the pointer did not move
+    candidate = json.loads((settings.index_dir / "CANDIDATE.json").read_text())
+    assert candidate["gate"]["reason"].startswith("refused")
