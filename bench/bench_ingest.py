@@ -54,7 +54,7 @@ def timed_ingest(home: Path, folder: Path) -> tuple[float, float, dict]:
 
 
 def vectors_written_since(home: Path, since: float) -> int:
-    return sum(p.stat().st_mtime > since for p in (home / "documents").rglob("vectors.npz"))
+    return sum(p.stat().st_mtime > since for p in (home / "documents").rglob("vectors/*.npz"))
 
 
 def main() -> None:
