@@ -61,6 +61,7 @@ class LoraParams:
     max_steps: int = 200  # optimizer steps, over all epochs
     batch_size: int = 4  # examples per optimizer step (accumulated, no padding)
     max_length: int = 2048  # longer examples (prompt + answer tokens) are left out
+    train_loss_sample: int = 64  # train examples the train loss is measured on (all held-out)
     seed: int = 0
     target_modules: tuple[str, ...] = ATTENTION_PROJECTIONS
 
@@ -245,8 +246,8 @@ def train_lora(
     """Trains a LoRA adapter of `base_model` (a path or hub id) on the train examples, on
     CPU, and saves it to `output_dir` (`save_pretrained`: adapter_config.json and weights).
 
-    Measures the loss per answer token on the train and validation examples for the base
-    model and the adapter, and for `champion_dir` (the promoted adapter, when given) on the
+    Measures the loss per answer token on the validation examples (and a sample of the
+    train examples) for the base model and the adapter, and for `champion_dir` (the promoted adapter, when given) on the
     validation examples, so the gate compares all three on the same questions.
     """
     import torch
@@ -268,7 +269,10 @@ def train_lora(
         encoded[example.split].append(item)
     train, validation = encoded["train"], encoded["validation"]
 
-    base_train = mean_answer_loss(model, train)
+    # The train loss is a progress figure, measured on a sample to bound the cost on CPU;
+    # the held-out loss (what the gate judges) uses every validation example.
+    train_sample = train[: params.train_loss_sample]
+    base_train = mean_answer_loss(model, train_sample)
     base_validation = mean_answer_loss(model, validation)
 
     config = LoraConfig(
@@ -305,7 +309,7 @@ def train_lora(
             if steps >= params.max_steps:
                 break
 
-    adapter_train = mean_answer_loss(peft_model, train)
+    adapter_train = mean_answer_loss(peft_model, train_sample)
     adapter_validation = mean_answer_loss(peft_model, validation)
     champion_validation = None
     if champion_dir is not None and validation:
