@@ -29,10 +29,10 @@ def candidate_at_least_as_good_as_champion(
     feedback_db: FeedbackDatabaseResource,
     mlflow: MlflowResource,
 ) -> dg.AssetCheckResult:
-    """nDCG@10 of the candidate and the champion in the default (hybrid) mode, and in dense
-    mode for information, over the configured BEIR sets and the judged feedback queries held
-    out from training. Passes when the candidate is at least as good in the default mode;
-    with no evaluation query at all it refuses, since nothing shows the candidate is good."""
+    """nDCG@10 of the candidate and the champion in the default (hybrid) and the dense mode,
+    over the configured BEIR sets and the judged feedback queries held out from training.
+    Passes when the candidate is at least as good in both; with no evaluation query at all
+    it refuses, since nothing shows the candidate is good."""
     candidate = read_json(index.index_dir / CANDIDATE_FILE)
     champion_pointer = contract.read_promoted(index.index_dir)
     champion = Retriever.at(index.index_dir, champion_pointer)
