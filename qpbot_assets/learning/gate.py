@@ -1,7 +1,16 @@
-"""Comparing a candidate retriever with the champion on evaluation sets (no Dagster)."""
+"""Comparing a candidate retriever with the champion on evaluation sets (no Dagster).
+
+"At least as good" is judged per query, paired: the candidate passes a mode when its mean
+nDCG@10 is not below the champion's by more than the noise of the comparison (one-sided
+95%: 1.645 standard errors of the per-query differences). A strict `>=` on the means would
+refuse almost every new model on golden sets made from feedback, because users could only
+judge what the champion retrieved: a chunk the candidate finds and nobody judged counts as
+irrelevant, so those sets lean towards the champion.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from qpbot_serving.evaluation import ndcg_at_k
@@ -10,6 +19,7 @@ from qpbot_serving.evaluation import ndcg_at_k
 # (hybrid), nor in dense retrieval, which measures the embedder alone.
 GATE_MODES = ("hybrid", "dense")
 REPORTED_MODES = GATE_MODES
+NOISE_Z = 1.645  # one-sided 95%
 
 
 @dataclass(frozen=True)
@@ -23,8 +33,9 @@ def compare_retrievers(champion, candidate, sets: list[GateSet], k: int = 10) ->
     """nDCG@k of both retrievers per mode, averaged over every judged query of every set.
 
     Returns {"passed", "reason", "queries", "champion": {mode: score}, "candidate": {...},
-    "per_set": {...}, "table": markdown}. Passes when the candidate scores at least the
-    champion's nDCG@k in every one of GATE_MODES; refuses when there is no judged query.
+    "difference": {mode: mean}, "allowed_drop": {mode: ...}, "per_set": {...}, "table":
+    markdown}. Passes when, in every one of GATE_MODES, the candidate is not worse than the
+    champion beyond noise (see the module docstring); refuses when there is no judged query.
     """
     scores: dict[str, dict[str, list[float]]] = {
         side: {mode: [] for mode in REPORTED_MODES} for side in ("champion", "candidate")
@@ -57,10 +68,20 @@ def compare_retrievers(champion, candidate, sets: list[GateSet], k: int = 10) ->
             "refused: no evaluation query; configure QPBOT_EVAL_BEIR_SETS or collect "
             "feedback with judged sources"
         )
-    else:
-        passed = all(summary["candidate"][m] >= summary["champion"][m] for m in GATE_MODES)
+    difference, allowed_drop = {}, {}
+    for mode in GATE_MODES:
+        diffs = [
+            new - old
+            for new, old in zip(scores["candidate"][mode], scores["champion"][mode], strict=True)
+        ]
+        difference[mode] = _mean(diffs)
+        allowed_drop[mode] = round(NOISE_Z * _standard_error(diffs), 4)
+    if queries:
+        passed = all(difference[m] >= -allowed_drop[m] for m in GATE_MODES)
         comparisons = ", ".join(
-            f"{m} {summary['candidate'][m]:.4f} vs {summary['champion'][m]:.4f}" for m in GATE_MODES
+            f"{m} {summary['candidate'][m]:.4f} vs {summary['champion'][m]:.4f} "
+            f"(difference {difference[m]:+.4f}, noise {allowed_drop[m]:.4f})"
+            for m in GATE_MODES
         )
         reason = (
             f"{'passed' if passed else 'refused'}: nDCG@{k} candidate vs champion: "
@@ -81,6 +102,8 @@ def compare_retrievers(champion, candidate, sets: list[GateSet], k: int = 10) ->
         "reason": reason,
         "queries": queries,
         **summary,
+        "difference": difference,
+        "allowed_drop": allowed_drop,
         "per_set": per_set,
         "table": "\n".join(lines),
     }
@@ -88,3 +111,11 @@ def compare_retrievers(champion, candidate, sets: list[GateSet], k: int = 10) ->
 
 def _mean(values: list[float]) -> float:
     return round(sum(values) / len(values), 4) if values else 0.0
+
+
+def _standard_error(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return math.sqrt(variance / len(values))
