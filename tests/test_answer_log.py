@@ -82,7 +82,9 @@ def test_a_database_blip_neither_blocks_nor_loses_rows(postgres_database, tmp_pa
         ids = [str(uuid.uuid4()) for _ in range(3)]
         for answer_id in ids:
             log.record_answer(sample_answer(answer_id))
-        assert time.monotonic() - started < 0.1  # answering never waits for the database
+        # Answering never waits for the database: three blocking writes would take at least
+        # three connect timeouts (2 s each); the bound is loose for loaded machines.
+        assert time.monotonic() - started < 1.5
         assert log.flush()
         assert log.spooled == 3
 
