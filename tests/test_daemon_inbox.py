@@ -52,7 +52,7 @@ def test_daemon_ingests_and_removes_inbox_files(tmp_path, sample_documents):
             promoted = contract.read_promoted(home / "index")
             return promoted and promoted.documents == 2 and promoted
 
-        first = wait_for(promoted_documents, 240, "two promoted documents")
+        first = wait_for(promoted_documents, 600, "two promoted documents")
         assert first.chunks > 0
 
         (inbox / "release-notes.html").unlink()
@@ -61,7 +61,7 @@ def test_daemon_ingests_and_removes_inbox_files(tmp_path, sample_documents):
             promoted = contract.read_promoted(home / "index")
             return promoted.documents == 1 and promoted
 
-        second = wait_for(one_document_left, 240, "the deleted file's chunks to go")
+        second = wait_for(one_document_left, 600, "the deleted file's chunks to go")
         assert second.chunks < first.chunks
         status = subprocess.run(
             [Path(sys.executable).parent / "qpbot", "status", "--json"],
