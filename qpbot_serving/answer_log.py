@@ -109,10 +109,12 @@ class AnswerLog:
     @property
     def spooled(self) -> int:
         """Rows waiting in the spool for the database to come back."""
-        if not self.spool_path.exists():
-            return 0
-        with self._spool_lock, open(self.spool_path) as handle:
-            return sum(1 for line in handle if line.strip())
+        with self._spool_lock:
+            try:
+                with open(self.spool_path) as handle:
+                    return sum(1 for line in handle if line.strip())
+            except FileNotFoundError:  # nothing spooled, or just replayed and removed
+                return 0
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Waits until every queued row is written or spooled (tests and shutdown)."""
