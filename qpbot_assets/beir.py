@@ -53,7 +53,8 @@ def index_beir_corpus(
 ) -> contract.PromotedIndex:
     """Writes one row per corpus document into `home/index/lancedb`, table
     `table_name_for(model_name)` (replaced if it exists), builds the full-text index on
-    `text` and moves the promoted pointer to the new version. Returns that pointer.
+    `text` (and the vector index, above `contract.VECTOR_INDEX_MIN_ROWS` rows) and moves the
+    promoted pointer to the new version. Returns that pointer.
 
     `embedder` lets a caller reuse a loaded model; its `model_name` must be `model_name`.
     `include_title=False` indexes the abstract alone (kept to measure the difference).
@@ -96,6 +97,7 @@ def index_beir_corpus(
         mode="overwrite",
     )
     table.create_index("text", config=FTS())
+    contract.ensure_vector_index(table)  # as `search_index` does: none below the threshold
     promoted = contract.write_promoted(
         index_dir,
         table=table.name,

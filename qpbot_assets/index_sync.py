@@ -179,9 +179,10 @@ def sync_table(
 
     Documents whose rows would change are embedded where needed and written as an atomic
     merge per batch; rows of documents not in `live` are deleted; the full-text index is
-    created or refreshed. `record(document_id)` is stored with each written document.
-    Returns counts and the table's snapshot (table, version, model, dimension, chunks,
-    documents).
+    created or refreshed, and the vector index once the table is large enough
+    (`contract.ensure_vector_index`). `record(document_id)` is stored with each written
+    document. Returns counts, what happened to the vector index and the table's snapshot
+    (table, version, model, dimension, chunks, documents).
     """
     from lancedb.index import FTS
 
@@ -221,11 +222,12 @@ def sync_table(
     if table.count_rows() and not any(i.index_type == "FTS" for i in table.list_indices()):
         table.create_index("text", config=FTS())
     if changed or orphans:
-        table.optimize()  # folds new rows into the full-text index and compacts small files
+        table.optimize()  # folds new rows into both indexes and compacts small files
     return {
         "written_documents": len(changed),
         "written_rows": written_rows,
         "removed_documents": orphans,
+        "vector_index": contract.ensure_vector_index(table),
         "snapshot": snapshot(table, len(indexed & set(live))),
     }
 
@@ -246,7 +248,7 @@ def snapshot(table, documents: int) -> dict:
 def reembed_table(source, db, embedder: Embedder, batch_size: int = 32, rows_per_write: int = 2048):
     """A new table for `embedder`'s model with every row of `source` (a table at a fixed
     version) and its text embedded again: a candidate index built beside the live one.
-    Returns the new table, with its full-text index."""
+    Returns the new table, with its full-text index (and vector index, when large enough)."""
     from lancedb.index import FTS
 
     name = contract.table_name_for(embedder.model_name)
@@ -267,6 +269,7 @@ def reembed_table(source, db, embedder: Embedder, batch_size: int = 32, rows_per
     if table.count_rows():
         table.create_index("text", config=FTS())
     table.optimize()
+    contract.ensure_vector_index(table)
     return table
 
 

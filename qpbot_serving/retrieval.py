@@ -8,7 +8,13 @@ SQL, so no value can break out of its quotes.
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
+import warnings
+import weakref
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +24,7 @@ import numpy as np
 from qpbot_serving import index as contract
 from qpbot_serving.embedding import Embedder
 
+log = logging.getLogger(__name__)
 MODES = ("dense", "keyword", "hybrid")
 MAX_K = 1000
 # Equality filters a caller may set; `document_ids` (a list) is the one membership filter.
@@ -28,6 +35,166 @@ FILTER_FIELDS = ("document_id", "format", "language", "author", "title")
 # per query or per corpus; 0.4-0.6 score within 0.005 nDCG@10 of each other.
 HYBRID_CANDIDATES = 100
 HYBRID_DENSE_WEIGHT = 0.5
+
+# Dense search on a table with a vector index (`index.ensure_vector_index`: HNSW over the
+# exact vectors, so its distances are the exact cosines a flat search gives). The graph
+# search keeps DENSE_EF candidates per 100 wanted: at 100k chunks 0.99 of the flat top 100
+# (500: 0.9995 and ~1.5 ms more a query; the hybrid top 10 is the same, BENCHMARKS.md). An
+# index over compressed vectors (built by other means) gets LanceDB's refine step instead:
+# at least DENSE_EXACT_CANDIDATES re-scored exactly.
+DENSE_EF = 200
+DENSE_EXACT_CANDIDATES = 100
+
+# The keyword search of a hybrid query runs here while the query is embedded; LanceDB
+# releases the GIL while it searches.
+_KEYWORD_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="qpbot-keyword")
+
+# Queries are embedded on these threads, each running torch on QUERY_TORCH_THREADS
+# threads: one short query gains little from more, and on two cores a second torch thread
+# would fight the keyword search (and other requests) for the other core, which made
+# hybrid search slower, not faster (BENCHMARKS.md). The rest of the process (ingestion,
+# answer generation) keeps torch's own setting.
+QUERY_TORCH_THREADS = 1
+
+
+def _query_thread_setup() -> None:
+    import torch
+
+    process_default = torch.get_num_threads()  # what threads not yet set up will use
+    torch.set_num_threads(QUERY_TORCH_THREADS)  # this thread's own OpenMP/MKL setting...
+    # ...which also changed the default for threads not set up yet: put that back, from a
+    # thread of its own so this one keeps QUERY_TORCH_THREADS.
+    restore = threading.Thread(target=torch.set_num_threads, args=(process_default,))
+    restore.start()
+    restore.join()
+
+
+_QUERY_POOL = ThreadPoolExecutor(
+    max_workers=os.cpu_count() or 1,
+    thread_name_prefix="qpbot-query-embedding",
+    initializer=_query_thread_setup,
+)
+
+
+class QueryEncoder:
+    """Embeds one query into exactly the vector `Embedder.encode([query])[0]` gives, sooner.
+
+    For the usual sentence-transformers layout (a transformer, mean pooling, normalization)
+    the model is traced and frozen with TorchScript, which prepacks the weights for the CPU
+    (about a third less time per query on two cores, BENCHMARKS.md); the result is checked
+    against `Embedder.encode` on probe texts once, and any other layout, failure or
+    difference over QUERY_ENCODER_TOLERANCE falls back to `Embedder.encode`. One query at a
+    time only: its attention mask is all ones, which the trace relies on.
+    """
+
+    PROBES = (
+        "warm up",
+        "  Leading and trailing spaces, MiXeD case and digits 0-9  ",
+        "Ünïcödé, punctuation (brackets); and a claim: aspirin lowers the risk of stroke.",
+        "a long text that the model must truncate " * 60,
+    )
+
+    def __init__(self, embedder: Embedder):
+        self.embedder = embedder
+        self.traced = None  # the frozen module, once checked
+        self.fallback_reason: str | None = None
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def __call__(self, query: str) -> np.ndarray:
+        if not self._ready:
+            self._prepare()
+        if self.traced is None:
+            return self.embedder.encode([query])[0]
+        return self._traced_encode(query)
+
+    def _traced_encode(self, query: str) -> np.ndarray:
+        import torch
+
+        features = self.embedder.model.preprocess([query])
+        with torch.inference_mode():
+            vector = self.traced(
+                features["input_ids"], features["attention_mask"], features["token_type_ids"]
+            )
+        return vector[0].numpy()
+
+    def _prepare(self) -> None:
+        with self._lock:
+            if self._ready:
+                return
+            try:
+                self.traced = self._trace()
+                for probe in self.PROBES:
+                    expected = self.embedder.encode([probe])[0]
+                    for _ in range(2):  # the first runs of a TorchScript module optimize it
+                        got = self._traced_encode(probe)
+                        difference = float(np.abs(got - expected).max())
+                        if not difference <= QUERY_ENCODER_TOLERANCE:
+                            raise ValueError(f"traced encoder differs by {difference:.2e}")
+            except Exception as problem:  # any surprise: the plain encoder, which is right
+                self.traced = None
+                self.fallback_reason = f"{type(problem).__name__}: {problem}"
+                log.warning("query encoder not traced, using Embedder.encode: %s", problem)
+            self._ready = True
+
+    def _trace(self):
+        import torch
+
+        model = self.embedder.model
+        layout = [type(module).__name__ for module in model]
+        if layout != ["Transformer", "Pooling", "Normalize"]:
+            raise ValueError(f"modules {layout}")
+        pooling = model[1].get_config_dict()
+        if pooling.get("pooling_mode") != "mean":
+            raise ValueError(f"pooling {pooling.get('pooling_mode')}")
+        if str(model.device) != "cpu":
+            raise ValueError(f"device {model.device}")
+        transformer = model[0].auto_model.eval()
+
+        class MeanPooled(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.transformer = transformer
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                tokens = self.transformer(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    token_type_ids=token_type_ids,
+                    return_dict=False,
+                )[0]
+                mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+                mean = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                return torch.nn.functional.normalize(mean, p=2, dim=1)
+
+        from transformers.utils import logging as transformers_logging
+
+        example = model.preprocess([self.PROBES[0]])
+        inputs = (example["input_ids"], example["attention_mask"], example["token_type_ids"])
+        verbosity = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()  # config notes printed while tracing
+        try:
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer warnings: the all-ones mask is constant
+                traced = torch.jit.trace(MeanPooled().eval(), inputs, check_trace=False)
+                return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+        finally:
+            transformers_logging.set_verbosity(verbosity)
+
+
+QUERY_ENCODER_TOLERANCE = 1e-5
+_QUERY_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_QUERY_ENCODERS_LOCK = threading.Lock()
+
+
+def query_encoder(embedder: Embedder) -> QueryEncoder:
+    """The (shared) query encoder of an embedder."""
+    with _QUERY_ENCODERS_LOCK:
+        encoder = _QUERY_ENCODERS.get(embedder)
+        if encoder is None:
+            encoder = _QUERY_ENCODERS[embedder] = QueryEncoder(embedder)
+        return encoder
+
 
 _RESULT_COLUMNS = [
     "chunk_id",
@@ -86,8 +253,20 @@ class Retriever:
                 f"not {embedder.model_name}"
             )
         self.embedder = embedder
+        self.query_encoder = query_encoder(embedder)
         self.reranker = reranker
         self.rerank_depth = rerank_depth
+        # The indexes of this version; loaded into memory now rather than by the first query.
+        # With no vector index (a small table; or set to None), dense search is exact (flat).
+        indices = table.list_indices()
+        vector_index = next((i for i in indices if list(i.columns) == ["vector"]), None)
+        self.vector_index: str | None = vector_index.name if vector_index else None
+        self._nprobes = contract.vector_index_partitions(table.count_rows())
+        self._refine = bool(vector_index) and (
+            table.index_stats(vector_index.name).index_type != contract.VECTOR_INDEX_TYPE
+        )
+        for index in indices:
+            table.prewarm_index(index.name)
 
     @classmethod
     def open(
@@ -156,39 +335,120 @@ class Retriever:
         elif mode == "keyword":
             hits = self.keyword(query, depth, where)
         else:
-            hits = self.hybrid(query, max(depth, HYBRID_CANDIDATES), where)[:depth]
+            hits = self.hybrid(query, max(depth, HYBRID_CANDIDATES), where, limit=depth)
         if self.reranker:
             hits = self.reranker.rerank(query, hits)
         return hits[:k]
 
     def dense(self, query: str, limit: int, where=None) -> list[SearchHit]:
         """Nearest chunks by cosine similarity (score = cosine similarity)."""
-        return self._dense(self.embedder.encode([query])[0], limit, where)
+        return self._dense(self._embed(query), limit, where)
 
     def keyword(self, query: str, limit: int, where=None) -> list[SearchHit]:
         """Chunks by BM25 score over the full-text index of `text`."""
         return [_hit(row, float(row["_score"])) for row in self._keyword_rows(query, limit, where)]
 
-    def hybrid(self, query: str, candidates: int, where=None) -> list[SearchHit]:
-        """The fused dense and keyword lists (`candidates` from each), best first."""
-        vector = self.embedder.encode([query])[0]
-        dense_hits = self._dense(vector, candidates, where)
-        rows = self._keyword_rows(query, candidates, where, with_vectors=True)
-        keyword_hits = [_hit(row, float(row["_score"])) for row in rows]
-        # Vectors are unit length, so a dot product is the cosine the dense list would give.
-        cosines = {row["chunk_id"]: float(np.dot(row["vector"], vector)) for row in rows}
-        return fuse(dense_hits, keyword_hits, HYBRID_DENSE_WEIGHT, cosines)
+    def hybrid(
+        self, query: str, candidates: int, where=None, limit: int | None = None
+    ) -> list[SearchHit]:
+        """The fused dense and keyword lists (`candidates` from each), best first; only the
+        best `limit` of them when given.
 
-    def _dense(self, vector: np.ndarray, limit: int, where) -> list[SearchHit]:
+        The keyword search runs while the query is embedded and brings its hits' displayed
+        columns and vectors (for the exact cosine of those the dense list misses); the dense
+        search brings ids and scores only, and the displayed columns of a returned hit that
+        only the dense list found are read afterwards.
+        """
+        keyword_job = _KEYWORD_POOL.submit(self._keyword_candidates, query, candidates, where)
+        try:
+            vector = self._embed(query)
+            dense = self._dense_candidates(vector, candidates, where)
+        finally:
+            keyword = keyword_job.result()
+        keyword_ids = keyword["chunk_id"]
+        # Vectors are unit length, so a dot product is the cosine the dense list would give.
+        keyword_cosines = (keyword["vectors"] @ vector).tolist() if keyword_ids else []
+        fused = fuse(
+            _stubs(dense["chunk_id"], dense["scores"]),
+            _stubs(keyword_ids, keyword["scores"]),
+            HYBRID_DENSE_WEIGHT,
+            dict(zip(keyword_ids, keyword_cosines, strict=True)),
+        )
+        if limit is not None:
+            fused = fused[:limit]
+        position = {chunk_id: i for i, chunk_id in enumerate(keyword_ids)}
+        found = [hit.chunk_id for hit in fused if hit.chunk_id in position]
+        positions = np.array([position[chunk_id] for chunk_id in found], dtype=np.int64)
+        taken = keyword["rows"].take(positions).to_pylist()
+        rows = dict(zip(found, taken, strict=True))
+        dense_row_ids = dict(zip(dense["chunk_id"], dense["_rowid"], strict=True))
+        rows.update(
+            self._rows([dense_row_ids[h.chunk_id] for h in fused if h.chunk_id not in rows])
+        )
+        return [_hit(rows[hit.chunk_id], hit.score) for hit in fused]
+
+    def _embed(self, query: str) -> np.ndarray:
+        return _QUERY_POOL.submit(self.query_encoder, query).result()
+
+    def _vector_search(self, vector: np.ndarray, limit: int, where, columns: list[str]):
         builder = (
             self.table.search(vector, query_type="vector", vector_column_name="vector")
             .distance_type("cosine")
-            .select([*_RESULT_COLUMNS, "_distance"])
+            .select(columns)
+            .limit(limit)
+        )
+        if self.vector_index is None:
+            builder = builder.bypass_vector_index()
+        else:
+            builder = builder.nprobes(self._nprobes).ef(max(DENSE_EF, DENSE_EF * limit // 100))
+            if self._refine:  # compressed vectors: re-score the best of them exactly
+                builder = builder.refine_factor(-(-DENSE_EXACT_CANDIDATES // limit))
+        if where is not None:
+            builder = builder.where(where, prefilter=True)
+        return builder
+
+    def _dense(self, vector: np.ndarray, limit: int, where) -> list[SearchHit]:
+        builder = self._vector_search(vector, limit, where, [*_RESULT_COLUMNS, "_distance"])
+        return [_hit(row, 1.0 - float(row["_distance"])) for row in builder.to_list()]
+
+    def _dense_candidates(self, vector: np.ndarray, limit: int, where) -> dict:
+        """{"chunk_id", "_rowid", "scores"} of the nearest `limit` chunks, nearest first."""
+        builder = self._vector_search(vector, limit, where, ["chunk_id", "_distance"])
+        table = builder.with_row_id(True).to_arrow()
+        return {
+            "chunk_id": table["chunk_id"].to_pylist(),
+            "_rowid": table["_rowid"].to_pylist(),
+            "scores": (1.0 - table["_distance"].to_numpy()).tolist(),
+        }
+
+    def _keyword_candidates(self, query: str, limit: int, where) -> dict:
+        """The best `limit` BM25 matches: {"chunk_id", "scores", "vectors" (an array),
+        "rows" (their displayed columns, an Arrow table)}."""
+        builder = (
+            self.table.search(query, query_type="fts", fts_columns="text")
+            .select([*_RESULT_COLUMNS, "_score", "vector"])
             .limit(limit)
         )
         if where is not None:
             builder = builder.where(where, prefilter=True)
-        return [_hit(row, 1.0 - float(row["_distance"])) for row in builder.to_list()]
+        table = builder.to_arrow()
+        return {
+            "chunk_id": table["chunk_id"].to_pylist(),
+            "scores": table["_score"].to_numpy().tolist(),
+            "vectors": table["vector"]
+            .combine_chunks()
+            .flatten()
+            .to_numpy()
+            .reshape(-1, self.info.dimension),
+            "rows": table.select(_RESULT_COLUMNS),
+        }
+
+    def _rows(self, row_ids: list[int]) -> dict[str, dict]:
+        """The displayed columns of some rows (by row id), by chunk_id."""
+        if not row_ids:
+            return {}
+        table = self.table.take_row_ids(row_ids).select(_RESULT_COLUMNS).to_arrow()
+        return {row["chunk_id"]: row for row in table.to_pylist()}
 
     def _keyword_rows(self, query: str, limit: int, where, with_vectors: bool = False) -> list:
         columns = [*_RESULT_COLUMNS, "_score", *(["vector"] if with_vectors else [])]
@@ -275,6 +535,14 @@ def filter_expression(filters: dict | None):
 
 def _hit(row: dict, score: float) -> SearchHit:
     return SearchHit(**{name: row[name] for name in _RESULT_COLUMNS}, score=score)
+
+
+def _stubs(chunk_ids: list[str], scores: list[float]) -> list[SearchHit]:
+    """Hits that carry only an id and a score, for fusing before any text is read."""
+    return [
+        SearchHit(chunk_id, "", None, None, None, None, "", None, score)
+        for chunk_id, score in zip(chunk_ids, scores, strict=True)
+    ]
 
 
 def _with_score(hit: SearchHit, score: float) -> SearchHit:

@@ -153,3 +153,42 @@ def test_status_json_shape(qpbot_home, sample_documents, tmp_path):
     [quarantined] = status["quarantined"]
     assert set(quarantined) >= {"source", "stage", "reason"}
     assert quarantined["source"].endswith("broken.pdf")
+
+
+def test_a_large_enough_index_gets_a_vector_index(
+    qpbot_home, sample_documents, tmp_path, monkeypatch
+):
+    """Above the threshold `search_index` builds the ANN index and the service uses it;
+    an edited document's new chunks are folded into it, and searches find what the exact
+    search finds."""
+    from qpbot_serving.retrieval import Retriever
+
+    monkeypatch.setattr(contract, "VECTOR_INDEX_MIN_ROWS", 10)  # the samples: ~50 chunks
+    folder = tmp_path / "docs"
+    shutil.copytree(sample_documents, folder)
+    settings = QpbotSettings()
+    assert ingest_paths(settings, [folder], quiet=True)["success"]
+
+    def vector_index_stats():
+        promoted = contract.read_promoted(settings.index_dir)
+        table = contract.connect(settings.index_dir).open_table(promoted.table)
+        table.checkout(promoted.version)
+        return table.index_stats(contract.vector_index_of(table).name)
+
+    stats = vector_index_stats()
+    assert (stats.index_type, stats.distance_type) == ("IVF_HNSW_FLAT", "cosine")
+    assert stats.num_unindexed_rows == 0
+    markdown = next(folder.glob("*.md"))
+    markdown.write_text(markdown.read_text() + "\n\nThe lighthouse keeper counts gulls at dawn.\n")
+    assert ingest_paths(settings, [folder], quiet=True)["success"]
+    assert vector_index_stats().num_unindexed_rows == 0
+
+    retriever = Retriever.open(settings.index_dir)
+    assert retriever.vector_index == contract.VECTOR_INDEX_NAME
+    flat = Retriever.open(settings.index_dir, embedder=retriever.embedder)
+    flat.vector_index = None
+    question = "How long is the battery warranty?"
+    for mode in ("dense", "hybrid"):
+        assert [h.chunk_id for h in retriever.search(question, 5, mode)] == [
+            h.chunk_id for h in flat.search(question, 5, mode)
+        ]

@@ -236,3 +236,238 @@ def test_cli_eval_never_overwrites_a_document_index(small_beir, tmp_path, capsys
     assert main(argv) == 2
     assert "holds a document index" in capsys.readouterr().err
     assert contract.read_promoted(tmp_path / "index").table == "chunks__x"
+
+
+# --- the vector index and the fast paths of the search -------------------------------------
+COPIES = 10  # 200 real abstracts x 10: 2,000 rows, as bench_serving.py makes 100k from 5k
+
+
+def _scaled_home(source_home: Path, target: Path, copies: int = COPIES) -> Path:
+    """A home whose table holds each row of `source_home` `copies` times, each copy's real
+    vector perturbed (Gaussian noise 0.02, renormalized); full-text index, no vector index."""
+    import numpy as np
+    import pyarrow as pa
+    from lancedb.index import FTS
+
+    promoted = contract.read_promoted(source_home / "index")
+    source = contract.connect(source_home / "index").open_table(promoted.table)
+    source.checkout(promoted.version)
+    rows = source.to_arrow()
+    vectors = np.stack(rows["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    batches = []
+    for copy in range(copies):
+        noisy = vectors + rng.normal(0, 0.02, vectors.shape).astype(np.float32) * (copy > 0)
+        noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+        batch = rows.set_column(
+            rows.schema.get_field_index("vector"),
+            "vector",
+            pa.FixedSizeListArray.from_arrays(pa.array(noisy.ravel()), vectors.shape[1]),
+        )
+        ids = [f"{chunk_id}-{copy}" for chunk_id in rows["chunk_id"].to_pylist()]
+        batches.append(batch.set_column(0, "chunk_id", pa.array(ids)))
+    table = contract.connect(target / "index").create_table(
+        promoted.table, data=pa.concat_tables(batches)
+    )
+    table.create_index("text", config=FTS())
+    fields = {k: v for k, v in promoted.__dict__.items() if k != "promoted_at"}
+    contract.write_promoted(
+        target / "index", **{**fields, "version": table.version, "chunks": table.count_rows()}
+    )
+    return target
+
+
+def _open_table(home: Path):
+    promoted = contract.read_promoted(home / "index")
+    return contract.connect(home / "index").open_table(promoted.table)
+
+
+def _promote_latest(home: Path) -> None:
+    promoted = contract.read_promoted(home / "index")
+    fields = {k: v for k, v in promoted.__dict__.items() if k != "promoted_at"}
+    contract.write_promoted(home / "index", **{**fields, "version": _open_table(home).version})
+
+
+def test_vector_index_only_above_the_threshold(small_home, tmp_path, monkeypatch):
+    import pyarrow as pa
+
+    home = _scaled_home(small_home, tmp_path)
+    table = _open_table(home)
+    rows = DOCS * COPIES
+    assert contract.VECTOR_INDEX_MIN_ROWS > rows  # so the default leaves this table flat
+    for below in (contract.VECTOR_INDEX_MIN_ROWS, rows + 1):
+        result = contract.ensure_vector_index(table, min_rows=below)
+        assert result["vector_index"] == "none" and result["rows"] == rows
+        assert contract.vector_index_of(table) is None
+    # A failed build is reported and leaves the table (and its exact search) as it was.
+    with monkeypatch.context() as patch:
+        patch.setattr(type(table), "create_index", lambda *a, **k: 1 / 0)
+        failed = contract.ensure_vector_index(table, min_rows=rows)
+    assert failed["vector_index"] == "failed" and "ZeroDivisionError" in failed["reason"]
+    assert contract.vector_index_of(table) is None
+    created = contract.ensure_vector_index(table, min_rows=rows)  # exactly at the threshold
+    assert created["vector_index"] == "created" and created["segments"] == 1
+    index = contract.vector_index_of(table)
+    stats = table.index_stats(index.name)
+    assert (stats.index_type, stats.distance_type) == ("IVF_HNSW_FLAT", "cosine")
+    assert stats.num_indexed_rows == rows and stats.num_unindexed_rows == 0
+    version = table.version
+    assert contract.ensure_vector_index(table, min_rows=rows)["vector_index"] == "kept"
+    assert table.version == version  # nothing written when nothing is to do
+    # A smaller table keeps its index: it stays correct.
+    table.delete("chunk_id LIKE '%-9'")
+    assert contract.ensure_vector_index(table, min_rows=rows)["vector_index"] == "kept"
+
+    # optimize() indexes new rows as a delta segment; past the limit the index is rebuilt.
+    monkeypatch.setattr(contract, "VECTOR_INDEX_MAX_SEGMENTS", 1)
+    extra = table.search().limit(50).to_arrow()
+    ids = [f"{chunk_id}-extra" for chunk_id in extra["chunk_id"].to_pylist()]
+    table.add(extra.set_column(0, "chunk_id", pa.array(ids)))
+    table.optimize()
+    assert table.index_stats(index.name).num_indices == 2
+    rebuilt = contract.ensure_vector_index(table, min_rows=rows)
+    assert rebuilt["vector_index"] == "rebuilt" and "segments" in rebuilt["reason"]
+    assert table.index_stats(index.name).num_indices == 1
+
+    # An index of another kind is replaced by the one the retriever is tuned for.
+    from lancedb.index import IvfFlat
+
+    table.create_index("vector", config=IvfFlat(distance_type="cosine", num_partitions=2))
+    assert contract.ensure_vector_index(table, min_rows=rows)["vector_index"] == "rebuilt"
+    assert table.index_stats(index.name).index_type == "IVF_HNSW_FLAT"
+
+
+@pytest.fixture(scope="module")
+def indexed_home(small_home, tmp_path_factory) -> Path:
+    """2,000 rows of real (perturbed) vectors with the vector index; promoted at that version."""
+    home = _scaled_home(small_home, tmp_path_factory.mktemp("indexed-home"))
+    result = contract.ensure_vector_index(_open_table(home), min_rows=DOCS * COPIES)
+    assert result["vector_index"] == "created"
+    _promote_latest(home)
+    return home
+
+
+@pytest.fixture(scope="module")
+def indexed_and_flat(indexed_home, embedder) -> tuple[Retriever, Retriever]:
+    indexed = Retriever.open(indexed_home / "index", embedder=embedder)
+    flat = Retriever.open(indexed_home / "index", embedder=embedder)
+    flat.vector_index = None  # the exact search, on the very same table
+    return indexed, flat
+
+
+def test_indexed_search_matches_the_flat_search(indexed_and_flat, small_beir, embedder):
+    import numpy as np
+
+    indexed, flat = indexed_and_flat
+    assert indexed.vector_index == "vector_idx"
+    vector = embedder.encode(["white matter"])[0]
+    plans = [
+        r._vector_search(vector, 100, None, ["chunk_id", "_distance"]).explain_plan()
+        for r in (indexed, flat)
+    ]
+    assert "ANNSubIndex: name=vector_idx" in plans[0] and "ANNSubIndex" not in plans[1]
+    texts = list(read_queries(small_beir["queries"]).values())
+    recall, same_hybrid = [], 0
+    for text in texts:
+        vector = indexed._embed(text)
+        got, truth = (r._dense_candidates(vector, 100, None) for r in (indexed, flat))
+        recall.append(len(set(got["chunk_id"]) & set(truth["chunk_id"])) / 100)
+        exact = dict(zip(truth["chunk_id"], truth["scores"], strict=True))
+        for chunk_id, score in zip(got["chunk_id"], got["scores"], strict=True):
+            if chunk_id in exact:
+                assert score == pytest.approx(exact[chunk_id], abs=1e-5)
+        assert [h.chunk_id for h in indexed.search(text, 10, "dense")] == [
+            h.chunk_id for h in flat.search(text, 10, "dense")
+        ]
+        hybrid = [(h.chunk_id, round(h.score, 5)) for h in indexed.search(text, 10)]
+        same_hybrid += hybrid == [(h.chunk_id, round(h.score, 5)) for h in flat.search(text, 10)]
+    assert np.mean(recall) >= 0.99, np.mean(recall)
+    assert same_hybrid >= 0.95 * len(texts), (same_hybrid, len(texts))
+
+
+def test_a_compressed_index_is_rescored_exactly(small_home, tmp_path, embedder):
+    """An index over quantized vectors (not the one ensure_vector_index builds) gets
+    LanceDB's refine step, so dense scores stay the exact cosines."""
+    from lancedb.index import HnswSq
+
+    home = _scaled_home(small_home, tmp_path)
+    _open_table(home).create_index("vector", config=HnswSq(distance_type="cosine"))
+    _promote_latest(home)
+    indexed = Retriever.open(home / "index", embedder=embedder)
+    flat = Retriever.open(home / "index", embedder=embedder)
+    flat.vector_index = None
+    assert indexed.vector_index and indexed._refine
+    vector = indexed._embed("cerebral white matter development")
+    plan = indexed._vector_search(vector, 10, None, ["chunk_id", "_distance"]).explain_plan()
+    assert "KNNVectorDistance" in plan.split("ANNSubIndex")[0]  # the re-scoring above it
+    for limit in (10, 100):
+        got = indexed._dense_candidates(vector, limit, None)
+        truth = flat._dense_candidates(vector, limit, None)
+        assert got["chunk_id"][:5] == truth["chunk_id"][:5]
+        assert got["scores"][:5] == pytest.approx(truth["scores"][:5], abs=1e-6)
+
+
+def test_filtered_search_with_the_index(indexed_and_flat):
+    indexed, flat = indexed_and_flat
+    some = ["31715818", "4983", "5836"]
+    for mode in ("dense", "hybrid"):
+        hits = indexed.search("cerebral white matter", 30, mode, {"document_ids": some})
+        assert hits and {h.document_id for h in hits} <= set(some)
+        expected = flat.search("cerebral white matter", 30, mode, {"document_ids": some})
+        assert [h.chunk_id for h in hits] == [h.chunk_id for h in expected]
+
+
+def test_hybrid_equals_fusing_the_full_lists(indexed_and_flat):
+    """The hybrid search reads ids and scores first and the displayed columns last; its
+    hits, all ~150 of them (keyword-only, dense-only and both), must be what fusing the
+    two complete lists gives."""
+    import numpy as np
+
+    from qpbot_serving.retrieval import HYBRID_DENSE_WEIGHT, fuse
+
+    indexed, _ = indexed_and_flat
+    fields = [f for f in SearchHit.__dataclass_fields__ if f != "score"]
+    for text in ("cerebral white matter development in preterm infants", "the of and"):
+        vector = indexed._embed(text)  # the encoder itself: test_query_encoder_is_the_embedder
+        rows = indexed._keyword_rows(text, 100, None, with_vectors=True)
+        keyword = [SearchHit(**{f: r[f] for f in fields}, score=r["_score"]) for r in rows]
+        cosines = {r["chunk_id"]: float(np.dot(r["vector"], vector)) for r in rows}
+        expected = fuse(indexed._dense(vector, 100, None), keyword, HYBRID_DENSE_WEIGHT, cosines)
+        got = indexed.hybrid(text, 100)
+        assert [h.chunk_id for h in got] == [h.chunk_id for h in expected]
+        for hit, want in zip(got, expected, strict=True):
+            assert {f: getattr(hit, f) for f in fields} == {f: getattr(want, f) for f in fields}
+            assert hit.score == pytest.approx(want.score, abs=1e-6)
+        dense_only = {h.chunk_id for h in expected} - {r["chunk_id"] for r in rows}
+        assert dense_only  # so the rows read afterwards were exercised
+        assert indexed.hybrid(text, 100, limit=7) == got[:7]
+
+
+def test_query_encoder_is_the_embedder(retriever, embedder, monkeypatch):
+    import numpy as np
+    import torch
+
+    from qpbot_serving import retrieval
+
+    encoder = retriever.query_encoder
+    texts = ["white matter", "  Spaces and CASE  ", "a very long query " * 80]
+    for text in texts:
+        assert np.abs(retriever._embed(text) - embedder.encode([text])[0]).max() <= 1e-5
+    assert encoder.traced is not None, encoder.fallback_reason
+    assert retrieval.query_encoder(embedder) is encoder  # traced once per model
+    # Queries are embedded on threads of their own torch setting; the rest keeps its own.
+    assert retrieval._QUERY_POOL.submit(torch.get_num_threads).result() == 1
+    default = torch.get_num_threads()
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as fresh:
+        assert fresh.submit(torch.get_num_threads).result() == default
+
+    # Any surprise while tracing falls back to the plain encoder.
+    def broken(self):
+        raise RuntimeError("cannot trace")
+
+    monkeypatch.setattr(retrieval.QueryEncoder, "_trace", broken)
+    plain = retrieval.QueryEncoder(embedder)
+    assert np.array_equal(plain("white matter"), embedder.encode(["white matter"])[0])
+    assert plain.traced is None and "cannot trace" in plain.fallback_reason

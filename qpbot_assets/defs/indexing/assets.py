@@ -105,6 +105,8 @@ def search_index(
             "written_documents": synced["written_documents"],
             "written_rows": synced["written_rows"],
             "removed_documents": len(synced["removed_documents"]),
+            "vector_index": synced["vector_index"]["vector_index"],
+            "vector_index_reason": synced["vector_index"]["reason"],
             "sample": sample_preview(table),
         }
     )
