@@ -7,8 +7,9 @@
 2. Split the train queries that have qrels in two halves (seeded shuffle). nDCG@10 of the
    second half, dense and hybrid, is measured before.
 3. Start the answer service (`qpbot serve`) and ask every question of the first half
-   through `POST /v1/answer`; a simulated user rates each answer up when one of its cited
-   sources is relevant by the qrels (else down) and judges every cited source.
+   through `POST /v1/answer` (k=5); a simulated user rates each answer up when one of its
+   cited sources is relevant by the qrels (else down) and judges every source the answer
+   shows: the cited ones and the `more_sources` retrieved past the prompt's budget.
 4. Evaluate the feedback sensor as the daemon does; it asks for `retrain_embedder`, which
    runs (feedback_events -> training_pairs -> fine_tuned_embedder -> candidate_index ->
    gate -> promoted_candidate). Only the gate decides whether the candidate is promoted.
@@ -73,9 +74,10 @@ def ask_and_judge(port: int, queries: dict[str, str], qrels: dict) -> dict:
             relevant = qrels.get(query_id, {})
             judgments = {
                 c["chunk_id"]: "relevant" if relevant.get(c["document_id"], 0) > 0 else "irrelevant"
-                for c in body["citations"]
+                for c in [*body["citations"], *body["more_sources"]]
             }
-            rating = "up" if "relevant" in judgments.values() else "down"
+            cited = [judgments[c["chunk_id"]] for c in body["citations"]]
+            rating = "up" if "relevant" in cited else "down"  # the answer had what it needed
             client.post(
                 "/v1/feedback",
                 json={

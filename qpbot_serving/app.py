@@ -82,7 +82,7 @@ class AnswerRequest(BaseModel):
 
 
 class Citation(BaseModel):
-    number: int
+    number: int | None  # the [n] of the prompt; None for a source the model was not given
     chunk_id: str
     document_id: str
     title: str | None
@@ -96,6 +96,9 @@ class AnswerResponse(BaseModel):
     answer: str | None
     error: str | None = None
     citations: list[Citation]
+    # Retrieved too, but past the prompt's context budget: shown so a user can judge them
+    # (`source_judgments` in /v1/feedback), which is what teaches the retriever most.
+    more_sources: list[Citation] = []
     timings_ms: dict[str, float]
     model_version: str
     index_version: str
@@ -247,6 +250,7 @@ def create_app(
         timings = {"retrieval": _observe(request, "retrieval", started)}
         sources = number_sources(hits, state.settings.answer_context_chars)
         citations = [_citation(number, hit) for number, hit in enumerate(hits[: len(sources)], 1)]
+        more_sources = [_citation(None, hit) for hit in hits[len(sources) :]]
         record = {
             "answer_id": str(uuid.uuid4()),
             "query": body.query,
@@ -262,12 +266,13 @@ def create_app(
         pieces = _generate(state, build_messages(body.query, sources), bool(sources))
         if body.stream:
             return StreamingResponse(
-                _sse(request, pieces, citations, record, timings), media_type="text/event-stream"
+                _sse(request, pieces, (citations, more_sources), record, timings),
+                media_type="text/event-stream",
             )
         generation_started = time.perf_counter()
         text, error = await asyncio.to_thread(_collect, pieces)
         timings["generation"] = _observe(request, "generation", generation_started)
-        return _finish(request, record, text, error, citations, timings)
+        return _finish(request, record, text, error, (citations, more_sources), timings)
 
     @app.post("/v1/feedback", status_code=202, tags=["v1"], dependencies=[Depends(require_token)])
     async def feedback(body: FeedbackRequest, request: Request) -> dict:
@@ -350,7 +355,7 @@ def _chunk_fields(hit: SearchHit) -> dict:
     return {name: getattr(hit, name) for name in Chunk.model_fields}
 
 
-def _citation(number: int, hit: SearchHit) -> Citation:
+def _citation(number: int | None, hit: SearchHit) -> Citation:
     fields = {name: getattr(hit, name) for name in Citation.model_fields if name != "number"}
     return Citation(number=number, **fields)
 
@@ -375,7 +380,8 @@ def _collect(pieces: Iterator[str]) -> tuple[str | None, str | None]:
         return None, f"the answer generator is unavailable: {problem}"
 
 
-def _finish(request, record, text, error, citations, timings) -> AnswerResponse:
+def _finish(request, record, text, error, sources, timings) -> AnswerResponse:
+    """Logs the answer and builds the response; `sources` = (citations, more_sources)."""
     state = request.app.state
     if text:
         state.metrics.tokens.inc(len(text.split()))
@@ -386,7 +392,8 @@ def _finish(request, record, text, error, citations, timings) -> AnswerResponse:
         answer_id=record["answer_id"],
         answer=text,
         error=error,
-        citations=citations,
+        citations=sources[0],
+        more_sources=sources[1],
         timings_ms=timings,
         model_version=record["model_version"],
         index_version=record["index_version"],
@@ -394,13 +401,13 @@ def _finish(request, record, text, error, citations, timings) -> AnswerResponse:
     )
 
 
-async def _sse(request, pieces, citations, record, timings) -> AsyncIterator[str]:
+async def _sse(request, pieces, sources, record, timings) -> AsyncIterator[str]:
     """Server-sent events: `sources`, then `token`s, then `done` (or `error`)."""
 
     def event(name: str, data) -> str:
         return f"event: {name}\ndata: {json.dumps(data)}\n\n"
 
-    yield event("sources", [c.model_dump() for c in citations])
+    yield event("sources", [c.model_dump() for c in sources[0]])
     started = time.perf_counter()
     text: list[str] = []
     error = None
@@ -420,7 +427,7 @@ async def _sse(request, pieces, citations, record, timings) -> AsyncIterator[str
         text.append(piece)
         yield event("token", piece)
     timings["generation"] = _observe(request, "generation", started)
-    final = _finish(request, record, "".join(text).strip() or None, error, citations, timings)
+    final = _finish(request, record, "".join(text).strip() or None, error, sources, timings)
     yield event("done", final.model_dump())
 
 

@@ -8,11 +8,13 @@ import shutil
 import time
 
 import pytest
+import sqlalchemy as sa
 from conftest import StreamingChatHandler
 from fastapi.testclient import TestClient
 
 from qpbot_assets.ingest import ingest_paths
 from qpbot_serving import index as contract
+from qpbot_serving.answer_log import feedback as feedback_table
 from qpbot_serving.app import create_app
 from qpbot_serving.generation import OpenAICompatibleGenerator
 from qpbot_serving.prompting import NO_ANSWER
@@ -64,22 +66,28 @@ def test_health_ready_and_search(indexed_home, chat_url):
 
 def test_answer_with_citations_logged_and_feedback(indexed_home, chat_url):
     with client_for(indexed_home, OpenAICompatibleGenerator(chat_url, "m", 5)) as client:
-        answer = client.post("/v1/answer", json={"query": "How long does the battery last?"}).json()
+        answer = client.post(
+            "/v1/answer", json={"query": "How long does the battery last?", "k": 8}
+        ).json()
         assert answer["answer"] == "".join(StreamingChatHandler.pieces)
-        assert answer["citations"] and answer["citations"][0]["number"] == 1
+        citations, more = answer["citations"], answer["more_sources"]
+        assert [c["number"] for c in citations] == list(range(1, len(citations) + 1))
+        # k=8 sample chunks do not all fit the prompt's budget: the rest come back unnumbered.
+        assert more and all(m["number"] is None for m in more)
+        assert len(citations) + len(more) == 8
         assert {"retrieval", "generation"} <= set(answer["timings_ms"])
         assert answer["index_version"].startswith("chunks__") and answer["prompt_version"]
 
+        judgments = {citations[0]["chunk_id"]: "relevant", more[0]["chunk_id"]: "irrelevant"}
         ok = client.post(
             "/v1/feedback",
-            json={
-                "answer_id": answer["answer_id"],
-                "rating": "up",
-                "source_judgments": {answer["citations"][0]["chunk_id"]: "relevant"},
-            },
+            json={"answer_id": answer["answer_id"], "rating": "up", "source_judgments": judgments},
         )
         assert ok.status_code == 202
         client.app.state.answer_log.flush()
+        with client.app.state.answer_log.engine.connect() as connection:
+            logged = connection.execute(sa.select(feedback_table.c.source_judgments)).scalar_one()
+        assert logged == judgments
         assert (
             client.post("/v1/feedback", json={"answer_id": "unknown", "rating": "up"}).status_code
             == 404
