@@ -1,8 +1,10 @@
 """The web page end to end in headless Chromium: ask, watch the answer stream in with
-citations, open a citation, give a thumbs up, upload a document and see its status."""
+citations, open a citation, judge sources, give a thumbs up, upload a document and see its
+status."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -112,15 +114,20 @@ def test_ask_cite_feedback_and_upload_in_a_browser(service, browser, tmp_path):
     document = httpx.get(href.split("#")[0])
     assert document.status_code == 200 and document.content.startswith(b"%PDF")
 
+    # Judge the first cited source and the first of the sources not given to the model.
+    wait.until(ready.visibility_of_element_located((By.ID, "more-sources")))
+    browser.find_element(By.CSS_SELECTOR, "#citations .judge[data-verdict=relevant]").click()
+    browser.find_element(By.CSS_SELECTOR, "#more-sources .judge[data-verdict=irrelevant]").click()
     browser.find_element(By.ID, "thumbs-up").click()
     wait.until(ready.text_to_be_present_in_element((By.ID, "feedback-status"), "Thanks"))
     deadline = time.monotonic() + 10
     ratings = []
     while not ratings and time.monotonic() < deadline:
         with sqlite3.connect(home / "feedback.db") as db:
-            ratings = db.execute("SELECT rating FROM feedback").fetchall()
+            ratings = db.execute("SELECT rating, source_judgments FROM feedback").fetchall()
         time.sleep(0.2)
-    assert ratings == [("up",)]
+    assert [rating for rating, _ in ratings] == ["up"]
+    assert sorted(json.loads(ratings[0][1]).values()) == ["irrelevant", "relevant"]
 
     note = tmp_path / "canteen-hours.md"
     note.write_text("# Canteen\n\nThe canteen opens at 11:30.")
