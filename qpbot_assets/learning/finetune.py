@@ -21,7 +21,7 @@ from qpbot_serving.settings import resolve_model_path
 
 @dataclass(frozen=True)
 class FineTuneParams:
-    epochs: int = 3
+    epochs: int = 5
     batch_size: int = 32
     learning_rate: float = 2e-5
     warmup_ratio: float = 0.1

@@ -35,7 +35,7 @@ CANDIDATE_FILE = "CANDIDATE.json"
 
 
 class FineTuneConfig(dg.Config):
-    epochs: int = 3
+    epochs: int = 5
     batch_size: int = 32
     learning_rate: float = 2e-5
     warmup_ratio: float = 0.1
