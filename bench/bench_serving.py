@@ -94,21 +94,19 @@ def scaled_copy(source_home: Path, target_home: Path, factor: int) -> dict:
 def versus_flat(home: Path, texts: list[str]) -> dict:
     """The indexed search against the exact one on the same table: the share of the flat
     dense top 100 found, and of queries whose hybrid top 10 (ids and order) is the same."""
+    from bench_retrieval import dense_recall_vs_flat
+
     indexed = Retriever.open(home / "index")
     flat = Retriever.open(home / "index", embedder=indexed.embedder)
     flat.vector_index = None
-    recall, same_top10 = [], 0
-    for text in texts:
-        vector = indexed.query_encoder(text)
-        got = set(indexed._dense_candidates(vector, 100, None)["chunk_id"])
-        truth = flat._dense_candidates(vector, 100, None)["chunk_id"]
-        recall.append(len(got & set(truth)) / max(1, len(truth)))
-        same_top10 += [h.chunk_id for h in indexed.search(text, 10)] == [
-            h.chunk_id for h in flat.search(text, 10)
-        ]
+    same_top10 = sum(
+        [h.chunk_id for h in indexed.search(text, 10)]
+        == [h.chunk_id for h in flat.search(text, 10)]
+        for text in texts
+    )
     return {
         "vector_index": indexed.vector_index,
-        "dense_top100_recall": round(float(np.mean(recall)), 4),
+        "dense_top100_recall": round(dense_recall_vs_flat(indexed, texts, depth=100), 4),
         "hybrid_top10_identical": round(same_top10 / len(texts), 4),
     }
 

@@ -266,13 +266,13 @@ def create_app(
         pieces = _generate(state, build_messages(body.query, sources), bool(sources))
         if body.stream:
             return StreamingResponse(
-                _sse(request, pieces, (citations, more_sources), record, timings),
+                _sse(request, pieces, citations, more_sources, record, timings),
                 media_type="text/event-stream",
             )
         generation_started = time.perf_counter()
         text, error = await asyncio.to_thread(_collect, pieces)
         timings["generation"] = _observe(request, "generation", generation_started)
-        return _finish(request, record, text, error, (citations, more_sources), timings)
+        return _finish(request, record, text, error, citations, more_sources, timings)
 
     @app.post("/v1/feedback", status_code=202, tags=["v1"], dependencies=[Depends(require_token)])
     async def feedback(body: FeedbackRequest, request: Request) -> dict:
@@ -380,8 +380,7 @@ def _collect(pieces: Iterator[str]) -> tuple[str | None, str | None]:
         return None, f"the answer generator is unavailable: {problem}"
 
 
-def _finish(request, record, text, error, sources, timings) -> AnswerResponse:
-    """Logs the answer and builds the response; `sources` = (citations, more_sources)."""
+def _finish(request, record, text, error, citations, more_sources, timings) -> AnswerResponse:
     state = request.app.state
     if text:
         state.metrics.tokens.inc(len(text.split()))
@@ -392,8 +391,8 @@ def _finish(request, record, text, error, sources, timings) -> AnswerResponse:
         answer_id=record["answer_id"],
         answer=text,
         error=error,
-        citations=sources[0],
-        more_sources=sources[1],
+        citations=citations,
+        more_sources=more_sources,
         timings_ms=timings,
         model_version=record["model_version"],
         index_version=record["index_version"],
@@ -401,13 +400,13 @@ def _finish(request, record, text, error, sources, timings) -> AnswerResponse:
     )
 
 
-async def _sse(request, pieces, sources, record, timings) -> AsyncIterator[str]:
+async def _sse(request, pieces, citations, more_sources, record, timings) -> AsyncIterator[str]:
     """Server-sent events: `sources`, then `token`s, then `done` (or `error`)."""
 
     def event(name: str, data) -> str:
         return f"event: {name}\ndata: {json.dumps(data)}\n\n"
 
-    yield event("sources", [c.model_dump() for c in sources[0]])
+    yield event("sources", [c.model_dump() for c in citations])
     started = time.perf_counter()
     text: list[str] = []
     error = None
@@ -427,7 +426,8 @@ async def _sse(request, pieces, sources, record, timings) -> AsyncIterator[str]:
         text.append(piece)
         yield event("token", piece)
     timings["generation"] = _observe(request, "generation", started)
-    final = _finish(request, record, "".join(text).strip() or None, error, sources, timings)
+    answer = "".join(text).strip() or None
+    final = _finish(request, record, answer, error, citations, more_sources, timings)
     yield event("done", final.model_dump())
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,8 +174,6 @@ def ensure_vector_index(table, min_rows: int | None = None) -> dict:
     Returns what it did, for the asset's metadata: {"vector_index": "created" | "rebuilt" |
     "kept" | "none" | "failed", "rows", "segments", "seconds", "reason"}.
     """
-    import time
-
     from lancedb.index import HnswFlat
 
     min_rows = VECTOR_INDEX_MIN_ROWS if min_rows is None else min_rows

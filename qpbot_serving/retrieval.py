@@ -38,10 +38,10 @@ HYBRID_DENSE_WEIGHT = 0.5
 
 # Dense search on a table with a vector index (`index.ensure_vector_index`: HNSW over the
 # exact vectors, so its distances are the exact cosines a flat search gives). The graph
-# search keeps DENSE_EF candidates per 100 wanted: at 100k chunks 0.99 of the flat top 100
-# (500: 0.9995 and ~1.5 ms more a query; the hybrid top 10 is the same, BENCHMARKS.md). An
-# index over compressed vectors (built by other means) gets LanceDB's refine step instead:
-# at least DENSE_EXACT_CANDIDATES re-scored exactly.
+# search keeps DENSE_EF candidates per 100 wanted: at 100k chunks 0.987 of the flat top 100,
+# the hybrid top 10 the same for 99.5 % of queries (BENCHMARKS.md); 500 gave 0.9995 for
+# ~1.5 ms more a query. An index over compressed vectors (built by other means) gets
+# LanceDB's refine step instead: at least DENSE_EXACT_CANDIDATES re-scored exactly.
 DENSE_EF = 200
 DENSE_EXACT_CANDIDATES = 100
 
@@ -81,7 +81,7 @@ class QueryEncoder:
 
     For the usual sentence-transformers layout (a transformer, mean pooling, normalization)
     the model is traced and frozen with TorchScript, which prepacks the weights for the CPU
-    (about a third less time per query on two cores, BENCHMARKS.md); the result is checked
+    (9.4 against 11.7 ms a query on two cores in a side measurement); the result is checked
     against `Embedder.encode` on probe texts once, and any other layout, failure or
     difference over QUERY_ENCODER_TOLERANCE falls back to `Embedder.encode`. One query at a
     time only: its attention mask is all ones, which the trace relies on.
@@ -258,14 +258,13 @@ class Retriever:
         self.rerank_depth = rerank_depth
         # The indexes of this version; loaded into memory now rather than by the first query.
         # With no vector index (a small table; or set to None), dense search is exact (flat).
-        indices = table.list_indices()
-        vector_index = next((i for i in indices if list(i.columns) == ["vector"]), None)
+        vector_index = contract.vector_index_of(table)
         self.vector_index: str | None = vector_index.name if vector_index else None
         self._nprobes = contract.vector_index_partitions(table.count_rows())
         self._refine = bool(vector_index) and (
             table.index_stats(vector_index.name).index_type != contract.VECTOR_INDEX_TYPE
         )
-        for index in indices:
+        for index in table.list_indices():
             table.prewarm_index(index.name)
 
     @classmethod
