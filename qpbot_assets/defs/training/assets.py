@@ -35,12 +35,13 @@ CANDIDATE_FILE = "CANDIDATE.json"
 
 
 class FineTuneConfig(dg.Config):
-    epochs: int = 5
-    batch_size: int = 32
-    learning_rate: float = 2e-5
-    warmup_ratio: float = 0.1
+    # The training defaults live in FineTuneParams (5 epochs: BENCHMARKS.md, learning loop).
+    epochs: int = FineTuneParams.epochs
+    batch_size: int = FineTuneParams.batch_size
+    learning_rate: float = FineTuneParams.learning_rate
+    warmup_ratio: float = FineTuneParams.warmup_ratio
     min_pairs: int = 20
-    seed: int = 0
+    seed: int = FineTuneParams.seed
     shuffle_labels: bool = False  # for demonstrating the gate: trains on mismatched pairs
 
 
