@@ -12,6 +12,8 @@ from qpbot_assets.documents.sources import (
     source_version,
 )
 from qpbot_assets.documents.store import DocumentStore
+from qpbot_assets.documents.versions import PIPELINE_VERSION, raw_fingerprint
+from qpbot_assets.index_sync import indexed_stage
 from qpbot_assets.instance import get_instance
 from qpbot_assets.partitions import documents_partitions, partition_range_tags
 from qpbot_serving import index as contract
@@ -58,9 +60,10 @@ def ingest_paths(settings: QpbotSettings, paths: list[Path], quiet: bool = False
     model = contract.serving_embedding_model(settings.index_dir, settings.embedding_model)
     table_name = contract.table_name_for(model)
     stale = [d for d in wanted if not is_up_to_date(store, d, table_name)]
-    defs = load_definitions()
     ordered = instance.get_dynamic_partitions(partitions)
     ranges = contiguous_ranges(ordered, stale)
+    # Loading the asset definitions imports every extractor: only when there is work.
+    defs = load_definitions() if ranges or removed else None
     # Progress bars show the work; the run's event log is in the Dagster UI.
     log_level = "WARNING" if quiet else "INFO"
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
@@ -91,9 +94,6 @@ def ingest_paths(settings: QpbotSettings, paths: list[Path], quiet: bool = False
 
 def is_up_to_date(store: DocumentStore, document_id: str, table_name: str) -> bool:
     """True when the document was indexed from its current source version by this pipeline."""
-    from qpbot_assets.defs.ingestion.assets import PIPELINE_VERSION, raw_fingerprint
-    from qpbot_assets.index_sync import indexed_stage
-
     indexed = (store.read_stage(document_id, indexed_stage(table_name)) or {}).get("output")
     if not indexed or indexed["pipeline_version"] != PIPELINE_VERSION:
         return False

@@ -8,6 +8,7 @@ from pathlib import Path
 from qpbot_serving.settings import QpbotSettings
 
 DAGSTER_HOME_DIR = Path(__file__).resolve().parents[1] / "dagster_home"
+DAGSTER_EVENT_BATCH_SIZE = 1000
 
 
 def configure_environment(settings: QpbotSettings) -> None:
@@ -15,6 +16,9 @@ def configure_environment(settings: QpbotSettings) -> None:
     storage directory under QPBOT_HOME, for this process and the ones it starts."""
     os.environ["QPBOT_HOME"] = str(settings.home)
     os.environ["QPBOT_DAGSTER_STORAGE"] = str(settings.dagster_storage_dir)
+    # Dagster then hands a run's per-partition events to the storage in batches: one
+    # transaction per batch instead of one per (asset, partition) (dagster_storage.py).
+    os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(DAGSTER_EVENT_BATCH_SIZE))
     settings.dagster_storage_dir.mkdir(parents=True, exist_ok=True)
     if "DAGSTER_HOME" not in os.environ:
         postgres = bool(os.environ.get("QPBOT_DAGSTER_PG_URL"))

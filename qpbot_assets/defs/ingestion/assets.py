@@ -25,24 +25,15 @@ from qpbot_assets.documents.extraction import (
 from qpbot_assets.documents.metadata import describe_document
 from qpbot_assets.documents.sources import display_name, local_copy, source_version
 from qpbot_assets.documents.store import Quarantined, fingerprint
+from qpbot_assets.documents.versions import (
+    CHUNKER_VERSION,
+    CLEANER_VERSION,
+    EXTRACTOR_VERSION,
+    METADATA_VERSION,
+    raw_fingerprint,
+)
 from qpbot_assets.partitions import documents_partitions
 from qpbot_assets.resources import DocumentStoreResource, EmbeddingModelResource
-
-# Bump a stage's version when its logic changes, so the next run recomputes it.
-EXTRACTOR_VERSION = 1
-CLEANER_VERSION = 1
-METADATA_VERSION = 1
-CHUNKER_VERSION = 1
-# What a document's indexed rows were made with; `qpbot ingest` skips documents whose source
-# and pipeline are both unchanged since they were indexed.
-PIPELINE_VERSION = fingerprint(
-    EXTRACTOR_VERSION, CLEANER_VERSION, METADATA_VERSION, CHUNKER_VERSION
-)
-
-
-def raw_fingerprint(uri: str, version: dict | None) -> str:
-    return fingerprint(uri, version)
-
 
 PER_DOCUMENT = dict(
     partitions_def=documents_partitions,

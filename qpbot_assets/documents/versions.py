@@ -1,0 +1,22 @@
+"""Versions of the per-document stages, and what a document's indexed rows were made with.
+
+Kept apart from the assets so that `qpbot ingest` can tell an unchanged document without
+importing the extractors.
+"""
+
+from qpbot_assets.documents.store import fingerprint
+
+# Bump a stage's version when its logic changes, so the next run recomputes it.
+EXTRACTOR_VERSION = 1
+CLEANER_VERSION = 1
+METADATA_VERSION = 1
+CHUNKER_VERSION = 1
+# What a document's indexed rows were made with; `qpbot ingest` skips documents whose source
+# and pipeline are both unchanged since they were indexed.
+PIPELINE_VERSION = fingerprint(
+    EXTRACTOR_VERSION, CLEANER_VERSION, METADATA_VERSION, CHUNKER_VERSION
+)
+
+
+def raw_fingerprint(uri: str, version: dict | None) -> str:
+    return fingerprint(uri, version)

@@ -1,0 +1,141 @@
+"""qpbot's Dagster storage records exactly what Dagster's own SQLite storage records.
+
+The same partitioned run (two assets, metadata per partition, an asset check) goes to an
+instance on `storage: sqlite` writing event by event and to one on qpbot's batching storage
+with Dagster's event batching on; every query the UI and the sensors make must answer alike.
+"""
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from qpbot_assets.dagster_storage import BatchingSqliteEventLogStorage
+
+documents = dg.DynamicPartitionsDefinition(name="documents")
+KEYS = [f"doc-{i:03d}" for i in range(40)]
+
+
+@dg.asset(partitions_def=documents, backfill_policy=dg.BackfillPolicy.single_run())
+def first(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    # One output, materialized for every partition of the run (a batch of events).
+    return dg.MaterializeResult()
+
+
+@dg.asset(partitions_def=documents, backfill_policy=dg.BackfillPolicy.single_run(), deps=[first])
+def second(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    # Metadata of its own for each partition, as qpbot's document stages attach it.
+    for key in context.partition_keys:
+        context.add_asset_metadata({"length": len(key) + 1}, partition_key=key)
+    return dg.MaterializeResult()
+
+
+@dg.asset_check(asset=second)
+def second_is_sane() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=True)
+
+
+def run_twice(home: Path, storage_yaml: str, monkeypatch, batch_size: str) -> dg.DagsterInstance:
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", batch_size)
+    home.mkdir()
+    (home / "dagster.yaml").write_text(storage_yaml.format(home=home))
+    instance = dg.DagsterInstance.from_config(str(home))
+    instance.add_dynamic_partitions(documents.name, KEYS)
+    job = dg.Definitions(
+        assets=[first, second],
+        asset_checks=[second_is_sane],
+        jobs=[dg.define_asset_job("all", partitions_def=documents)],
+    ).resolve_job_def("all")
+    for start, end in [(KEYS[0], KEYS[-1]), (KEYS[5], KEYS[9])]:
+        result = job.execute_in_process(
+            instance=instance,
+            tags={
+                "dagster/asset_partition_range_start": start,
+                "dagster/asset_partition_range_end": end,
+            },
+        )
+        assert result.success
+    return instance
+
+
+def recorded(instance: dg.DagsterInstance) -> dict:
+    """What the UI, sensors and qpbot read back, without ids and timestamps."""
+    answer: dict = {}
+    for name in ["first", "second"]:
+        key = dg.AssetKey(name)
+        records = instance.fetch_materializations(key, limit=1000).records
+        answer[name] = {
+            "materialized": sorted(instance.get_materialized_partitions(key)),
+            "materializations": sorted(
+                (r.partition_key, repr(r.asset_materialization.metadata)) for r in records
+            ),
+            "planned": len(
+                instance.get_event_records(
+                    dg.EventRecordsFilter(
+                        dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, asset_key=key
+                    )
+                )
+            ),
+            "latest_partition": instance.get_asset_records([key])[
+                0
+            ].asset_entry.last_materialization_record.partition_key,
+        }
+    answer["check"] = [
+        (e.status.value)
+        for e in instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("second"), "second_is_sane"), limit=10
+        )
+    ]
+    answer["runs"] = [
+        [
+            e.dagster_event.event_type_value
+            for e in instance.all_logs(run.run_id)
+            if e.is_dagster_event and e.dagster_event.event_type_value.startswith("ASSET")
+        ]
+        for run in reversed(instance.get_runs())
+    ]
+    return answer
+
+
+def test_batching_storage_records_what_sqlite_storage_records(tmp_path, monkeypatch):
+    sqlite = run_twice(
+        tmp_path / "sqlite",
+        "storage:\n  sqlite:\n    base_dir: {home}\n",
+        monkeypatch,
+        batch_size="0",
+    )
+    batching = run_twice(
+        tmp_path / "batching",
+        "storage:\n  custom:\n    module: qpbot_assets.dagster_storage\n"
+        "    class: BatchingSqliteStorage\n    config:\n      base_dir: {home}\n",
+        monkeypatch,
+        batch_size="1000",
+    )
+    assert isinstance(batching.event_log_storage, BatchingSqliteEventLogStorage)
+
+    expected = recorded(sqlite)
+    assert expected["second"]["materialized"] == KEYS
+    assert expected["second"]["planned"] == len(KEYS) + 5
+    assert recorded(batching) == expected
+
+
+def test_a_failing_batch_write_falls_back_to_single_events(tmp_path, monkeypatch):
+    """Dagster retries a batch event by event when store_event_batch raises: nothing lost."""
+
+    def broken(self, events):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(BatchingSqliteEventLogStorage, "_store_asset_events", broken)
+    instance = run_twice(
+        tmp_path / "home",
+        "storage:\n  custom:\n    module: qpbot_assets.dagster_storage\n"
+        "    class: BatchingSqliteStorage\n    config:\n      base_dir: {home}\n",
+        monkeypatch,
+        batch_size="1000",
+    )
+    assert sorted(instance.get_materialized_partitions(dg.AssetKey("second"))) == KEYS
+
+
+@pytest.fixture(autouse=True)
+def _no_dagster_home(monkeypatch):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
