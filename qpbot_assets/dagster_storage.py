@@ -37,18 +37,26 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
     def _store_asset_events(self, events: list[EventLogEntry]) -> None:
         """What store_event does per asset event: the row in the run's database, its mirror
         in the cross-run index shard, its tags and the asset's latest-event row."""
-        for run_id, run_events in groupby(events, key=lambda e: e.run_id):
+        inserts = [self.prepare_insert_event(event) for event in events]
+        for run_id, run_inserts in groupby(
+            zip(events, inserts, strict=True), key=lambda pair: pair[0].run_id
+        ):
             with self.run_connection(run_id) as conn:
-                for event in run_events:
-                    conn.execute(self.prepare_insert_event(event))
+                for _, insert in run_inserts:
+                    conn.execute(insert)
         with self.index_transaction() as conn:
             event_ids = []
-            for event in events:
-                with db_result(conn, self.prepare_insert_event(event)) as result:
+            for insert in inserts:
+                with db_result(conn, insert) as result:
                     event_ids.append(result.inserted_primary_key[0])
             self._store_asset_event_tags(conn, events, event_ids)
-            for event, event_id in zip(events, event_ids, strict=True):
-                self._store_asset_event(conn, event, event_id)
+            # An event of an asset overwrites every column its asset's row got from an earlier
+            # event of the same type, so only the last of each (asset, type) is written.
+            last = {
+                (e.dagster_event.asset_key, e.dagster_event_type): i for i, e in enumerate(events)
+            }
+            for i in sorted(last.values()):
+                self._store_asset_event(conn, events[i], event_ids[i])
 
 
 def _is_asset_event(event: EventLogEntry) -> bool:

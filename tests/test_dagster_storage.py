@@ -64,6 +64,7 @@ def recorded(instance: dg.DagsterInstance) -> dict:
     for name in ["first", "second"]:
         key = dg.AssetKey(name)
         records = instance.fetch_materializations(key, limit=1000).records
+        entry = instance.get_asset_records([key])[0].asset_entry
         answer[name] = {
             "materialized": sorted(instance.get_materialized_partitions(key)),
             "materializations": sorted(
@@ -76,9 +77,8 @@ def recorded(instance: dg.DagsterInstance) -> dict:
                     )
                 )
             ),
-            "latest_partition": instance.get_asset_records([key])[
-                0
-            ].asset_entry.last_materialization_record.partition_key,
+            "latest_partition": entry.last_materialization_record.partition_key,
+            "last_run_is_latest": entry.last_run_id == instance.get_runs(limit=1)[0].run_id,
         }
     answer["check"] = [
         (e.status.value)
@@ -116,6 +116,8 @@ def test_batching_storage_records_what_sqlite_storage_records(tmp_path, monkeypa
     expected = recorded(sqlite)
     assert expected["second"]["materialized"] == KEYS
     assert expected["second"]["planned"] == len(KEYS) + 5
+    assert expected["second"]["latest_partition"] in KEYS[5:10]
+    assert expected["second"]["last_run_is_latest"]
     assert recorded(batching) == expected
 
 
