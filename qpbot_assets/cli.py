@@ -4,6 +4,7 @@ and answers."""
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import signal
 import subprocess
@@ -325,5 +326,14 @@ def _stop(signum, frame) -> None:
     raise KeyboardInterrupt  # SIGTERM stops the children the same way Ctrl-C does
 
 
+def run() -> None:
+    """The `qpbot` console script."""
+    code = main()
+    # Interpreter exit would walk every object torch and Dagster made (about a second);
+    # the work is done and written, so exempt them from that last collection.
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
