@@ -9,11 +9,13 @@ from langdetect import DetectorFactory, LangDetectException, detect
 from qpbot_assets.documents.extraction import ExtractedDocument
 
 DetectorFactory.seed = 0  # langdetect is random unless seeded
+LANGUAGE_SAMPLE_CHARS = 1000
 
 
 def detect_language(text: str) -> str | None:
     """ISO 639-1 code of the text's main language, None when it cannot tell."""
-    sample = text[:5000]
+    # langdetect's time grows with the sample, its answer hardly past a paragraph or two.
+    sample = text[:LANGUAGE_SAMPLE_CHARS]
     if len(sample.strip()) < 20:
         return None
     try:

@@ -9,7 +9,7 @@ from qpbot_assets.documents.store import fingerprint
 # Bump a stage's version when its logic changes, so the next run recomputes it.
 EXTRACTOR_VERSION = 1
 CLEANER_VERSION = 1
-METADATA_VERSION = 1
+METADATA_VERSION = 2  # 2: language from the first 1,000 characters
 CHUNKER_VERSION = 1
 # What a document's indexed rows were made with; `qpbot ingest` skips documents whose source
 # and pipeline are both unchanged since they were indexed.
