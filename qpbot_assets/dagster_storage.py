@@ -37,14 +37,12 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
 
     def _store_asset_events(self, events: list[EventLogEntry]) -> None:
         """What store_event does per asset event: the row in the run's database, its mirror
-        in the cross-run index shard, its tags and the asset's latest-event row."""
+        in the cross-run index shard, its tags and the asset's latest-event row.
+
+        The index shard, which the daemon and the UI also write, goes first: if it is locked
+        the batch fails with nothing written, and Dagster writes it again event by event.
+        """
         inserts = [self.prepare_insert_event(event) for event in events]
-        for run_id, run_inserts in groupby(
-            zip(events, inserts, strict=True), key=lambda pair: pair[0].run_id
-        ):
-            with self.run_connection(run_id) as conn:
-                for _, insert in run_inserts:
-                    conn.execute(insert)
         with self.index_transaction() as conn:
             event_ids = []
             for insert in inserts:
@@ -58,6 +56,12 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
             }
             for i in sorted(last.values()):
                 self._store_asset_event(conn, events[i], event_ids[i])
+        for run_id, run_inserts in groupby(
+            zip(events, inserts, strict=True), key=lambda pair: pair[0].run_id
+        ):
+            with self.run_connection(run_id) as conn:
+                for _, insert in run_inserts:
+                    conn.execute(insert)
 
 
 def _is_asset_event(event: EventLogEntry) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import sqlalchemy.exc
 
 from qpbot_assets.dagster_storage import BatchingSqliteEventLogStorage
 
@@ -121,13 +122,19 @@ def test_batching_storage_records_what_sqlite_storage_records(tmp_path, monkeypa
     assert recorded(batching) == expected
 
 
-def test_a_failing_batch_write_falls_back_to_single_events(tmp_path, monkeypatch):
-    """Dagster retries a batch event by event when store_event_batch raises: nothing lost."""
+def test_a_locked_index_falls_back_to_single_events(tmp_path, monkeypatch):
+    """When the cross-run index is locked (the daemon writes it too), the batch fails with
+    nothing written and Dagster writes its events one by one: none lost, none twice."""
+    real = BatchingSqliteEventLogStorage.index_transaction
+    failed = []
 
-    def broken(self, events):
-        raise RuntimeError("disk full")
+    def locked_once(self):
+        if not failed:
+            failed.append(True)
+            raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("database is locked"))
+        return real(self)
 
-    monkeypatch.setattr(BatchingSqliteEventLogStorage, "_store_asset_events", broken)
+    monkeypatch.setattr(BatchingSqliteEventLogStorage, "index_transaction", locked_once)
     instance = run_twice(
         tmp_path / "home",
         "storage:\n  custom:\n    module: qpbot_assets.dagster_storage\n"
@@ -135,7 +142,15 @@ def test_a_failing_batch_write_falls_back_to_single_events(tmp_path, monkeypatch
         monkeypatch,
         batch_size="1000",
     )
+    assert failed
     assert sorted(instance.get_materialized_partitions(dg.AssetKey("second"))) == KEYS
+    first_run = instance.get_runs()[-1]
+    planned = [
+        e
+        for e in instance.all_logs(first_run.run_id)
+        if e.dagster_event_type == dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+    ]
+    assert len(planned) == 2 * len(KEYS)  # the failed batch (planned events) written once
 
 
 @pytest.fixture(autouse=True)
