@@ -1,20 +1,35 @@
 """qpbot's Dagster storage records exactly what Dagster's own SQLite storage records.
 
 The same partitioned run (two assets, metadata per partition, an asset check) goes to an
-instance on `storage: sqlite` writing event by event and to one on qpbot's batching storage
-with Dagster's event batching on; every query the UI and the sensors make must answer alike.
+instance on `storage: sqlite` writing event by event and to one on the storage that
+dagster_home/dagster.yaml ships, with Dagster's event batching on; every query the UI and
+the sensors make must answer alike.
 """
 
+import copy
 from pathlib import Path
 
 import dagster as dg
-import pytest
 import sqlalchemy.exc
+import yaml
 
 from qpbot_assets.dagster_storage import BatchingSqliteEventLogStorage
 
 documents = dg.DynamicPartitionsDefinition(name="documents")
 KEYS = [f"doc-{i:03d}" for i in range(40)]
+SHIPPED_STORAGE = yaml.safe_load(
+    (Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml").read_text()
+)["storage"]
+
+
+def sqlite_storage(home: Path) -> dict:
+    return {"sqlite": {"base_dir": str(home)}}
+
+
+def qpbot_storage(home: Path) -> dict:
+    storage = copy.deepcopy(SHIPPED_STORAGE)
+    storage["custom"]["config"]["base_dir"] = str(home)
+    return storage
 
 
 @dg.asset(partitions_def=documents, backfill_policy=dg.BackfillPolicy.single_run())
@@ -36,10 +51,11 @@ def second_is_sane() -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=True)
 
 
-def run_twice(home: Path, storage_yaml: str, monkeypatch, batch_size: str) -> dg.DagsterInstance:
+def run_twice(home: Path, storage, monkeypatch, batch_size: str) -> dg.DagsterInstance:
+    """Both ranges of KEYS, the second overlapping the first, on `storage(home)`."""
     monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", batch_size)
     home.mkdir()
-    (home / "dagster.yaml").write_text(storage_yaml.format(home=home))
+    (home / "dagster.yaml").write_text(yaml.safe_dump({"storage": storage(home)}))
     instance = dg.DagsterInstance.from_config(str(home))
     instance.add_dynamic_partitions(documents.name, KEYS)
     job = dg.Definitions(
@@ -82,7 +98,7 @@ def recorded(instance: dg.DagsterInstance) -> dict:
             "last_run_is_latest": entry.last_run_id == instance.get_runs(limit=1)[0].run_id,
         }
     answer["check"] = [
-        (e.status.value)
+        e.status.value
         for e in instance.event_log_storage.get_asset_check_execution_history(
             dg.AssetCheckKey(dg.AssetKey("second"), "second_is_sane"), limit=10
         )
@@ -99,19 +115,8 @@ def recorded(instance: dg.DagsterInstance) -> dict:
 
 
 def test_batching_storage_records_what_sqlite_storage_records(tmp_path, monkeypatch):
-    sqlite = run_twice(
-        tmp_path / "sqlite",
-        "storage:\n  sqlite:\n    base_dir: {home}\n",
-        monkeypatch,
-        batch_size="0",
-    )
-    batching = run_twice(
-        tmp_path / "batching",
-        "storage:\n  custom:\n    module: qpbot_assets.dagster_storage\n"
-        "    class: BatchingSqliteStorage\n    config:\n      base_dir: {home}\n",
-        monkeypatch,
-        batch_size="1000",
-    )
+    sqlite = run_twice(tmp_path / "sqlite", sqlite_storage, monkeypatch, batch_size="0")
+    batching = run_twice(tmp_path / "batching", qpbot_storage, monkeypatch, batch_size="1000")
     assert isinstance(batching.event_log_storage, BatchingSqliteEventLogStorage)
 
     expected = recorded(sqlite)
@@ -135,13 +140,7 @@ def test_a_locked_index_falls_back_to_single_events(tmp_path, monkeypatch):
         return real(self)
 
     monkeypatch.setattr(BatchingSqliteEventLogStorage, "index_transaction", locked_once)
-    instance = run_twice(
-        tmp_path / "home",
-        "storage:\n  custom:\n    module: qpbot_assets.dagster_storage\n"
-        "    class: BatchingSqliteStorage\n    config:\n      base_dir: {home}\n",
-        monkeypatch,
-        batch_size="1000",
-    )
+    instance = run_twice(tmp_path / "home", qpbot_storage, monkeypatch, batch_size="1000")
     assert failed
     assert sorted(instance.get_materialized_partitions(dg.AssetKey("second"))) == KEYS
     first_run = instance.get_runs()[-1]
@@ -151,8 +150,3 @@ def test_a_locked_index_falls_back_to_single_events(tmp_path, monkeypatch):
         if e.dagster_event_type == dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED
     ]
     assert len(planned) == 2 * len(KEYS)  # the failed batch (planned events) written once
-
-
-@pytest.fixture(autouse=True)
-def _no_dagster_home(monkeypatch):
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
