@@ -13,6 +13,7 @@ from qpbot_assets.documents.sources import (
 )
 from qpbot_assets.documents.store import DocumentStore
 from qpbot_assets.documents.versions import PIPELINE_VERSION, raw_fingerprint
+from qpbot_assets.embedding_process import child_embedder
 from qpbot_assets.index_sync import indexed_stage
 from qpbot_assets.instance import get_instance
 from qpbot_assets.partitions import documents_partitions, partition_range_tags
@@ -62,6 +63,8 @@ def ingest_paths(settings: QpbotSettings, paths: list[Path], quiet: bool = False
     stale = [d for d in wanted if not is_up_to_date(store, d, table_name)]
     ordered = instance.get_dynamic_partitions(partitions)
     ranges = contiguous_ranges(ordered, stale)
+    if ranges:  # the run's model starts loading now, beside the definitions and first stages
+        child_embedder(model)
     # Loading the asset definitions imports every extractor: only when there is work.
     defs = load_definitions() if ranges or removed else None
     # Progress bars show the work; the run's event log is in the Dagster UI.

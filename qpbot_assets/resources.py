@@ -3,11 +3,10 @@
 from pathlib import Path
 
 import dagster as dg
-from pydantic import PrivateAttr
 
 from qpbot_assets.documents.store import DocumentStore
+from qpbot_assets.embedding_process import ChildProcessEmbedder, child_embedder
 from qpbot_serving import index as search_index
-from qpbot_serving.embedding import Embedder
 
 
 class DocumentStoreResource(dg.ConfigurableResource):
@@ -74,30 +73,21 @@ class SearchIndexResource(dg.ConfigurableResource):
 
 class EmbeddingModelResource(dg.ConfigurableResource):
     """The embedding model new chunks get: the configured one, or its promoted fine-tune
-    (see `serving_embedding_model`). Loaded at most once per run, only when a stage needs it."""
+    (see `serving_embedding_model`). It runs in a child process of this one (see
+    `embedding_process`), started when a stage first needs it, or by `qpbot ingest` before
+    its run, and kept for later runs in this process."""
 
     configured_model: str
     index_dir: str
     batch_size: int = 32
 
-    _embedder: Embedder | None = PrivateAttr(default=None)
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._embedder = self._serving_embedder()
-
-    def _serving_embedder(self) -> Embedder:
-        model = search_index.serving_embedding_model(Path(self.index_dir), self.configured_model)
-        return Embedder(model)
-
     @property
-    def embedder(self) -> Embedder:
-        if self._embedder is None:  # used outside a run (tests, scripts)
-            self._embedder = self._serving_embedder()
-        return self._embedder
+    def embedder(self) -> ChildProcessEmbedder:
+        return child_embedder(self.model_name)
 
     @property
     def model_name(self) -> str:
-        return self.embedder.model_name
+        return search_index.serving_embedding_model(Path(self.index_dir), self.configured_model)
 
 
 class S3SourceResource(dg.ConfigurableResource):

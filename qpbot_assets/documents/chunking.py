@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import groupby
 
+from tokenizers import Tokenizer
+
 from qpbot_assets.documents.extraction import TextBlock
 
 
@@ -45,11 +47,12 @@ def chunk_id_for(document_id: str, text: str, occurrence: int) -> str:
 def chunk_blocks(
     blocks: Sequence[TextBlock],
     document_id: str,
-    tokenizer,
+    tokenizer: Tokenizer,
     max_tokens: int,
     overlap_tokens: int = 32,
 ) -> list[Chunk]:
-    """Splits a document's blocks into chunks of at most `max_tokens` tokens."""
+    """Splits a document's blocks into chunks of at most `max_tokens` tokens, counted by
+    `tokenizer` (the model's, without truncation: see `counting_tokenizer`)."""
     if max_tokens <= 0 or not 0 <= overlap_tokens < max_tokens:
         raise ValueError(
             f"need max_tokens > 0 and 0 <= overlap_tokens < max_tokens, "
@@ -58,9 +61,10 @@ def chunk_blocks(
     blocks = [b for b in blocks if b.text.strip()]
     if not blocks:
         return []
-    encoded = tokenizer(
-        [b.text for b in blocks], add_special_tokens=False, return_offsets_mapping=True
-    )["offset_mapping"]
+    encoded = [
+        e.offsets
+        for e in tokenizer.encode_batch([b.text for b in blocks], add_special_tokens=False)
+    ]
 
     pieces_by_section: list[tuple[str | None, list[_Piece]]] = []
     indexed = list(zip(blocks, encoded, strict=True))
