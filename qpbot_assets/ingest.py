@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from qpbot_assets.documents.store import DocumentStore
 from qpbot_assets.documents.versions import PIPELINE_VERSION, raw_fingerprint
 from qpbot_assets.embedding_process import child_embedder
 from qpbot_assets.index_sync import indexed_stage
-from qpbot_assets.instance import get_instance
+from qpbot_assets.instance import fail_runs_of_dead_processes, get_instance, process_tags
 from qpbot_assets.partitions import documents_partitions, partition_range_tags
 from qpbot_serving import index as contract
 from qpbot_serving.settings import QpbotSettings
@@ -63,36 +64,55 @@ def ingest_paths(settings: QpbotSettings, paths: list[Path], quiet: bool = False
     stale = [d for d in wanted if not is_up_to_date(store, d, table_name)]
     ordered = instance.get_dynamic_partitions(partitions)
     ranges = contiguous_ranges(ordered, stale)
+    # A run killed after writing the index but before promoting it left nothing stale.
+    unpromoted = not ranges and bool(wanted) and _promotion_pending(settings.index_dir)
     if ranges:  # the run's model starts loading now, beside the definitions and first stages
         child_embedder(model)
     # Loading the asset definitions imports every extractor: only when there is work.
-    defs = load_definitions() if ranges or removed else None
+    defs = load_definitions() if ranges or removed or unpromoted else None
     # Progress bars show the work; the run's event log is in the Dagster UI.
     log_level = "WARNING" if quiet else "INFO"
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     logging.getLogger("dagster").setLevel(log_level)
     success = True
     for first, last in ranges:
-        result = defs.resolve_job_def("ingest_documents").execute_in_process(
-            run_config=run_config,
-            instance=instance,
-            tags=partition_range_tags(first, last),
-            raise_on_error=False,
+        result = execute_job(
+            defs, "ingest_documents", instance, run_config, partition_range_tags(first, last)
         )
         success &= result.success
-    if removed and not ranges:
-        result = defs.resolve_job_def("refresh_index").execute_in_process(
-            run_config=run_config, instance=instance, raise_on_error=False
-        )
-        success &= result.success
+    if (removed or unpromoted) and not ranges:
+        success &= execute_job(defs, "refresh_index", instance, run_config).success
     return {
         "documents": len(wanted),
         "new": len(new),
         "changed": len(stale) - len(new),
         "removed": len(removed),
-        "runs": len(ranges) + bool(removed and not ranges),
+        "runs": len(ranges) + bool((removed or unpromoted) and not ranges),
         "success": success,
     }
+
+
+def execute_job(defs, job_name: str, instance, run_config=None, tags=None):
+    """Runs a job in this process, after failing the runs of killed processes (whose held
+    pool slot would block this run forever), tagged with this process for the next one."""
+    fail_runs_of_dead_processes(instance)
+    return defs.resolve_job_def(job_name).execute_in_process(
+        run_config=run_config,
+        instance=instance,
+        tags={**(tags or {}), **process_tags()},
+        raise_on_error=False,
+    )
+
+
+def _promotion_pending(index_dir: Path) -> bool:
+    """True when the index may hold writes the promoted pointer does not point at: the
+    snapshot search_index writes after its writes is missing or is not the promoted one."""
+    snapshot_file = index_dir / contract.SNAPSHOT_FILE
+    promoted = contract.read_promoted(index_dir)
+    if promoted is None or not snapshot_file.is_file():
+        return True
+    snapshot = json.loads(snapshot_file.read_text())
+    return (snapshot["table"], snapshot["version"]) != (promoted.table, promoted.version)
 
 
 def is_up_to_date(store: DocumentStore, document_id: str, table_name: str) -> bool:
@@ -149,11 +169,7 @@ def refresh_index(settings: QpbotSettings) -> str | None:
     retrieval`'s) is left as it is."""
     instance = get_instance(settings)
     if instance.get_dynamic_partitions(documents_partitions.name):
-        result = (
-            load_definitions()
-            .resolve_job_def("refresh_index")
-            .execute_in_process(instance=instance, raise_on_error=False)
-        )
+        result = execute_job(load_definitions(), "refresh_index", instance)
         if not result.success:
             raise RuntimeError("the refresh_index run failed: see it in the Dagster UI")
     promoted = contract.read_promoted(settings.index_dir)

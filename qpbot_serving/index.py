@@ -20,6 +20,8 @@ from pathlib import Path
 import pyarrow as pa
 
 POINTER_FILE = "PROMOTED.json"
+# The version search_index last wrote, for the checks; absent while it writes.
+SNAPSHOT_FILE = "SNAPSHOT.json"
 EMBEDDER_FILE = "EMBEDDER.json"  # the promoted fine-tune of the configured embedding model
 LANCEDB_DIR = "lancedb"
 

@@ -1,20 +1,36 @@
-"""Kill `qpbot ingest` part-way, run it again: the index equals that of a clean run."""
+"""Kill `qpbot ingest` part-way, run it again: the index equals that of a clean run.
+
+The first two tests set up, deterministically, what a kill can leave behind; the last kills
+real runs at two points in time.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import dagster as dg
+import psutil
 import pytest
+from dagster._core.utils import make_new_run_id
 
+from qpbot_assets.documents.sources import document_id_for
+from qpbot_assets.documents.store import DocumentStore
+from qpbot_assets.ingest import ingest_paths, load_definitions
+from qpbot_assets.instance import PROCESS_TAG, get_instance, process_tags
+from qpbot_assets.partitions import partition_range_tags
 from qpbot_serving import index as contract
+from qpbot_serving.settings import QpbotSettings
 
 QPBOT = Path(sys.executable).parent / "qpbot"
+PROMOTED = dg.AssetKey("promoted_index")
 
 
 def write_corpus(shared_data: Path, folder: Path, count: int) -> None:
@@ -51,6 +67,81 @@ def chunk_ids(home: Path) -> list[str]:
     promoted = contract.read_promoted(home / "index")
     table = contract.connect(home / "index").open_table(promoted.table)
     return table.search().select(["chunk_id"]).limit(None).to_arrow().column("chunk_id").to_pylist()
+
+
+def started_run(tags: dict[str, str]) -> dg.DagsterRun:
+    return dg.DagsterRun(
+        job_name="ingest_documents",
+        run_id=make_new_run_id(),
+        status=dg.DagsterRunStatus.STARTED,
+        tags=tags,
+    )
+
+
+def test_the_pool_slot_of_a_killed_run_does_not_block_the_next_ingest(
+    qpbot_home, sample_documents, tmp_path
+):
+    settings = QpbotSettings()
+    instance = get_instance(settings)
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    started = psutil.Process(killed.pid).create_time()
+    killed.kill()
+    killed.wait()
+    dead = started_run({PROCESS_TAG: f"{socket.gethostname()}:{killed.pid}:{started}"})
+    live = started_run(process_tags())  # a run of a process still running: left alone
+    for run in (dead, live):
+        instance.add_run(run)
+    storage = instance.event_log_storage
+    storage.initialize_concurrency_limit_to_default("search_index")
+    claim = storage.claim_concurrency_slot("search_index", dead.run_id, "search_index")
+    assert claim.is_claimed  # the killed run was writing the index
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    shutil.copy(sample_documents / "travel-and-expense-policy.md", folder)
+    assert ingest_paths(settings, [folder], quiet=True)["success"]  # pytest-timeout if blocked
+
+    assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(live.run_id).status == dg.DagsterRunStatus.STARTED
+    assert storage.get_concurrency_info("search_index").claimed_slots == []
+
+
+def test_an_index_written_but_not_promoted_is_promoted_by_the_next_ingest(
+    qpbot_home, sample_documents, tmp_path
+):
+    settings = QpbotSettings()
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    shutil.copy(sample_documents / "travel-and-expense-policy.md", folder)
+    ingest_paths(settings, [folder], quiet=True)
+    before = contract.read_promoted(settings.index_dir)
+
+    # A run killed between writing the index and promoting it: the new document's chunks
+    # are in the table (so nothing is stale any more), the pointer is at the old version.
+    uri = Path(shutil.copy(sample_documents / "warranty-and-returns-policy.docx", folder)).as_uri()
+    added = document_id_for(uri)
+    DocumentStore(settings.home).register(added, uri)
+    instance = get_instance(settings)
+    instance.add_dynamic_partitions("documents", [added])
+    job = load_definitions().resolve_job_def("ingest_documents")
+    unpromoted = job.execute_in_process(
+        instance=instance,
+        tags=partition_range_tags(added, added),
+        asset_selection=[k for k in job.asset_layer.executable_asset_keys if k != PROMOTED],
+    )
+    assert unpromoted.success
+    assert contract.read_promoted(settings.index_dir) == before
+
+    summary = ingest_paths(settings, [folder], quiet=True)
+    assert (summary["new"], summary["changed"], summary["runs"]) == (0, 0, 1)
+    after = contract.read_promoted(settings.index_dir)
+    assert after.version > before.version and after.documents == 2
+    assert ingest_paths(settings, [folder], quiet=True)["runs"] == 0
+
+    # Killed while writing: search_index removed the snapshot and wrote no new one yet.
+    (settings.index_dir / contract.SNAPSHOT_FILE).unlink()
+    assert ingest_paths(settings, [folder], quiet=True)["runs"] == 1
+    assert contract.read_promoted(settings.index_dir).chunks == after.chunks
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from qpbot_assets.resources import (
 from qpbot_serving import index as contract
 
 INDEXING = {**PER_DOCUMENT, "group_name": "indexing"}
-SNAPSHOT_FILE = "SNAPSHOT.json"  # the checked candidate; promoted_index copies it to PROMOTED.json
+SNAPSHOT_FILE = contract.SNAPSHOT_FILE  # the checked candidate; promoted_index copies it
 
 
 @dg.asset(**INDEXING, deps=[chunks], kinds={"pytorch"})
@@ -83,6 +83,9 @@ def search_index(
     embedder = embedding_model.embedder
     table = open_or_create_table(index.connect(), embedder.model_name, embedder.dimension)
     live = live_document_ids(context)
+    # Until the new snapshot is written, the table may hold writes nobody checked: a run
+    # killed in between leaves no snapshot, and `qpbot ingest` then refreshes the index.
+    (index.index_dir / SNAPSHOT_FILE).unlink(missing_ok=True)
     synced = sync_table(
         store, table, embedder, live, lambda d: index_record(store, d), embedding_model.batch_size
     )
