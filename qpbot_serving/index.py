@@ -120,6 +120,13 @@ def read_promoted(index_dir: Path) -> PromotedIndex | None:
     return PromotedIndex(**json.loads(path.read_text()))
 
 
+def read_snapshot(index_dir: Path) -> dict | None:
+    """The version search_index last wrote and its checks examine (the fields of a
+    PromotedIndex but `promoted_at`), or None while it writes."""
+    path = index_dir / SNAPSHOT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def write_promoted(index_dir: Path, **fields) -> PromotedIndex:
     """Moves the pointer atomically."""
     promoted = PromotedIndex(promoted_at=datetime.now(UTC).isoformat(timespec="seconds"), **fields)

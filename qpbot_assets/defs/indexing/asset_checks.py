@@ -1,11 +1,10 @@
 """Blocking checks on the search index version just written: the pointer moves only when they pass."""
 
-import json
 from collections import Counter
 
 import dagster as dg
 
-from qpbot_assets.defs.indexing.assets import SNAPSHOT_FILE, live_document_ids, search_index
+from qpbot_assets.defs.indexing.assets import live_document_ids, search_index
 from qpbot_assets.documents.store import Quarantined
 from qpbot_assets.index_sync import scan
 from qpbot_assets.resources import (
@@ -18,7 +17,7 @@ from qpbot_serving import index as contract
 
 def snapshot_table(index: SearchIndexResource):
     """The table at exactly the version the snapshot recorded."""
-    snapshot = json.loads((index.index_dir / SNAPSHOT_FILE).read_text())
+    snapshot = contract.read_snapshot(index.index_dir)
     table = index.connect().open_table(snapshot["table"])
     table.checkout(snapshot["version"])
     return table

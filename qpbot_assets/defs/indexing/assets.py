@@ -1,6 +1,5 @@
 """Embeddings, the LanceDB search index, its checked snapshot and the promoted pointer."""
 
-import json
 
 import dagster as dg
 
@@ -18,7 +17,6 @@ from qpbot_assets.resources import (
 from qpbot_serving import index as contract
 
 INDEXING = {**PER_DOCUMENT, "group_name": "indexing"}
-SNAPSHOT_FILE = contract.SNAPSHOT_FILE  # the checked candidate; promoted_index copies it
 
 
 @dg.asset(**INDEXING, deps=[chunks], kinds={"pytorch"})
@@ -85,7 +83,7 @@ def search_index(
     live = live_document_ids(context)
     # Until the new snapshot is written, the table may hold writes nobody checked: a run
     # killed in between leaves no snapshot, and `qpbot ingest` then refreshes the index.
-    (index.index_dir / SNAPSHOT_FILE).unlink(missing_ok=True)
+    (index.index_dir / contract.SNAPSHOT_FILE).unlink(missing_ok=True)
     synced = sync_table(
         store, table, embedder, live, lambda d: index_record(store, d), embedding_model.batch_size
     )
@@ -93,7 +91,7 @@ def search_index(
         store.forget(document_id)
     snapshot = synced["snapshot"]
     index.index_dir.mkdir(parents=True, exist_ok=True)
-    contract.atomic_write_json(index.index_dir / SNAPSHOT_FILE, snapshot)
+    contract.atomic_write_json(index.index_dir / contract.SNAPSHOT_FILE, snapshot)
     context.log.info(
         f"search_index: {synced['written_documents']} documents written, "
         f"{len(synced['removed_documents'])} removed"
@@ -132,7 +130,7 @@ def promoted_index(
     index: SearchIndexResource, embedding_model: EmbeddingModelResource
 ) -> dg.MaterializeResult:
     """The pointer the answer service reads: the last index version whose blocking checks passed."""
-    snapshot = json.loads((index.index_dir / SNAPSHOT_FILE).read_text())
+    snapshot = contract.read_snapshot(index.index_dir)
     champion = contract.serving_embedding_model(index.index_dir, embedding_model.configured_model)
     if snapshot["embedding_model"] != champion:
         # Written by a run that started before a fine-tuned embedder was promoted: moving
