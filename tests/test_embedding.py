@@ -33,7 +33,9 @@ def test_batches_group_texts_of_similar_token_counts(embedder, texts, monkeypatc
     embedder.encode(texts, batch_size=16)
 
     def tokens(text):
-        return min(len(embedder.tokenizer.encode(text, add_special_tokens=False)), embedder.max_tokens)
+        return min(
+            len(embedder.tokenizer.encode(text, add_special_tokens=False)), embedder.max_tokens
+        )
 
     counts = [[tokens(t) for t in batch] for batch in batches]
     assert sorted(t for batch in batches for t in batch) == sorted(texts)

@@ -1,6 +1,5 @@
 """Embeddings, the LanceDB search index, its checked snapshot and the promoted pointer."""
 
-
 import dagster as dg
 
 from qpbot_assets.defs.ingestion.assets import PER_DOCUMENT, chunks, document_metadata
