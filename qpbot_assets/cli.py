@@ -219,6 +219,7 @@ def _eval_qa(settings: QpbotSettings, args: argparse.Namespace) -> int:
     import time
 
     from qpbot_assets.learning.qa_eval import evaluate_qa, read_qa_set, result_rows
+    from qpbot_serving.answering import AnswerPolicy
     from qpbot_serving.generation import build_generator
     from qpbot_serving.retrieval import IndexNotReady, Retriever
 
@@ -241,8 +242,7 @@ def _eval_qa(settings: QpbotSettings, args: argparse.Namespace) -> int:
         k=args.k,
         mode=args.mode,
         generator=generator,
-        max_new_tokens=settings.answer_max_new_tokens,
-        context_chars=settings.answer_context_chars,
+        policy=AnswerPolicy.from_settings(settings),
     )
     result = {
         **summary,

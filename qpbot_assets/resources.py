@@ -7,6 +7,12 @@ import dagster as dg
 from qpbot_assets.documents.store import DocumentStore
 from qpbot_assets.embedding_process import ChildProcessEmbedder, child_embedder
 from qpbot_serving import index as search_index
+from qpbot_serving.settings import QpbotSettings
+
+
+def _default(setting: str):
+    """A resource field's default is the setting's: QpbotSettings is their one home."""
+    return QpbotSettings.model_fields[setting].default
 
 
 class DocumentStoreResource(dg.ConfigurableResource):
@@ -175,32 +181,48 @@ class EvaluationResource(dg.ConfigurableResource):
 
 
 class AnswerGeneratorResource(dg.ConfigurableResource):
-    """The answer generator and prompt budget the service uses (QPBOT_GENERATOR*,
+    """The answer generator and answer policy the service uses (QPBOT_GENERATOR*,
     QPBOT_ANSWER_*), for the answer evaluation."""
 
     home: str
-    kind: str = "local"
-    model: str = "SmolLM2-135M-Instruct"
+    kind: str = _default("generator")
+    model: str = _default("generator_model")
     url: str | None = None
     api_key: str | None = None
-    timeout_s: float = 1.5
-    max_new_tokens: int = 160
-    context_chars: int = 2500
+    timeout_s: float = _default("generator_timeout_s")
+    answer_mode: str = _default("answer_mode")
+    evidence_chunks: int = _default("answer_evidence_chunks")
+    context_tokens: int = _default("answer_context_tokens")
+    min_evidence_score: float = _default("answer_min_evidence_score")
+    max_new_tokens: int = _default("answer_max_new_tokens")
+    deadline_s: float = _default("answer_deadline_s")
 
     def build(self):
         """A new generator (the local one loads its model on first use)."""
         from qpbot_serving.generation import build_generator
-        from qpbot_serving.settings import QpbotSettings
 
-        return build_generator(
-            QpbotSettings(
-                home=Path(self.home),
-                generator=self.kind,
-                generator_model=self.model,
-                generator_url=self.url,
-                generator_api_key=self.api_key,
-                generator_timeout_s=self.timeout_s,
-            )
+        return build_generator(self._settings())
+
+    def policy(self):
+        """The answer policy (modes, evidence budget, deadline) the service runs with."""
+        from qpbot_serving.answering import AnswerPolicy
+
+        return AnswerPolicy.from_settings(self._settings())
+
+    def _settings(self) -> QpbotSettings:
+        return QpbotSettings(
+            home=Path(self.home),
+            generator=self.kind,
+            generator_model=self.model,
+            generator_url=self.url,
+            generator_api_key=self.api_key,
+            generator_timeout_s=self.timeout_s,
+            answer_mode=self.answer_mode,
+            answer_evidence_chunks=self.evidence_chunks,
+            answer_context_tokens=self.context_tokens,
+            answer_min_evidence_score=self.min_evidence_score,
+            answer_max_new_tokens=self.max_new_tokens,
+            answer_deadline_s=self.deadline_s,
         )
 
 

@@ -31,7 +31,7 @@ answers = sa.Table(
     sa.Column("answer_id", sa.String(36), primary_key=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
     sa.Column("query", sa.Text, nullable=False),
-    sa.Column("mode", sa.String(16)),
+    sa.Column("mode", sa.String(16)),  # retrieval: hybrid | dense | keyword
     sa.Column("retrieved", sa.JSON, nullable=False),  # [{"chunk_id", "document_id", "score"}]
     sa.Column("prompt_version", sa.String(32)),
     sa.Column("model_version", sa.String(200)),
@@ -39,6 +39,10 @@ answers = sa.Table(
     sa.Column("answer", sa.Text),
     sa.Column("error", sa.Text),
     sa.Column("latency_ms", sa.JSON),  # per stage
+    # Added with prompt answer-v2 (older tables get them on start-up, see _ensure_schema):
+    sa.Column("answer_mode", sa.String(16)),  # generative | extractive | declined
+    sa.Column("grounded", sa.Boolean),
+    sa.Column("evidence", sa.JSON),  # the prompt's units, as FinishedAnswer.evidence_rows
 )
 
 feedback = sa.Table(
@@ -152,6 +156,7 @@ class AnswerLog:
     def _ensure_schema(self) -> None:
         if not self._schema_ready:
             metadata.create_all(self.engine)
+            add_missing_columns(self.engine)
             self._schema_ready = True
 
     def _write(self, rows: list[tuple[str, dict]]) -> bool:
@@ -179,6 +184,24 @@ class AnswerLog:
                 return False
             self.spool_path.unlink()
             return True
+
+
+def add_missing_columns(engine: sa.Engine) -> list[str]:
+    """Adds the (nullable) columns a table made by an older qpbot lacks; returns them as
+    "table.column". Columns are only ever added, so this is the whole migration story."""
+    inspector = sa.inspect(engine)
+    added = []
+    with engine.begin() as connection:
+        for name, table in TABLES.items():
+            present = {column["name"] for column in inspector.get_columns(name)}
+            for column in table.columns:
+                if column.name not in present:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    connection.execute(
+                        sa.text(f'ALTER TABLE {name} ADD COLUMN "{column.name}" {kind}')
+                    )
+                    added.append(f"{name}.{column.name}")
+    return added
 
 
 def _insert_ignoring_duplicates(engine: sa.Engine, table: sa.Table, row: dict):

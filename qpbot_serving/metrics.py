@@ -23,13 +23,25 @@ class ServiceMetrics:
         )
         self.stage_seconds = Histogram(
             "qpbot_stage_seconds",
-            "Latency of answer stages (retrieval, generation).",
+            "Latency of answer stages (retrieval, generation; from the question).",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.tokens = Counter(
             "qpbot_generated_words", "Words of generated answers.", registry=self.registry
+        )
+        self.answers = Counter(
+            "qpbot_answers",
+            "Answers by what made them (generative, extractive, declined) and grounding.",
+            ["answer_mode", "grounded"],
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "qpbot_answer_fallbacks",
+            "Generated answers replaced by the quoted evidence, by reason.",
+            ["reason"],
+            registry=self.registry,
         )
         self.feedback = Counter(
             "qpbot_feedback", "Feedback received, by rating.", ["rating"], registry=self.registry

@@ -100,13 +100,23 @@ class QueryEncoder:
         self.fallback_reason: str | None = None
         self._ready = False
         self._lock = threading.Lock()
+        self._recent: dict[str, np.ndarray] = {}  # the last RECENT_QUERIES vectors, by query
 
     def __call__(self, query: str) -> np.ndarray:
+        # An answer embeds its question twice (retrieval, then evidence): the second is free.
+        cached = self._recent.get(query)
+        if cached is not None:
+            return cached
         if not self._ready:
             self._prepare()
         if self.traced is None:
-            return self.embedder.encode([query])[0]
-        return self._traced_encode(query)
+            vector = self.embedder.encode([query])[0]
+        else:
+            vector = self._traced_encode(query)
+        if len(self._recent) >= RECENT_QUERIES:
+            self._recent.pop(next(iter(self._recent)), None)
+        self._recent[query] = vector
+        return vector
 
     def _traced_encode(self, query: str) -> np.ndarray:
         import torch
@@ -183,6 +193,7 @@ class QueryEncoder:
 
 
 QUERY_ENCODER_TOLERANCE = 1e-5
+RECENT_QUERIES = 64
 _QUERY_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _QUERY_ENCODERS_LOCK = threading.Lock()
 

@@ -58,9 +58,33 @@ class QpbotSettings(BaseSettings):
     generator_timeout_s: float = Field(
         default=1.5, description="Longest wait for the remote generator's next piece."
     )
-    answer_max_new_tokens: int = Field(default=160, description="Longest generated answer.")
-    answer_context_chars: int = Field(
-        default=2500, description="Characters of retrieved text put in the prompt (best first)."
+    answer_mode: Literal["auto", "extractive", "generative"] = Field(
+        default="auto",
+        description="auto: generate, and quote the evidence instead when the generated answer "
+        "fails the citation check, the generator is away or the deadline passes; extractive: "
+        "quote the best evidence, no model; generative: the checked generated answer only.",
+    )
+    answer_evidence_chunks: int = Field(
+        default=20, ge=1, le=100, description="Retrieved chunks cut into evidence units."
+    )
+    answer_context_tokens: int = Field(
+        default=160,
+        ge=16,
+        description="Generator tokens of evidence in the prompt (best units first): on a CPU the "
+        "prompt's length sets the time to the first token.",
+    )
+    answer_min_evidence_score: float = Field(
+        default=0.45,
+        description="Below this best evidence score the answer says the documents do not "
+        "answer the question (calibrated in BENCHMARKS.md, Answers).",
+    )
+    answer_max_new_tokens: int = Field(default=64, description="Longest generated answer.")
+    answer_deadline_s: float = Field(
+        default=8.0, description="The whole answer's deadline, retrieval to last token."
+    )
+    answer_stop_strings: list[str] = Field(
+        default_factory=lambda: ["Question:", "Sources:", "<|im_end|>", "<end_of_turn>"],
+        description="Generation ends at any of these (JSON list).",
     )
     api_token: str | None = Field(
         default=None, description="When set, uploads and feedback need 'Authorization: Bearer …'."

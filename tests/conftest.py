@@ -129,7 +129,9 @@ def s3_server(tmp_path):
 
 
 class StreamingChatHandler(BaseHTTPRequestHandler):
-    """A chat server on 127.0.0.1 that streams 'The answer is 42.' in three pieces, in Ollama's or OpenAI's format."""
+    """A chat server on 127.0.0.1 that streams 'The answer is 42.' in three pieces, in
+    Ollama's or OpenAI's format; a server's own `pieces` and `delay` (seconds before each
+    piece) script it otherwise. `server.client_gone` is set when a piece could not be sent."""
 
     pieces = ["The answer", " is", " 42."]
 
@@ -138,15 +140,20 @@ class StreamingChatHandler(BaseHTTPRequestHandler):
         self.server.requests.append((self.path, request))
         self.send_response(200)
         self.end_headers()
-        for piece in self.pieces:
-            if self.path == "/api/chat":
-                line = json.dumps({"message": {"content": piece}, "done": False}) + "\n"
-            else:
-                line = "data: " + json.dumps({"choices": [{"delta": {"content": piece}}]}) + "\n\n"
-            self.wfile.write(line.encode())
-            self.wfile.flush()
-        end = json.dumps({"done": True}) + "\n" if self.path == "/api/chat" else "data: [DONE]\n\n"
-        self.wfile.write(end.encode())
+        try:
+            for piece in getattr(self.server, "pieces", self.pieces):
+                time.sleep(getattr(self.server, "delay", 0.0))
+                if self.path == "/api/chat":
+                    line = json.dumps({"message": {"content": piece}, "done": False}) + "\n"
+                else:
+                    data = json.dumps({"choices": [{"delta": {"content": piece}}]})
+                    line = f"data: {data}\n\n"
+                self.wfile.write(line.encode())
+                self.wfile.flush()
+            end = json.dumps({"done": True}) + "\n" if self.path == "/api/chat" else "data: [DONE]\n\n"
+            self.wfile.write(end.encode())
+        except (BrokenPipeError, ConnectionResetError):
+            self.server.client_gone = True
 
     def log_message(self, *args):
         pass
@@ -159,6 +166,26 @@ def streaming_server():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
     server.shutdown()
+
+
+@pytest.fixture
+def scripted_chat():
+    """Starts chat servers that stream given pieces, each after `delay` seconds:
+    `scripted_chat(pieces, delay=0.0)` returns the server (its URL is `server.url`)."""
+    servers = []
+
+    def start(pieces: list[str], delay: float = 0.0):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), StreamingChatHandler)
+        server.requests, server.pieces, server.delay = [], list(pieces), delay
+        server.client_gone = False
+        server.url = f"http://127.0.0.1:{server.server_address[1]}"
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
 
 
 @pytest.fixture

@@ -9,16 +9,11 @@ import pytest
 
 from qpbot_assets.learning.feedback_metrics import cited_sources, daily_metrics, daily_series
 from qpbot_assets.learning.plots import grouped_bars, markdown_image
-from qpbot_assets.learning.qa_eval import (
-    answer_coverage,
-    content_words,
-    evaluate_qa,
-    read_qa_set,
-    token_f1,
-)
+from qpbot_assets.learning.qa_eval import answer_coverage, evaluate_qa, read_qa_set
 from qpbot_serving.generation import OllamaGenerator
 from qpbot_serving.prompting import NO_ANSWER
 from qpbot_serving.retrieval import SearchHit
+from qpbot_serving.text import content_words, token_f1
 
 
 def test_content_words_drop_function_words_and_plurals():

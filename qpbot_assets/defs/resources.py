@@ -65,8 +65,12 @@ def resources() -> dg.Definitions:
                 if settings.generator_api_key
                 else None,
                 timeout_s=settings.generator_timeout_s,
+                answer_mode=settings.answer_mode,
+                evidence_chunks=settings.answer_evidence_chunks,
+                context_tokens=settings.answer_context_tokens,
+                min_evidence_score=settings.answer_min_evidence_score,
                 max_new_tokens=settings.answer_max_new_tokens,
-                context_chars=settings.answer_context_chars,
+                deadline_s=settings.answer_deadline_s,
             ),
         }
     )

@@ -8,7 +8,9 @@ become text raises `UnreadableDocument` with a `kind` (what to quarantine it as)
 
 from __future__ import annotations
 
+import bisect
 import re
+import statistics
 import unicodedata
 import zipfile
 from collections.abc import Sequence
@@ -287,7 +289,7 @@ def _read_pdf(pdf: pymupdf.Document, name: str, passwords: Sequence[str]) -> Ext
     heading: str | None = None
     for page_number, page in enumerate(pdf, start=1):
         try:
-            raw = page.get_text("blocks", flags=_PDF_TEXT_FLAGS)
+            raw = _pdf_page_blocks(page)
             texts = [b[4] for b in _reading_order(raw, page.rect.width) if b[4].strip()]
             texts += _pdf_form_values(page)
         except Exception:  # noqa: BLE001
@@ -343,6 +345,362 @@ def _reading_order(raw_blocks, page_width: float) -> list:
 
 def _is_text_column(blocks: list) -> bool:
     return any(block[4].strip().count("\n") >= 2 for block in blocks)
+
+
+# --- PDF tables ------------------------------------------------------------------------
+#
+# MuPDF's text blocks read a table cell by cell, and wrapped cells land in the wrong rows.
+# PyMuPDF's table finder (its "lines" strategy: cells bounded by drawn rules) gives the grid;
+# each table found becomes one block, a line per row with cells joined by " | " as DOCX and
+# HTML tables are, in place of the blocks it covers. The finder costs 30 to 100 times the
+# page's text extraction, so it only looks at pages whose text has cells side by side and
+# only at groups of drawn rules with words in most of their cells, never at a whole page.
+
+
+@dataclass(frozen=True)
+class _PdfTable:
+    bbox: pymupdf.Rect  # the table with its header
+    rows: list[str]  # header first, cells joined by " | "
+
+
+def _pdf_page_blocks(page: pymupdf.Page) -> list:
+    """The page's text as get_text("blocks") tuples, each table found as one block in place
+    of the text blocks it covers."""
+    textpage = page.get_textpage(flags=_PDF_TEXT_FLAGS)
+    blocks = textpage.extractBLOCKS()
+    if page.rotation or not _may_hold_table(blocks, page.rect.width):
+        return blocks  # the finder turns rotated pages in the document itself; leave them
+    try:
+        words = textpage.extractWORDS()
+        tables = _pdf_tables(page, words)
+    except Exception:  # noqa: BLE001 - a failing table finder costs the tables, not the page
+        return blocks
+    if not tables:
+        return blocks
+    return _outside_tables(blocks, words, tables) + [
+        (*table.bbox, "\n".join(table.rows) + "\n", -1, 0) for table in tables
+    ]
+
+
+# A block of two lines that is a numbered heading ("2.1" beside "Setup"), not a table row.
+_SECTION_NUMBER = re.compile(r"\s*(\d+(\.\d+)*\.?|[A-Z](\.\d+)*\.?|[IVX]+\.)\s*\n")
+
+
+def _may_hold_table(blocks: list, page_width: float) -> bool:
+    """Whether the text has two cells side by side: lines within a block that sit beside
+    each other (MuPDF often joins a table row into one block), or two narrow blocks beside
+    each other. Judged from the blocks alone, so it costs next to nothing."""
+    narrow = []
+    for block in blocks:
+        x0, y0, x1, y1, text, _, kind = block
+        if kind != 0 or not text.strip():
+            continue
+        if x1 - x0 < 0.3 * page_width:
+            narrow.append(block)
+        lines = [line for line in text.split("\n") if line.strip()]
+        if len(lines) < 2 or (len(lines) == 2 and _SECTION_NUMBER.match(text)):
+            continue
+        # Stacked lines would be height / len(lines) high and, at about 0.42 line heights
+        # a character, could hold width / (0.42 * line height) characters; when every line
+        # is under half that, the lines sit beside each other.
+        line_height = (y1 - y0) / len(lines)
+        if line_height > 0 and max(map(len, lines)) < 1.2 * (x1 - x0) / line_height:
+            return True
+    narrow.sort(key=lambda block: block[1])
+    for index, upper in enumerate(narrow):
+        for lower in narrow[index + 1 :]:
+            if lower[1] >= upper[3]:
+                break
+            if lower[0] >= upper[2] or upper[0] >= lower[2]:
+                return True
+    return False
+
+
+def _pdf_tables(page: pymupdf.Page, words: list) -> list[_PdfTable]:
+    centers = [((w[0] + w[2]) / 2, (w[1] + w[3]) / 2) for w in words]
+    tables = []
+    for region, paths in _ruled_regions(page):
+        inside = [
+            c for c in centers if region.x0 <= c[0] <= region.x1 and region.y0 <= c[1] <= region.y1
+        ]
+        if len(inside) < 4 or not _looks_like_grid(region, paths, inside):
+            continue
+        found = page.find_tables(
+            clip=region + (-2, -2, 2, 2),
+            paths=[_as_drawing(path) for path in paths],
+            add_boxes=[region],  # the outer border, for tables ruled only inside
+            strategy="lines",
+            use_layout=False,  # the layout model costs about a second a page
+        )
+        for table in found.tables:
+            if (pdf_table := _pdf_table(table, words)) is not None:
+                tables.append(pdf_table)
+    return tables
+
+
+def _ruled_regions(page: pymupdf.Page) -> list[tuple[pymupdf.Rect, list[dict]]]:
+    """Groups of touching drawn rules (paths of only axis-parallel lines and rectangles):
+    each group's bounding box and paths."""
+    half_page = abs(page.rect) / 2
+    rules: list[tuple[pymupdf.Rect, dict]] = []
+    for path in page.get_cdrawings():
+        items = path.get("items") or ()
+        if items and all(_is_rule(item) for item in items):
+            rect = pymupdf.Rect(path["rect"])
+            if rect.width * rect.height <= half_page:  # not a page background
+                rules.append((rect, path))
+    # Union-find over rules that touch, within 3 points, swept top to bottom.
+    parent = list(range(len(rules)))
+
+    def root(index: int) -> int:
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]
+            index = parent[index]
+        return index
+
+    active: list[int] = []
+    for index in sorted(range(len(rules)), key=lambda i: rules[i][0].y0):
+        rect = rules[index][0]
+        active = [j for j in active if rules[j][0].y1 + 3 >= rect.y0]
+        for other in active:
+            if rules[other][0].x0 - 3 <= rect.x1 and rect.x0 - 3 <= rules[other][0].x1:
+                parent[root(index)] = root(other)
+        active.append(index)
+    groups: dict[int, list[int]] = {}
+    for index in range(len(rules)):
+        groups.setdefault(root(index), []).append(index)
+    regions = []
+    for members in groups.values():
+        rects = [rules[i][0] for i in members]
+        region = pymupdf.Rect(
+            min(r.x0 for r in rects),
+            min(r.y0 for r in rects),
+            max(r.x1 for r in rects),
+            max(r.y1 for r in rects),
+        )
+        if region.width >= 20 and region.height >= 10:
+            regions.append((region, [rules[i][1] for i in members]))
+    return regions
+
+
+def _is_rule(item: tuple) -> bool:
+    if item[0] == "re":
+        return True
+    if item[0] == "l":
+        (x0, y0), (x1, y1) = item[1], item[2]
+        return abs(x0 - x1) <= 1 or abs(y0 - y1) <= 1
+    return False  # curves and quads: a figure, not a table
+
+
+def _looks_like_grid(region: pymupdf.Rect, paths: list[dict], centers: list) -> bool:
+    """Whether the rules cut the region into at least 2 x 2 cells and words sit in at least
+    a third of them. Charts (gridlines, bars) and boxes around diagrams fail; the table
+    finder need not look at them."""
+    ys, xs = [region.y0, region.y1], [region.x0, region.x1]
+    for path in paths:
+        for item in path["items"]:
+            if item[0] == "l":
+                (x0, y0), (x1, y1) = item[1], item[2]
+            else:
+                x0, y0, x1, y1 = item[1]
+            x0, x1, y0, y1 = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
+            if y1 - y0 <= 2 and x1 - x0 > 2:
+                ys.append((y0 + y1) / 2)
+            elif x1 - x0 <= 2 and y1 - y0 > 2:
+                xs.append((x0 + x1) / 2)
+            elif x1 - x0 > 2:
+                ys += [y0, y1]
+                xs += [x0, x1]
+    ys, xs = _distinct(ys), _distinct(xs)
+    if len(ys) < 3 or len(xs) < 3:
+        return False
+    cells = {(bisect.bisect(ys, y), bisect.bisect(xs, x)) for x, y in centers}
+    filled = [(row, column) for row, column in cells if row < len(ys) and column < len(xs)]
+    return len(filled) >= (len(ys) - 1) * (len(xs) - 1) / 3
+
+
+def _distinct(values: list[float], tolerance: float = 2.0) -> list[float]:
+    distinct: list[float] = []
+    for value in sorted(values):
+        if not distinct or value - distinct[-1] > tolerance:
+            distinct.append(value)
+    return distinct
+
+
+def _as_drawing(path: dict) -> dict:
+    """A get_cdrawings() path as find_tables(paths=...) reads it (get_drawings()'s form)."""
+    items = [
+        ("l", pymupdf.Point(item[1]), pymupdf.Point(item[2]))
+        if item[0] == "l"
+        else ("re", pymupdf.Rect(item[1]), *item[2:])
+        for item in path["items"]
+    ]
+    return {
+        "items": items,
+        "rect": pymupdf.Rect(path["rect"]),
+        "type": path.get("type", "f"),
+        "closePath": path.get("closePath", False),
+        "color": path.get("color"),
+        "fill": path.get("fill"),
+        "width": path.get("width") or 1.0,
+    }
+
+
+def _pdf_table(table, words: list) -> _PdfTable | None:
+    """The table's rows as text, or None when it does not read like a table (see
+    _cell_words and _reads_like_table)."""
+    bbox = pymupdf.Rect(table.bbox)
+    rows = [list(row.cells) for row in table.rows]
+    header = _external_header(table)
+    if header is not None:
+        rows.insert(0, list(header.cells))
+        bbox |= header.bbox
+    cell_words = _cell_words([cell for row in rows for cell in row if cell], words, bbox)
+    if cell_words is None:
+        return None
+    grid: list[list[str]] = []
+    for row in rows:
+        grid += _split_merged_row([cell_words[cell] if cell else [] for cell in row])
+    grid = [row for row in grid if any(row)]
+    columns = [j for j in range(len(grid[0]) if grid else 0) if any(row[j] for row in grid)]
+    grid = [[row[j] for j in columns] for row in grid]
+    if not _reads_like_table(grid):
+        return None
+    return _PdfTable(bbox, [" | ".join(row) for row in grid])
+
+
+def _external_header(table):
+    """The header PyMuPDF found above the table's first row, if it names two columns or
+    more (one filled cell is a caption or the end of a paragraph)."""
+    try:
+        header = table.header
+    except Exception:  # noqa: BLE001 - it renders part of the page; a failure means none
+        return None
+    if header is None or not header.external:
+        return None
+    return header if sum(1 for name in header.names if name and name.strip()) >= 2 else None
+
+
+def _cell_words(cells: list[tuple], words: list, bbox: pymupdf.Rect) -> dict[tuple, list] | None:
+    """The words in each cell, or None when the grid does not fit the text: a word in no
+    cell (it would be lost), words across cell borders, or text lines running from one
+    cell into the next (a figure's frame or boxes drawn around words in a sentence)."""
+    cell_words: dict[tuple, list] = {cell: [] for cell in cells}
+    cells_by_line: dict[tuple, set] = {}
+    inside = [word for word in words if _center_in(word, bbox)]
+    crossing_border = 0
+    for word in inside:
+        cell = next((cell for cell in cells if _center_in(word, cell)), None)
+        if cell is None:
+            return None
+        cell_words[cell].append(word)
+        cells_by_line.setdefault((word[5], word[6]), set()).add(cell)
+        x0, y0, x1, y1 = cell
+        if word[0] < x0 - 2 or word[2] > x1 + 2 or word[1] < y0 - 3 or word[3] > y1 + 3:
+            crossing_border += 1
+    crossing_lines = sum(1 for line_cells in cells_by_line.values() if len(line_cells) > 1)
+    if crossing_border > len(inside) / 50 or crossing_lines > len(cells_by_line) / 10:
+        return None
+    return cell_words
+
+
+def _reads_like_table(grid: list[list[str]]) -> bool:
+    """At least 2 rows and 2 columns, half the cells filled, most rows with two filled
+    cells or more, and cells of a few words rather than running text (a framed
+    paragraph)."""
+    if len(grid) < 2 or len(grid[0]) < 2:
+        return False
+    filled = [cell for row in grid for cell in row if cell]
+    rows_of_cells = sum(1 for row in grid if sum(1 for cell in row if cell) >= 2)
+    return (
+        len(filled) >= len(grid) * len(grid[0]) / 2
+        and rows_of_cells > len(grid) / 2
+        and statistics.median(len(cell.split()) for cell in filled) <= 15
+    )
+
+
+def _center_in(word: tuple, rect) -> bool:
+    x, y = (word[0] + word[2]) / 2, (word[1] + word[3]) / 2
+    return rect[0] <= x < rect[2] and rect[1] <= y < rect[3]
+
+
+def _split_merged_row(cells: list[list]) -> list[list[str]]:
+    """A table row as text rows: one, or several where no rules separate the rows of the
+    table body, which shows as every filled cell holding the same number of lines side by
+    side, most of them stacked values ("1536 / 1920" beside "16 / 20"). Wrapped text
+    (cells of differing line counts, or lines that are not values) stays one row."""
+    lines_by_cell = [_cell_lines(words) for words in cells]
+    filled = [lines for lines in lines_by_cell if lines]
+    counts = {len(lines) for lines in filled}
+    if len(filled) >= 2 and len(counts) == 1 and (count := counts.pop()) >= 2:
+        aligned = all(
+            abs(lines[i][0] - filled[0][i][0]) <= filled[0][i][1] / 2
+            for lines in filled
+            for i in range(count)
+        )
+        short = count >= 3 or all(len(line[2]) <= 3 for lines in filled for line in lines)
+        # A cell of stacked values: three lines in four or more hold a number ("N/A" may
+        # stand for one); "July 1, 2011 / through / Sep. 30, 2011" is wrapped text.
+        numeric = [
+            sum(any(char.isdigit() for word in line[2] for char in word) for line in lines)
+            >= 0.75 * count
+            for lines in filled
+        ]
+        if aligned and short and sum(numeric) >= len(filled) / 2:
+            return [
+                [" ".join(lines[i][2]) if lines else "" for lines in lines_by_cell]
+                for i in range(count)
+            ]
+    return [[" ".join(w[4] for w in words) for words in cells]]
+
+
+def _cell_lines(words: list) -> list[tuple[float, float, list[str]]]:
+    """A cell's text lines in order: (middle y, height, words)."""
+    lines: dict[tuple, list] = {}
+    for word in words:
+        lines.setdefault((word[5], word[6]), []).append(word)
+    result = []
+    for line in lines.values():
+        top, bottom = min(w[1] for w in line), max(w[3] for w in line)
+        result.append(((top + bottom) / 2, bottom - top, [w[4] for w in line]))
+    return sorted(result)
+
+
+def _outside_tables(blocks: list, words: list, tables: list[_PdfTable]) -> list:
+    """The text blocks without the lines that lie inside a table; a block partly inside
+    keeps its other lines."""
+    inside_by_block: dict[int, list[bool]] = {}
+    for word in words:
+        inside_by_block.setdefault(word[5], []).append(
+            any(_center_in(word, table.bbox) for table in tables)
+        )
+    kept = []
+    for block in blocks:
+        flags = inside_by_block.get(block[5], [])
+        if block[6] != 0 or not any(flags):
+            kept.append(block)
+        elif not all(flags):
+            outside = [
+                w
+                for w in words
+                if w[5] == block[5] and not any(_center_in(w, t.bbox) for t in tables)
+            ]
+            lines: dict[int, list[str]] = {}
+            for word in outside:
+                lines.setdefault(word[6], []).append(word[4])
+            text = "".join(" ".join(line) + "\n" for line in lines.values())
+            kept.append(
+                (
+                    min(w[0] for w in outside),
+                    min(w[1] for w in outside),
+                    max(w[2] for w in outside),
+                    max(w[3] for w in outside),
+                    text,
+                    block[5],
+                    0,
+                )
+            )
+    return kept
 
 
 _FORM_TEXT_FIELDS = (

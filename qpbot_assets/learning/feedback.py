@@ -6,7 +6,8 @@ downstream reads files, not the live database:
 
 - `answers.parquet`: answer_id, created_at (UTC), query, mode, retrieved (JSON list of
   {chunk_id, document_id, score}), prompt_version, model_version, index_version, answer,
-  error, latency_ms (JSON object of stage -> ms)
+  error, latency_ms (JSON object of stage -> ms), answer_mode, grounded, evidence (JSON list
+  of the prompt's evidence units)
 - `feedback.parquet`: feedback_id, answer_id, created_at (UTC), rating ("up" | "down"),
   comment, source_judgments (JSON object chunk_id -> "relevant" | "irrelevant")
 
@@ -25,13 +26,16 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
-from qpbot_serving.answer_log import TABLES, metadata
+from qpbot_serving.answer_log import TABLES, add_missing_columns, metadata
 from qpbot_serving.index import atomic_write_json
 
 LOOKBACK = timedelta(hours=1)
 CURSOR_FILE = "cursor.json"
 KEYS = {"answers": "answer_id", "feedback": "feedback_id"}
-JSON_COLUMNS = {"answers": ["retrieved", "latency_ms"], "feedback": ["source_judgments"]}
+JSON_COLUMNS = {
+    "answers": ["retrieved", "latency_ms", "evidence"],
+    "feedback": ["source_judgments"],
+}
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ def sync_feedback_events(engine: sa.Engine, feedback_dir: Path) -> SyncResult:
     """Copies answer and feedback rows newer than the cursor (minus LOOKBACK) into Parquet."""
     feedback_dir.mkdir(parents=True, exist_ok=True)
     metadata.create_all(engine)  # a service that never answered has not created them yet
+    add_missing_columns(engine)
     cursor_path = feedback_dir / CURSOR_FILE
     cursor = json.loads(cursor_path.read_text()) if cursor_path.exists() else {}
     new_rows, total_rows, new_cursor = {}, {}, {}
@@ -82,6 +87,9 @@ def read_table(feedback_dir: Path, name: str, parse_json: bool = True) -> pd.Dat
     if not path.exists():
         return pd.DataFrame(columns=[column.name for column in TABLES[name].columns])
     frame = pd.read_parquet(path)
+    for column in TABLES[name].columns:  # copied before a qpbot that added the column
+        if column.name not in frame.columns:
+            frame[column.name] = None
     if parse_json:
         for column in JSON_COLUMNS[name]:
             # pandas 3 reads a missing string as NaN, not None

@@ -1,8 +1,8 @@
 """A LoRA adapter for the answer generator, trained on the answers users liked (no Dagster).
 
 Each thumbs-up answer becomes one supervised example: the prompt the service built for it
-(rebuilt with the serving code from the chunks it retrieved, read back from the promoted
-index by chunk id) and the answer as the target. The loss counts the answer's tokens only.
+(rebuilt with the serving code from the evidence units the answer log recorded for it) and
+the answer as the target. The loss counts the answer's tokens only.
 Queries are held out by `golden.split_of`, the same split the embedder's gate uses, so the
 adapter is judged on questions it never trained on, against the base model and the adapter
 that serves today.
@@ -21,21 +21,12 @@ from pathlib import Path
 import pandas as pd
 
 from qpbot_assets.learning.golden import split_of
-from qpbot_serving import index as contract
-from qpbot_serving.prompting import build_messages, number_sources
+from qpbot_serving.evidence import evidence_unit
+from qpbot_serving.prompting import PROMPT_VERSION, build_messages
 
 # The attention projections of Llama-style models (SmolLM2 is one).
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 IGNORE = -100  # label of tokens that carry no loss (the prompt)
-
-
-@dataclass(frozen=True)
-class ChunkText:
-    """What a prompt shows of a retrieved chunk (the fields `number_sources` reads)."""
-
-    title: str | None
-    page_start: int | None
-    text: str
 
 
 @dataclass(frozen=True)
@@ -93,84 +84,38 @@ class LoraReport:
 
 
 # --- examples ------------------------------------------------------------------------------
-def thumbs_up_chunk_ids(rated: pd.DataFrame) -> list[str]:
-    """Chunk ids retrieved for thumbs-up answers: the texts `build_examples` needs."""
-    ids: dict[str, None] = {}
-    for _, answer in rated[rated["rating"] == "up"].iterrows():
-        for hit in answer["retrieved"] or []:
-            ids[hit["chunk_id"]] = None
-    return list(ids)
+def build_examples(rated: pd.DataFrame) -> tuple[list[AnswerExample], Counter]:
+    """Supervised examples from rated answers (`feedback.rated_answers`); returns them with
+    the count of answers left out, by reason.
 
-
-def read_chunk_texts(index_dir: Path, chunk_ids: Sequence[str]) -> dict[str, ChunkText]:
-    """Title, page and text of the given chunks in the promoted index (those it still has).
-    Chunk ids derive from content, so an id found there is the text the answer saw."""
-    from lancedb.expr import col
-
-    promoted = contract.read_promoted(Path(index_dir))
-    if promoted is None or not chunk_ids:
-        return {}
-    table = contract.connect(Path(index_dir)).open_table(promoted.table)
-    table.checkout(promoted.version)
-    found: dict[str, ChunkText] = {}
-    ids = list(dict.fromkeys(chunk_ids))
-    for start in range(0, len(ids), 500):
-        rows = (
-            table.search()
-            .where(col("chunk_id").isin(ids[start : start + 500]))
-            .select(["chunk_id", "title", "page_start", "text"])
-            .limit(None)
-            .to_list()
-        )
-        for row in rows:
-            found[row["chunk_id"]] = ChunkText(row["title"], row["page_start"], row["text"] or "")
-    return found
-
-
-def build_examples(
-    rated: pd.DataFrame, chunks: Mapping[str, ChunkText], context_chars: int
-) -> tuple[list[AnswerExample], Counter]:
-    """Supervised examples from rated answers (`feedback.rated_answers`) and the texts of
-    their chunks; returns them with the count of answers left out, by reason.
-
-    The prompt is rebuilt the way the service builds it (`number_sources` with the same
-    `context_chars`, then `build_messages`). An answer is left out when its prompt cannot be
-    rebuilt exactly: a chunk it showed is no longer in the index.
+    The prompt is rebuilt from the evidence the answer log recorded (`build_messages`, as
+    the service built it). Answers made with an earlier prompt version, or without evidence
+    (declined, or no generator call), are left out: their prompt cannot be rebuilt exactly.
     """
     examples: list[AnswerExample] = []
     left_out: Counter = Counter()
     for _, answer in rated.iterrows():
         text = answer.get("answer")
+        evidence = answer.get("evidence")
         if answer.get("rating") != "up":
             left_out["not thumbs up"] += 1
-            continue
-        if not isinstance(text, str) or not text.strip():
+        elif not isinstance(text, str) or not text.strip():
             left_out["no answer text"] += 1
-            continue
-        retrieved = [hit["chunk_id"] for hit in answer.get("retrieved") or []]
-        if not retrieved:  # the service answered without the model
-            left_out["no sources"] += 1
-            continue
-        known = []
-        for chunk_id in retrieved:
-            if chunk_id not in chunks:
-                break
-            known.append(chunks[chunk_id])
-        sources = number_sources(known, context_chars)
-        # Exact when every retrieved chunk is known, or the prompt was full before the first
-        # unknown one; otherwise that chunk might have been shown.
-        if not sources or (len(known) < len(retrieved) and len(sources) == len(known)):
-            left_out["sources no longer in the index"] += 1
-            continue
-        examples.append(
-            AnswerExample(
-                answer_id=answer["answer_id"],
-                query=answer["query"],
-                split=split_of(answer["query"]),
-                messages=build_messages(answer["query"], sources),
-                answer=text.strip(),
+        elif answer.get("prompt_version") != PROMPT_VERSION:
+            left_out["made with another prompt version"] += 1
+        elif not isinstance(evidence, list) or not evidence:
+            left_out["no evidence in the prompt"] += 1
+        else:
+            units = [evidence_unit(row) for row in evidence]
+            examples.append(
+                AnswerExample(
+                    answer_id=answer["answer_id"],
+                    query=answer["query"],
+                    split=split_of(answer["query"]),
+                    messages=build_messages(answer["query"], units),
+                    answer=text.strip(),
+                )
             )
-        )
     return examples, left_out
 
 

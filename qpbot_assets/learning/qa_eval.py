@@ -1,20 +1,22 @@
-"""Answer evaluation on question/reference-answer sets, with the retriever and the generator
-that serve.
+"""Answer evaluation on question/reference-answer sets, with the retriever and the answer
+pipeline that serve (`qpbot_serving.answering`).
 
-For each {"question", "answer"} (JSONL, like ARAGOG's qa-dev.jsonl) the question is searched
-(top k), the prompt context is built exactly as the answer service builds it, and:
+For each {"question", "answer"} (JSONL, like ARAGOG's qa-dev.jsonl) the question is searched,
+the prompt's evidence is selected exactly as the answer service selects it, and:
 
 - **answer coverage**: the share of the reference answer's content words (see
-  `content_words`) that occur in the retrieved text. The context *holds the answer* when
-  the coverage is at least `threshold` (0.5 by default): for a short factual answer
-  ("150 minutes") that means every word, for a sentence-long one half of its content words.
-  It is measured twice: over the prompt context (the sources that fit
-  `answer_context_chars`, what the generator actually sees) and over all top-k chunks.
+  `content_words`) that occur in the text. The context *holds the answer* when the coverage
+  is at least `threshold` (0.5 by default): for a short factual answer ("150 minutes") that
+  means every word, for a sentence-long one half of its content words. It is measured
+  twice: over the prompt's evidence (what the generator actually sees; counted in the
+  generator's tokens, or about four characters a token without one) and over the top-k
+  chunks.
 - **reference-chunk cosine**: the best cosine between the reference answer and one of the
   top-k chunks (embedding model of the index); a softer signal that does not need the
   same words.
 - **answer similarity** (only with a generator): the cosine between the embeddings of the
-  generated and the reference answer, plus SQuAD-style token F1 between them.
+  answer and the reference, SQuAD-style token F1, and whether the answer contains the
+  reference (SQuAD-normalized), with the answer's mode and whether it was grounded.
 
 No Dagster here: the evaluation assets and `qpbot eval qa` both call `evaluate_qa`.
 """
@@ -22,43 +24,18 @@ No Dagster here: the evaluation assets and `qpbot eval qa` both call `evaluate_q
 from __future__ import annotations
 
 import json
-import re
 import time
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from qpbot_serving.generation import GeneratorUnavailable, generate
-from qpbot_serving.prompting import NO_ANSWER, build_messages, number_sources
+from qpbot_serving.answering import Answerer, AnswerPolicy
+from qpbot_serving.prompting import NO_ANSWER
+from qpbot_serving.text import contains_answer, content_words, token_f1
 
 DEFAULT_THRESHOLD = 0.5
-
-# Function words that say nothing about whether a text holds an answer.
-STOPWORDS = frozenset(
-    """a about above after again all also am an and any are as at be because been before being
-    below between both but by can could did do does doing down during each few for from further
-    had has have having he her here hers him his how i if in into is it its itself just me more
-    most my no nor not of off on once only or other our ours out over own same she should so
-    some such than that the their theirs them then there these they this those through to too
-    under until up use used uses using very was we were what when where which while who whom
-    why will with would you your yours""".split()
-)
-
-
-def content_words(text: str) -> set[str]:
-    """Lowercased word tokens of `text` without stopwords; a plural "s" is dropped from
-    words longer than three letters, so "filters" matches "filter"."""
-    words = set()
-    for token in re.findall(r"\w+", text.lower()):
-        if token in STOPWORDS:
-            continue
-        if len(token) > 3 and token.endswith("s") and not token.endswith("ss"):
-            token = token[:-1]
-        words.add(token)
-    return words
 
 
 def answer_coverage(reference: str, context: str) -> float:
@@ -68,19 +45,6 @@ def answer_coverage(reference: str, context: str) -> float:
     if not wanted:
         return 1.0
     return len(wanted & content_words(context)) / len(wanted)
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """SQuAD-style F1 over lowercased word tokens (with repeats), stopwords kept."""
-    predicted = re.findall(r"\w+", prediction.lower())
-    expected = re.findall(r"\w+", reference.lower())
-    if not predicted or not expected:
-        return float(predicted == expected)
-    common = sum((Counter(predicted) & Counter(expected)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(expected)
-    return 2 * precision * recall / (precision + recall)
 
 
 def read_qa_set(path: Path) -> list[dict]:
@@ -101,13 +65,16 @@ def read_qa_set(path: Path) -> list[dict]:
 class QuestionResult:
     question: str
     reference: str
-    context_coverage: float  # over the prompt context
+    context_coverage: float  # over the prompt's evidence
     retrieved_coverage: float  # over all top-k chunks
     context_holds_answer: bool
     retrieved_holds_answer: bool
     reference_chunk_cosine: float
     top_document_ids: list[str]
-    generated: str | None = None
+    generated: str | None = None  # the answer the service would give
+    answer_mode: str | None = None  # generative | extractive | declined
+    grounded: bool | None = None
+    contains_reference: bool | None = None
     answer_similarity: float | None = None
     answer_token_f1: float | None = None
     generation_error: str | None = None
@@ -120,42 +87,43 @@ def evaluate_qa(
     k: int = 5,
     mode: str = "hybrid",
     generator=None,
-    max_new_tokens: int = 160,
-    context_chars: int = 2500,
+    policy: AnswerPolicy | None = None,
     threshold: float = DEFAULT_THRESHOLD,
 ) -> tuple[dict, list[QuestionResult]]:
     """Scores `items` ({"question", "answer"}) against `retriever` (a serving Retriever);
-    with a `generator` (anything with `stream(messages, max_new_tokens)`) also the generated
-    answers. Returns (summary, one result per question); see `summarize` for the summary."""
+    with a `generator` also the answers the pipeline gives under `policy` (the service's
+    defaults when None). Returns (summary, one result per question); see `summarize`."""
+    policy = policy or AnswerPolicy()
+    if generator is None:
+        policy = replace(policy, mode="extractive")
+    answerer = Answerer.for_retriever(retriever, generator, policy)
     embedder = retriever.embedder
     results = []
     for item in items:
         question, reference = item["question"], item["answer"]
-        hits = retriever.search(question, k=k, mode=mode)
-        sources = number_sources(hits, context_chars)
-        context = "\n".join(source.text for source in sources)
-        retrieved = "\n".join(hit.text for hit in hits)
-        vectors = embedder.encode([reference, *[hit.text for hit in hits]])
+        hits = retriever.search(question, k=max(k, policy.evidence_chunks), mode=mode)
+        prepared = answerer.prepare(question, hits)
+        context = "\n".join(unit.prompt_text for unit in prepared.evidence)
+        retrieved = "\n".join(hit.text for hit in hits[:k])
+        vectors = embedder.encode([reference, *[hit.text for hit in hits[:k]]])
         best_cosine = float(np.max(vectors[1:] @ vectors[0])) if hits else 0.0
         context_coverage = answer_coverage(reference, context)
         retrieved_coverage = answer_coverage(reference, retrieved)
-        generated = similarity = f1 = error = seconds = None
+        answered: dict = {}
         if generator is not None:
             started = time.perf_counter()
-            try:
-                # As the service does: no sources, the fixed reply and no model call.
-                generated = (
-                    generate(generator, build_messages(question, sources), max_new_tokens)
-                    if sources
-                    else NO_ANSWER
-                )
-            except GeneratorUnavailable as problem:
-                error = str(problem)
-            seconds = round(time.perf_counter() - started, 2)
-            if generated is not None:
-                pair = embedder.encode([generated or " ", reference])
-                similarity = float(pair[0] @ pair[1])
-                f1 = token_f1(generated, reference)
+            finished = answerer.complete(prepared)
+            pair = embedder.encode([finished.text or " ", reference])
+            answered = {
+                "generated": finished.text,
+                "answer_mode": finished.mode,
+                "grounded": finished.grounded,
+                "contains_reference": contains_answer(finished.text, reference),
+                "answer_similarity": round(float(pair[0] @ pair[1]), 4),
+                "answer_token_f1": round(token_f1(finished.text, reference), 4),
+                "generation_error": finished.error,
+                "generation_seconds": round(time.perf_counter() - started, 2),
+            }
         results.append(
             QuestionResult(
                 question=question,
@@ -165,12 +133,8 @@ def evaluate_qa(
                 context_holds_answer=context_coverage >= threshold,
                 retrieved_holds_answer=retrieved_coverage >= threshold,
                 reference_chunk_cosine=round(best_cosine, 4),
-                top_document_ids=list(dict.fromkeys(hit.document_id for hit in hits)),
-                generated=generated,
-                answer_similarity=None if similarity is None else round(similarity, 4),
-                answer_token_f1=None if f1 is None else round(f1, 4),
-                generation_error=error,
-                generation_seconds=seconds,
+                top_document_ids=list(dict.fromkeys(hit.document_id for hit in hits[:k])),
+                **answered,
             )
         )
     return summarize(results, k=k, mode=mode, threshold=threshold), results
@@ -180,8 +144,8 @@ def summarize(results: Sequence[QuestionResult], k: int, mode: str, threshold: f
     """Means over the questions: {"questions", "k", "mode", "threshold",
     "context_holds_answer", "retrieved_holds_answer", "answer_coverage",
     "reference_chunk_cosine", "generated", "generation_errors", "no_answer_replies",
-    "answer_similarity", "answer_token_f1"}; the generation figures are None when nothing
-    was generated."""
+    "grounded", "contains_reference", "answer_similarity", "answer_token_f1"}; the
+    generation figures are None when nothing was generated."""
 
     def mean(values: list[float]) -> float | None:
         return round(float(np.mean(values)), 4) if values else None
@@ -199,6 +163,8 @@ def summarize(results: Sequence[QuestionResult], k: int, mode: str, threshold: f
         "generated": len(answered),
         "generation_errors": sum(r.generation_error is not None for r in results),
         "no_answer_replies": sum(r.generated == NO_ANSWER for r in answered),
+        "grounded": mean([float(r.grounded) for r in answered]),
+        "contains_reference": mean([float(r.contains_reference) for r in answered]),
         "answer_similarity": mean([r.answer_similarity for r in answered]),
         "answer_token_f1": mean([r.answer_token_f1 for r in answered]),
     }

@@ -218,8 +218,7 @@ def answer_evaluation(
             k=config.k,
             mode=config.mode,
             generator=generator,
-            max_new_tokens=answer_generator.max_new_tokens,
-            context_chars=answer_generator.context_chars,
+            policy=answer_generator.policy(),
             threshold=config.threshold,
         )
         name = path.stem if path.stem not in summaries else f"{path.stem}-{len(summaries)}"

@@ -12,14 +12,7 @@ import dagster as dg
 
 from qpbot_assets.defs.feedback.assets import feedback_events
 from qpbot_assets.learning.feedback import rated_answers
-from qpbot_assets.learning.lora import (
-    LoraParams,
-    build_examples,
-    judge_adapter,
-    read_chunk_texts,
-    thumbs_up_chunk_ids,
-    train_lora,
-)
+from qpbot_assets.learning.lora import LoraParams, build_examples, judge_adapter, train_lora
 from qpbot_assets.resources import FeedbackDatabaseResource, MlflowResource, SearchIndexResource
 from qpbot_serving.generation import (
     ADAPTER_POINTER,
@@ -30,7 +23,6 @@ from qpbot_serving.generation import (
 )
 from qpbot_serving.index import atomic_write_json
 from qpbot_serving.prompting import PROMPT_VERSION
-from qpbot_serving.settings import QpbotSettings
 
 GENERATION = {"group_name": "generation"}
 EXPERIMENT = "qpbot-llm-adapter"
@@ -42,8 +34,6 @@ class LlmAdapterConfig(dg.Config):
     """Which base model, which examples, and the LoRA hyperparameters."""
 
     base_model: str = DEFAULT_LOCAL_MODEL  # the served local model: a hub id or a path
-    # Must match the service's QPBOT_ANSWER_CONTEXT_CHARS, so prompts are rebuilt exactly.
-    context_chars: int = QpbotSettings.model_fields["answer_context_chars"].default
     min_examples: int = 8  # thumbs-up training answers below which nothing is trained
     min_validation_examples: int = 1  # held-out ones, without which the gate cannot judge
     max_examples: int = 2000  # newest rated answers read
@@ -97,8 +87,7 @@ def llm_adapter(
     nothing is trained and the metadata says why."""
     adapters = models_dir(index) / ADAPTERS_DIR
     rated = rated_answers(feedback_db.folder).tail(config.max_examples)
-    chunks = read_chunk_texts(index.index_dir, thumbs_up_chunk_ids(rated))
-    examples, left_out = build_examples(rated, chunks, config.context_chars)
+    examples, left_out = build_examples(rated)
     counts = {
         split: sum(example.split == split for example in examples)
         for split in ("train", "validation")
@@ -185,7 +174,6 @@ def _log_run(client, run_id, config: LlmAdapterConfig, params, report, champion)
         **{key: value for key, value in asdict(params).items() if key != "target_modules"},
         "target_modules": ",".join(params.target_modules),
         "base_model": config.base_model,
-        "context_chars": config.context_chars,
         "prompt_version": PROMPT_VERSION,
         "champion": champion["version"] if champion else "none",
     }

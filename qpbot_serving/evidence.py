@@ -1,0 +1,393 @@
+"""Evidence selection: the stage between retrieval and the prompt.
+
+The top retrieved chunks are cut into evidence units (sentences, list items, and table rows
+that keep their header, so "E4 | Side brush stuck" still says what E4 is), each with its
+chunk, page and character offsets. Units are scored for the question from three signals:
+the words of the question they hold (weighted by how rare each word is among the
+candidates), the cosine of the index's own embedder, and the rank of their chunk. The prompt
+gets the best units, in the generator's own tokens, instead of whole chunks: on a CPU the
+prompt's length sets the time to the first token, and a small model answers better from the
+three lines that matter than from two pages of which one line matters.
+
+No model is loaded here: the embedder and the token counter are passed in.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+
+from qpbot_serving.text import content_words, numbers, words
+
+UNIT_KINDS = ("sentence", "list_item", "table_row")
+
+# How the three signals add up (chosen on the sample questions and ARAGOG dev, see
+# BENCHMARKS.md "Answers"): words of the question carry most, the embedder breaks ties
+# and finds paraphrases, the chunk's rank says which part of the corpus the search trusted.
+LEXICAL_WEIGHT = 0.5
+DENSE_WEIGHT = 0.35
+RETRIEVAL_WEIGHT = 0.15
+# Only the best units by words and rank are embedded: embedding is the slow signal (8 short
+# units ~0.15 s on two AVX2 cores, 24 ~1 s); the rest count the lowest cosine of those.
+DENSE_CANDIDATES = 8
+# Units scoring below this share of the best one are not worth their prompt tokens.
+RELATIVE_CUTOFF = 0.6
+
+_BULLET = re.compile(r"^\s*(?:[-*•‣▪◦–]|\(?\d{1,2}[.)]|\(?[a-z][.)])\s+")
+_TABLE_SEPARATOR = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
+# A sentence ends at . ! ? (and closing quotes or brackets) followed by space and a capital,
+# a digit or an opening quote; not after common abbreviations or a single initial.
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9])")
+_ABBREVIATIONS = frozenset(
+    "dr mr mrs ms prof st no nr fig figs eq eqs e.g i.e etc vs approx al ca cf resp dept inc".split()
+)
+# A unit that starts with one of these leans on the unit before it.
+_LEANING_STARTS = frozenset(
+    "it its this that these those they their them he she his her such however then there "
+    "also otherwise instead both".split()
+)
+
+
+@dataclass(frozen=True)
+class EvidenceUnit:
+    """One sentence, list item or table row of a retrieved chunk.
+
+    `start`/`end` are character offsets into the chunk's text; `text` is that span with its
+    whitespace collapsed; a table row carries its table's header line.
+    """
+
+    chunk_id: str
+    document_id: str
+    title: str | None
+    section: str | None
+    page: int | None
+    kind: str
+    start: int
+    end: int
+    text: str
+    position: int  # the unit's place in its chunk, 0 first
+    header: str | None = None
+    chunk_rank: int = 0  # the chunk's place in the retrieved list, 0 best
+    score: float = 0.0  # for the question: the weighted sum of the three signals
+    lexical: float = 0.0  # the question's words it holds (0-1)
+    dense: float = 0.0  # cosine to the question (0 when not embedded)
+    number: int | None = None  # the citation number of its source in the prompt
+
+    @property
+    def prompt_text(self) -> str:
+        """How the unit reads in a prompt or a quote: a table row as "header: value" pairs."""
+        if self.kind != "table_row" or not self.header:
+            return self.text
+        names, values = split_cells(self.header), split_cells(self.text)
+        if len(names) != len(values):
+            return f"{' | '.join(names)}: {self.text}"
+        return "; ".join(f"{n}: {v}" if n else v for n, v in zip(names, values, strict=True) if v)
+
+
+@dataclass(frozen=True)
+class EvidenceSelection:
+    """The units a prompt shows (best first, numbered by source) and what was considered."""
+
+    units: list[EvidenceUnit]
+    candidates: int
+    best_score: float
+    prompt_tokens: int
+
+
+def evidence_unit(row: Mapping) -> EvidenceUnit:
+    """A unit back from its logged form (`answering.FinishedAnswer.evidence_rows`)."""
+    return EvidenceUnit(**{name: row[name] for name in _UNIT_FIELDS if name in row})
+
+
+_UNIT_FIELDS = tuple(f.name for f in fields(EvidenceUnit))
+
+
+# --- cutting chunks into units -----------------------------------------------------------
+def split_cells(line: str) -> list[str]:
+    """The cells of a table line: "a | b" or Markdown's "| a | b |"."""
+    stripped = line.strip()
+    if stripped.startswith("|"):
+        stripped = stripped[1:]
+    if stripped.endswith("|"):
+        stripped = stripped[:-1]
+    return [" ".join(cell.split()) for cell in stripped.split("|")]
+
+
+def split_units(hit, chunk_rank: int = 0) -> list[EvidenceUnit]:
+    """The evidence units of one retrieved chunk (anything with chunk_id, document_id, title,
+    section, page_start and text), in reading order."""
+    text = hit.text or ""
+    spans: list[tuple[str, int, int, str | None]] = []
+    for block_start, block_end in _blocks(text):
+        spans += _block_units(text, block_start, block_end, hit.section)
+    return [
+        EvidenceUnit(
+            chunk_id=hit.chunk_id,
+            document_id=hit.document_id,
+            title=hit.title,
+            section=hit.section,
+            page=hit.page_start,
+            kind=kind,
+            start=start,
+            end=end,
+            text=" ".join(text[start:end].split()),
+            position=position,
+            header=header,
+            chunk_rank=chunk_rank,
+        )
+        for position, (kind, start, end, header) in enumerate(spans)
+    ]
+
+
+def _blocks(text: str) -> list[tuple[int, int]]:
+    """(start, end) of the paragraphs of `text`, split at blank lines."""
+    blocks = []
+    for match in re.finditer(r"(?:[^\n]|\n(?![ \t]*\n))+", text):
+        if match.group().strip():
+            blocks.append((match.start(), match.end()))
+    return blocks
+
+
+def _lines(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    lines, position = [], start
+    for line in text[start:end].split("\n"):
+        if line.strip():
+            left = position + len(line) - len(line.lstrip())
+            lines.append((left, position + len(line.rstrip())))
+        position += len(line) + 1
+    return lines
+
+
+def _is_table_line(line: str) -> bool:
+    return " | " in line or line.lstrip().startswith("|")
+
+
+def _block_units(text: str, start: int, end: int, section: str | None):
+    lines = _lines(text, start, end)
+    first = text[lines[0][0] : lines[0][1]]
+    # The chunk's heading is shown with its source in the prompt, not as evidence.
+    if section and " ".join(first.split()) == " ".join(section.split()):
+        lines = lines[1:]
+        if not lines:
+            return []
+    table = [line for line in lines if _is_table_line(text[line[0] : line[1]])]
+    if len(table) >= 2 and len(table) >= 0.6 * len(lines):
+        return _table_units(text, lines)
+    if any(_BULLET.match(text[a:b]) for a, b in lines):
+        return _list_units(text, lines)
+    return _sentences(text, lines[0][0], lines[-1][1])
+
+
+def _table_units(text: str, lines: list[tuple[int, int]]):
+    """One unit per row below the header; lines before the table are sentences."""
+    units: list[tuple[str, int, int, str | None]] = []
+    header: str | None = None
+    for line_start, line_end in lines:
+        line = text[line_start:line_end]
+        if not _is_table_line(line):
+            if header is None:
+                units += _sentences(text, line_start, line_end)
+            else:  # a wrapped last cell, or a note under the table
+                units.append(("sentence", line_start, line_end, None))
+            continue
+        if _TABLE_SEPARATOR.match(line):
+            continue
+        if header is None:
+            header = " | ".join(split_cells(line))
+            continue
+        if any(split_cells(line)):
+            units.append(("table_row", line_start, line_end, header))
+    return units
+
+
+def _list_units(text: str, lines: list[tuple[int, int]]):
+    """One unit per list item (with its wrapped lines); text before the list as sentences."""
+    units: list[tuple[str, int, int, str | None]] = []
+    intro: list[tuple[int, int]] = []
+    item: list[int] | None = None
+    for line_start, line_end in lines:
+        if _BULLET.match(text[line_start:line_end]):
+            if item:
+                units.append(("list_item", item[0], item[1], None))
+            item = [line_start, line_end]
+        elif item is not None:
+            item[1] = line_end
+        else:
+            intro.append((line_start, line_end))
+    if intro:
+        units = _sentences(text, intro[0][0], intro[-1][1]) + units
+    if item:
+        units.append(("list_item", item[0], item[1], None))
+    return units
+
+
+def _sentences(text: str, start: int, end: int):
+    """Sentence spans of text[start:end]; abbreviations and initials do not end one."""
+    units = []
+    begin = start
+    for match in _SENTENCE_END.finditer(text, start, end):
+        before = text[begin : match.start()].rstrip("\"'”’)]")
+        last_word = before.rsplit(None, 1)[-1].lower().rstrip(".") if before.split() else ""
+        if last_word in _ABBREVIATIONS or (len(last_word) == 1 and last_word.isalpha()):
+            continue
+        units.append(("sentence", begin, match.start() + len(match.group().rstrip()), None))
+        begin = match.end()
+    if text[begin:end].strip():
+        units.append(("sentence", begin, end, None))
+    return units
+
+
+# --- scoring and selection ---------------------------------------------------------------
+def select_evidence(
+    question: str,
+    hits: Sequence,
+    count_tokens: Callable[[str], int],
+    budget_tokens: int,
+    embed: Callable[[list[str]], np.ndarray] | None = None,
+    query_vector: np.ndarray | None = None,
+) -> EvidenceSelection:
+    """The best evidence units of `hits` (retrieved chunks, best first) for `question`,
+    filling at most `budget_tokens` (counted by `count_tokens`, the generator's tokenizer).
+
+    `embed` (texts -> unit vectors, the index's embedder) and `query_vector` add the dense
+    signal; without them units are scored by words and rank only. A unit that leans on the
+    one before it ("It costs 49 EUR.") brings that one along. The result is numbered by
+    source in order of each source's best unit; within a source, units keep reading order.
+    """
+    candidates = [unit for rank, hit in enumerate(hits) for unit in split_units(hit, rank)]
+    scored = score_units(question, candidates, embed, query_vector)
+    if not scored:
+        return EvidenceSelection([], 0, 0.0, 0)
+    by_place = {(u.chunk_id, u.position): u for u in scored}
+    best = scored[0].score
+    chosen: dict[tuple[str, int], EvidenceUnit] = {}
+    used = 0
+    for unit in scored:
+        if unit.score < RELATIVE_CUTOFF * best:
+            break
+        needed = [unit]
+        previous = by_place.get((unit.chunk_id, unit.position - 1))
+        if previous is not None and _leans_on_previous(unit):
+            needed.insert(0, previous)
+        needed = [u for u in needed if (u.chunk_id, u.position) not in chosen]
+        cost = sum(count_tokens(u.prompt_text) + 2 for u in needed)
+        if chosen and used + cost > budget_tokens:
+            continue  # a shorter unit further down may still fit
+        for u in needed:
+            chosen[(u.chunk_id, u.position)] = u
+        used += cost
+    numbered = _number_by_source(list(chosen.values()))
+    return EvidenceSelection(numbered, len(candidates), best, used)
+
+
+def score_units(
+    question: str,
+    units: Sequence[EvidenceUnit],
+    embed: Callable[[list[str]], np.ndarray] | None = None,
+    query_vector: np.ndarray | None = None,
+) -> list[EvidenceUnit]:
+    """`units` with their scores for `question`, best first (ties in retrieval order).
+
+    lexical: the share of the question's terms (weighted by squared inverse document
+    frequency over the candidates' chunks; a word found nowhere counts fully against) that the unit
+    or its section hold, or its title at half weight; 0 for a unit that adds nothing to the
+    question's words. retrieval: 1 for the
+    first chunk, falling with rank. dense: cosine of unit and question, for the
+    DENSE_CANDIDATES best units by the other two.
+    """
+    if not units:
+        return []
+    asked = asked_terms(question)
+    unit_words = [_terms(u.prompt_text) for u in units]
+    # A section named like its document (a Markdown or DOCX title) says no more than the title.
+    sections = [_terms(u.section if u.section and u.section != u.title else "") for u in units]
+    titles = [_terms(u.title or "") for u in units]
+    # Document frequency over the retrieved chunks (with their titles and sections), squared:
+    # the product name that most chunks repeat weighs little beside the rare word that only
+    # the answer holds.
+    chunk_terms: dict[str, set[str]] = {}
+    for unit, own, section, title in zip(units, unit_words, sections, titles, strict=True):
+        chunk_terms.setdefault(unit.chunk_id, set()).update(own, section, title)
+    frequency = {w: sum(w in found for found in chunk_terms.values()) for w in asked}
+    weight = {w: math.log(1 + len(chunk_terms) / (frequency[w] or 0.5)) ** 2 for w in asked}
+    total = sum(weight.values()) or 1.0
+
+    def held(w, own, section, title) -> float:
+        # A section heading ("Firmware 2.2") is as much the unit's subject as its own words.
+        return 1.0 if w in own or w in section else 0.5 if w in title else 0.0
+
+    lexical = np.array(
+        [
+            sum(weight[w] * held(w, *where) for w in asked) / total
+            # A unit that says nothing beyond the question's words cannot answer it.
+            * bool(where[0] - asked)
+            for where in zip(unit_words, sections, titles, strict=True)
+        ]
+    )
+    retrieval = np.array([1.0 / (1.0 + 0.25 * u.chunk_rank) for u in units])
+    cheap = LEXICAL_WEIGHT * lexical + RETRIEVAL_WEIGHT * retrieval
+    order = np.argsort(-cheap, kind="stable")
+    dense = np.zeros(len(units))
+    dense_weight = 0.0  # words and rank only: scaled below so scores keep the same range
+    if embed is not None and query_vector is not None:
+        top = order[:DENSE_CANDIDATES]
+        vectors = embed([_dense_text(units[i]) for i in top])
+        dense[top] = np.clip(vectors @ query_vector, 0.0, 1.0)
+        dense[order[DENSE_CANDIDATES:]] = dense[top].min()
+        dense_weight = DENSE_WEIGHT
+    scores = (cheap + dense_weight * dense) / (LEXICAL_WEIGHT + RETRIEVAL_WEIGHT + dense_weight)
+    ranked = sorted(range(len(units)), key=lambda i: (-scores[i], units[i].chunk_rank, i))
+    return [
+        replace(
+            units[i],
+            score=round(float(scores[i]), 4),
+            lexical=round(float(lexical[i]), 4),
+            dense=round(float(dense[i]), 4),
+        )
+        for i in ranked
+    ]
+
+
+def asked_terms(question: str) -> set[str]:
+    """The terms of a question that evidence should hold: its content words and numbers,
+    without the word that makes "how long", "how many", "how often" a question."""
+    asked = _terms(question)
+    for match in _HOW_WORD.finditer(question.lower()):
+        asked.discard(match.group(1))
+    return asked
+
+
+_HOW_WORD = re.compile(r"\bhow\s+(long|many|much|often|soon|far|old|big|large|high|fast)\b")
+
+
+def _terms(text: str) -> set[str]:
+    """Content words and whole numbers ("2.2" is not "2.3", though both hold a "2")."""
+    return content_words(text) | numbers(text)
+
+
+def _dense_text(unit: EvidenceUnit) -> str:
+    """What the embedder reads of a unit: its section gives it context."""
+    return f"{unit.section}: {unit.prompt_text}" if unit.section else unit.prompt_text
+
+
+def _leans_on_previous(unit: EvidenceUnit) -> bool:
+    if unit.position == 0 or unit.kind == "table_row":
+        return False
+    first = words(unit.text[:40])[:1]
+    return bool(first) and first[0] in _LEANING_STARTS
+
+
+def _number_by_source(units: list[EvidenceUnit]) -> list[EvidenceUnit]:
+    """Units numbered by chunk (1 for the chunk of the best unit), grouped by chunk, in
+    reading order within a chunk."""
+    best_of: dict[str, float] = {}
+    for unit in units:
+        best_of[unit.chunk_id] = max(best_of.get(unit.chunk_id, 0.0), unit.score)
+    order = sorted(best_of, key=lambda chunk_id: -best_of[chunk_id])
+    number = {chunk_id: i for i, chunk_id in enumerate(order, 1)}
+    grouped = sorted(units, key=lambda u: (number[u.chunk_id], u.position))
+    return [replace(u, number=number[u.chunk_id]) for u in grouped]

@@ -1,0 +1,89 @@
+"""The citation check and the extractive answer, on evidence units as the prompt shows them."""
+
+from qpbot_serving.evidence import EvidenceUnit
+from qpbot_serving.grounding import check_answer, extractive_answer, highlights, is_no_answer
+from qpbot_serving.prompting import NO_ANSWER
+
+
+def unit(number, text, score=0.5, position=0, **fields):
+    return EvidenceUnit(
+        chunk_id=f"chunk-{number}", document_id="doc", title=fields.pop("title", "Policy"),
+        section=fields.pop("section", None), page=fields.pop("page", None),
+        kind=fields.pop("kind", "sentence"), start=0, end=len(text), text=text,
+        position=position, score=score, number=number, **fields,
+    )  # fmt: skip
+
+
+EVIDENCE = [
+    unit(1, "You may return a product within 30 days of delivery for a full refund.", 0.8),
+    unit(
+        2,
+        "Battery KB-52 | 12 months | Or 300 charge cycles",
+        0.6,
+        kind="table_row",
+        header="Component | Warranty period | Notes",
+    ),  # fmt: skip
+]
+
+
+def test_a_supported_sentence_keeps_a_corrected_citation():
+    checked = check_answer(
+        "You can return it within 30 days [2].", "Within how many days can I return it?", EVIDENCE
+    )
+    assert checked.grounded and checked.text == "You can return it within 30 days [1]."
+    assert checked.markers_corrected == 1 and checked.evidence == [0]
+
+
+def test_a_marker_to_a_missing_source_is_removed_and_a_missing_one_added():
+    checked = check_answer(
+        "The battery warranty period is 12 months [7].",
+        "How long is the battery warranty?",
+        EVIDENCE,
+    )
+    assert checked.text == "The battery warranty period is 12 months [2]."
+    assert checked.markers_removed == 1 and checked.grounded
+
+
+def test_a_sentence_no_evidence_supports_is_dropped():
+    checked = check_answer(
+        "You can return it within 30 days [1]. The robot also mops floors with hot steam [1].",
+        "Within how many days can I return it?",
+        EVIDENCE,
+    )
+    assert checked.text == "You can return it within 30 days [1]."
+    assert checked.dropped == ["The robot also mops floors with hot steam."]
+
+
+def test_a_wrong_number_is_not_supported_even_with_the_right_words():
+    checked = check_answer(
+        "You may return a product within 12 days of delivery [1].",
+        "Within how many days can I return it?",
+        EVIDENCE,
+    )
+    assert not checked.grounded and checked.text == ""
+
+
+def test_an_answer_that_only_restates_the_question_is_not_grounded():
+    assert not check_answer(
+        "The battery warranty is", "How long is the battery warranty?", EVIDENCE
+    ).grounded
+
+
+def test_the_no_answer_reply_is_a_decline():
+    checked = check_answer(NO_ANSWER + " [1]", "What is the price?", EVIDENCE)
+    assert checked.declined and not checked.grounded and checked.text == NO_ANSWER
+    assert is_no_answer("the documents I have do not answer this question")
+
+
+def test_the_extractive_answer_quotes_the_best_unit_with_its_source():
+    text, quoted = extractive_answer(EVIDENCE)
+    assert quoted == [EVIDENCE[0]]
+    assert text == f"Policy: “{EVIDENCE[0].text}” [1]"
+    close = [EVIDENCE[0], unit(2, "Refunds are paid within 14 days.", 0.75)]
+    assert len(extractive_answer(close)[1]) == 2  # nearly as good: quoted too
+
+
+def test_highlights_mark_the_answers_words_not_the_questions():
+    quote = EVIDENCE[1].prompt_text
+    spans = highlights(quote, "The warranty is 12 months [2].", {"warranty", "battery"})
+    assert [quote[a:b] for a, b in spans] == ["12", "months"]
