@@ -100,7 +100,9 @@ def run_question(retriever, answerer: Answerer, question: str) -> dict:
     if answerer.generates and isinstance(answerer.generator, LocalGenerator):
         _, tokenizer = answerer.generator._model_and_tokenizer
         prompt_tokens = len(
-            tokenizer.apply_chat_template(prepared.messages, add_generation_prompt=True)
+            tokenizer.apply_chat_template(
+                prepared.messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
         )
     return {
         "question": question,

@@ -194,6 +194,7 @@ class AnswerGeneratorResource(dg.ConfigurableResource):
     evidence_chunks: int = _default("answer_evidence_chunks")
     context_tokens: int = _default("answer_context_tokens")
     min_evidence_score: float = _default("answer_min_evidence_score")
+    min_quote_score: float = _default("answer_min_quote_score")
     max_new_tokens: int = _default("answer_max_new_tokens")
     deadline_s: float = _default("answer_deadline_s")
 
@@ -221,6 +222,7 @@ class AnswerGeneratorResource(dg.ConfigurableResource):
             answer_evidence_chunks=self.evidence_chunks,
             answer_context_tokens=self.context_tokens,
             answer_min_evidence_score=self.min_evidence_score,
+            answer_min_quote_score=self.min_quote_score,
             answer_max_new_tokens=self.max_new_tokens,
             answer_deadline_s=self.deadline_s,
         )

@@ -40,6 +40,7 @@ class AnswerPolicy:
     evidence_chunks: int = 20
     context_tokens: int = 160
     min_evidence_score: float = 0.45
+    min_quote_score: float = 0.55
     max_new_tokens: int = 64
     deadline_s: float = 8.0
     stop_strings: tuple[str, ...] = ()
@@ -51,6 +52,7 @@ class AnswerPolicy:
             evidence_chunks=settings.answer_evidence_chunks,
             context_tokens=settings.answer_context_tokens,
             min_evidence_score=settings.answer_min_evidence_score,
+            min_quote_score=settings.answer_min_quote_score,
             max_new_tokens=settings.answer_max_new_tokens,
             deadline_s=settings.answer_deadline_s,
             stop_strings=tuple(settings.answer_stop_strings),
@@ -209,6 +211,15 @@ class Answerer:
         checked = check_answer(generated or "", prepared.question, evidence)
         usable = checked.grounded and error is None
         if self.policy.mode == "auto" and not usable:
+            if error is None and prepared.selection.best_score < self.policy.min_quote_score:
+                # The generator found no supported answer in evidence that is only
+                # moderately relevant: most likely the documents do not hold one.
+                return FinishedAnswer(
+                    NO_ANSWER, "declined", False, evidence, [], generated=generated,
+                    fallback="no generated sentence rests on the evidence, and the evidence "
+                    "is too weak to quote", stop_reason=stop_reason,
+                    dropped=checked.dropped, question_words=asked,
+                )  # fmt: skip
             reason = (
                 error_text
                 or ("the generator declined" if checked.declined else None)

@@ -444,14 +444,16 @@ class _Answer:
             },
         )
         error = None
+        finished = False
         try:
             async for kind, value in self._pieces():
                 if kind == "error":
                     error = value
                 else:
                     yield _event("token", value)
-        finally:  # also when the client went away and the response was cancelled
-            if self.guard is not None and self.guard.stop_reason is None and error is None:
+            finished = True
+        finally:  # not finished: the client went away and the response was cancelled
+            if not finished and self.guard is not None:
                 self.guard.cancel("the client went away")
         if error is not None and not isinstance(error, DeadlinePassed):
             yield _event("error", {"error": f"the answer generator is unavailable: {error}"})
@@ -498,9 +500,7 @@ class _Answer:
                 if kind == "error":
                     return
         finally:
-            self.timings["generation"] = _observe(
-                self.request, "generation", generation_started
-            )
+            self.timings["generation"] = _observe(self.request, "generation", generation_started)
 
     def _finish(self, error: Exception | None) -> AnswerResponse:
         state = self.request.app.state

@@ -225,6 +225,11 @@ def _list_units(text: str, lines: list[tuple[int, int]]):
     return units
 
 
+def split_sentences(text: str) -> list[str]:
+    """The sentences of `text` (abbreviations and initials do not end one)."""
+    return [text[a:b].strip() for _, a, b, _ in _sentences(text, 0, len(text)) if text[a:b].strip()]
+
+
 def _sentences(text: str, start: int, end: int):
     """Sentence spans of text[start:end]; abbreviations and initials do not end one."""
     units = []
@@ -293,7 +298,7 @@ def score_units(
     """`units` with their scores for `question`, best first (ties in retrieval order).
 
     lexical: the share of the question's terms (weighted by squared inverse document
-    frequency over the candidates' chunks; a word found nowhere counts fully against) that the unit
+    frequency over the candidates' chunks; a word found nowhere as the rarest found one) that the unit
     or its section hold, or its title at half weight; 0 for a unit that adds nothing to the
     question's words. retrieval: 1 for the
     first chunk, falling with rank. dense: cosine of unit and question, for the
@@ -313,7 +318,9 @@ def score_units(
     for unit, own, section, title in zip(units, unit_words, sections, titles, strict=True):
         chunk_terms.setdefault(unit.chunk_id, set()).update(own, section, title)
     frequency = {w: sum(w in found for found in chunk_terms.values()) for w in asked}
-    weight = {w: math.log(1 + len(chunk_terms) / (frequency[w] or 0.5)) ** 2 for w in asked}
+    # A word found nowhere counts as much as the rarest found one: often it is a paraphrase
+    # ("weigh" for "Weight"), not proof that the answer is missing.
+    weight = {w: math.log(1 + len(chunk_terms) / (frequency[w] or 1)) ** 2 for w in asked}
     total = sum(weight.values()) or 1.0
 
     def held(w, own, section, title) -> float:
@@ -322,7 +329,8 @@ def score_units(
 
     lexical = np.array(
         [
-            sum(weight[w] * held(w, *where) for w in asked) / total
+            sum(weight[w] * held(w, *where) for w in asked)
+            / total
             # A unit that says nothing beyond the question's words cannot answer it.
             * bool(where[0] - asked)
             for where in zip(unit_words, sections, titles, strict=True)
@@ -365,8 +373,12 @@ _HOW_WORD = re.compile(r"\bhow\s+(long|many|much|often|soon|far|old|big|large|hi
 
 
 def _terms(text: str) -> set[str]:
-    """Content words and whole numbers ("2.2" is not "2.3", though both hold a "2")."""
-    return content_words(text) | numbers(text)
+    """Content words (their endings cut: "meaning" and "mean", "replaced" and "replace"
+    match) and whole numbers ("2.2" is not "2.3", though both hold a "2")."""
+    return {_ENDING.sub("", word) for word in content_words(text)} | numbers(text)
+
+
+_ENDING = re.compile(r"(?<=\w{3})(ing|ed|es|e)$")
 
 
 def _dense_text(unit: EvidenceUnit) -> str:

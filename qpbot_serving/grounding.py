@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 
-from qpbot_serving.evidence import EvidenceUnit
+from qpbot_serving.evidence import EvidenceUnit, split_sentences
 from qpbot_serving.prompting import NO_ANSWER, source_label
 from qpbot_serving.text import content_words, normalize_answer, numbers
 
@@ -24,9 +24,12 @@ from qpbot_serving.text import content_words, normalize_answer, numbers
 SUPPORT_THRESHOLD = 0.6
 # A second unit is quoted too when it scores within this share of the best one.
 SECOND_QUOTE_SHARE = 0.9
+# A sentence must rest on evidence that answers the question nearly as well as the best
+# unit does: a small generator often copies a true fact from the wrong row ("4 hours" of
+# charging for the runtime, the New York hotel limit for Paris).
+RELEVANCE_SHARE = 0.8
 
 _MARKER = re.compile(r"\s*\[(\d+(?:\s*,\s*\d+)*)\]")
-_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+(?=\s|$)|$)|[^\n]+", re.M)
 
 
 @dataclass(frozen=True)
@@ -67,40 +70,45 @@ def check_answer(answer: str, question: str, evidence: Sequence[EvidenceUnit]) -
     """Checks a generated `answer` against the prompt's `evidence` (numbered units)."""
     if is_no_answer(answer):
         return CheckedAnswer(NO_ANSWER, grounded=False, declined=True)
-    groups = _evidence_groups(evidence)
+    best = max((unit.score for unit in evidence), default=0.0)
+    relevant = [i for i, unit in enumerate(evidence) if unit.score >= RELEVANCE_SHARE * best]
+    groups = _evidence_groups(evidence, relevant)
     asked, asked_numbers = content_words(question), numbers(question)
     sources = {unit.number for unit in evidence}
     checked: list[CheckedSentence] = []
     removed = corrected = 0
-    for match in _SENTENCE.finditer(answer):
-        cited = [int(n) for group in _MARKER.findall(match.group()) for n in group.split(",")]
-        claim = _MARKER.sub("", match.group()).strip()
-        if not content_words(claim):
-            continue  # a stray marker or punctuation
-        removed += sum(n not in sources for n in cited)
-        support, members = _best_support(claim, asked, asked_numbers, groups)
-        if members and support >= SUPPORT_THRESHOLD:
-            number = evidence[members[0]].number
-            corrected += bool(cited) and number not in cited
-            checked.append(CheckedSentence(_with_marker(claim, number), True, support, members))
-        else:
-            checked.append(CheckedSentence(claim, False, support))
+    for line in answer.splitlines():
+        for sentence in split_sentences(line):
+            cited = [int(n) for group in _MARKER.findall(sentence) for n in group.split(",")]
+            claim = _MARKER.sub("", sentence).strip()
+            if not content_words(claim):
+                continue  # a stray marker or punctuation
+            removed += sum(n not in sources for n in cited)
+            support, members = _best_support(claim, asked, asked_numbers, groups)
+            if members and support >= SUPPORT_THRESHOLD:
+                number = evidence[members[0]].number
+                corrected += bool(cited) and number not in cited
+                checked.append(CheckedSentence(_with_marker(claim, number), True, support, members))
+            else:
+                checked.append(CheckedSentence(claim, False, support))
     kept = [s.text for s in checked if s.supported]
     return CheckedAnswer(" ".join(kept), bool(kept), False, checked, removed, corrected)
 
 
-def _evidence_groups(evidence: Sequence[EvidenceUnit]) -> list[tuple[tuple[int, ...], str]]:
-    """(unit indexes, their text with title and section) for each unit and, where a source
-    has several units, for all of that source's units together."""
+def _evidence_groups(
+    evidence: Sequence[EvidenceUnit], relevant: Sequence[int]
+) -> list[tuple[tuple[int, ...], str]]:
+    """(unit indexes, their text with title and section) for each relevant unit and, where
+    a source has several, for all of that source's relevant units together."""
     by_number: dict[int | None, list[int]] = {}
-    for i, unit in enumerate(evidence):
-        by_number.setdefault(unit.number, []).append(i)
+    for i in relevant:
+        by_number.setdefault(evidence[i].number, []).append(i)
 
     def text(indexes):
         units = [evidence[i] for i in indexes]
         return " ".join(f"{u.title or ''} {u.section or ''} {u.prompt_text}" for u in units)
 
-    groups = [((i,), text([i])) for i in range(len(evidence))]
+    groups = [((i,), text([i])) for i in relevant]
     groups += [(tuple(ix), text(ix)) for ix in by_number.values() if len(ix) > 1]
     return groups
 

@@ -78,6 +78,11 @@ class QpbotSettings(BaseSettings):
         description="Below this best evidence score the answer says the documents do not "
         "answer the question (calibrated in BENCHMARKS.md, Answers).",
     )
+    answer_min_quote_score: float = Field(
+        default=0.55,
+        description="auto mode: when the generated answer fails the citation check, the "
+        "evidence is quoted if its best score reaches this, else the answer declines.",
+    )
     answer_max_new_tokens: int = Field(default=64, description="Longest generated answer.")
     answer_deadline_s: float = Field(
         default=8.0, description="The whole answer's deadline, retrieval to last token."

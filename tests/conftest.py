@@ -150,7 +150,11 @@ class StreamingChatHandler(BaseHTTPRequestHandler):
                     line = f"data: {data}\n\n"
                 self.wfile.write(line.encode())
                 self.wfile.flush()
-            end = json.dumps({"done": True}) + "\n" if self.path == "/api/chat" else "data: [DONE]\n\n"
+            end = (
+                json.dumps({"done": True}) + "\n"
+                if self.path == "/api/chat"
+                else "data: [DONE]\n\n"
+            )
             self.wfile.write(end.encode())
         except (BrokenPipeError, ConnectionResetError):
             self.server.client_gone = True

@@ -1,4 +1,5 @@
-"""The generator's LoRA adapter: examples rebuilt from thumbs-up answers, training on a tiny
+"""The generator's LoRA adapter: examples rebuilt from thumbs-up answers and their logged
+evidence, training on a tiny
 random Llama with the real SmolLM2 tokenizer, the asset (MLflow run, registered version,
 aliases), the gate that refuses an adapter worse than the one serving, and the local
 generator applying the promoted adapter."""
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-import pyarrow as pa
 import pytest
 from conftest import need
 
@@ -27,7 +27,6 @@ from qpbot_assets.defs.generation.assets import (
 from qpbot_assets.learning.golden import split_of
 from qpbot_assets.learning.lora import (
     AnswerExample,
-    ChunkText,
     LoraParams,
     build_examples,
     encode_example,
@@ -35,11 +34,11 @@ from qpbot_assets.learning.lora import (
     train_lora,
 )
 from qpbot_assets.resources import FeedbackDatabaseResource, MlflowResource, SearchIndexResource
-from qpbot_serving import index as contract
 from qpbot_serving.answer_log import AnswerLog
+from qpbot_serving.evidence import EvidenceUnit
 from qpbot_serving.generation import ADAPTER_POINTER, ADAPTERS_DIR, LocalGenerator
 from qpbot_serving.index import atomic_write_json
-from qpbot_serving.prompting import build_messages, number_sources
+from qpbot_serving.prompting import PROMPT_VERSION, build_messages
 from qpbot_serving.settings import QpbotSettings
 
 # Settings that make a tiny random model learn visibly in a few steps.
@@ -114,58 +113,68 @@ def queries(split: str, count: int) -> list[str]:
     raise AssertionError("not enough queries")
 
 
-def chunk_for(query: str) -> tuple[str, ChunkText, str]:
-    """The chunk that answers `query`, and the answer a user liked."""
+def evidence(number: int, text: str, title="Kestrel manual", page=3, position=0) -> EvidenceUnit:
+    return EvidenceUnit(
+        chunk_id=f"chunk-{number}", document_id="manual", title=title, section=None,
+        page=page, kind="sentence", start=0, end=len(text), text=text, position=position,
+        number=number,
+    )  # fmt: skip
+
+
+def logged(unit: EvidenceUnit) -> dict:
+    """A unit as the answer log keeps it (`FinishedAnswer.evidence_rows`)."""
+    return {**unit.__dict__, "quote": unit.prompt_text, "cited": True, "highlights": []}
+
+
+def unit_for(query: str) -> tuple[EvidenceUnit, str]:
+    """The evidence that answers `query`, and the answer a user liked."""
     model = query.split()[-2]
     minutes = 100 + int(model.removeprefix("K"))
     text = f"The Kestrel {model} battery lasts up to {minutes} minutes in Eco mode."
     answer = f"The battery lasts up to {minutes} minutes in Eco mode [1]."
-    return f"manual-{model.lower()}-c0", ChunkText("Kestrel manual", 3, text), answer
+    return evidence(1, text), answer
 
 
 def example(query: str) -> AnswerExample:
-    _chunk_id, chunk, answer = chunk_for(query)
-    messages = build_messages(query, number_sources([chunk]))
+    unit, answer = unit_for(query)
+    messages = build_messages(query, [unit])
     return AnswerExample(str(uuid.uuid4()), query, split_of(query), messages, answer)
 
 
 # --- pure functions ----------------------------------------------------------------------
 def test_examples_rebuild_the_prompt_the_service_used():
-    chunks = {
-        "a": ChunkText("Manual", 3, "The battery lasts 150 minutes in Eco mode."),
-        "b": ChunkText("Guide", None, "Charging takes two hours. " * 10),
-        "c": ChunkText("Notes", 7, "x" * 400),
-    }
-    hits = [{"chunk_id": c, "document_id": "d", "score": 1.0} for c in ("a", "b", "c")]
+    units = [
+        evidence(1, "The battery lasts 150 minutes in Eco mode."),
+        evidence(2, "Charging takes two hours.", title="Guide", page=None),
+    ]
+    rows = [logged(unit) for unit in units]
+    v2 = PROMPT_VERSION
     rated = pd.DataFrame(
         [
-            {"answer_id": "1", "query": "How long?", "retrieved": hits, "rating": "up",
-             "answer": " 150 minutes [1]. "},
-            {"answer_id": "2", "query": "Bad?", "retrieved": hits, "rating": "down",
-             "answer": "No."},
-            {"answer_id": "3", "query": "Empty?", "retrieved": hits, "rating": "up",
-             "answer": None},
-            {"answer_id": "4", "query": "Nothing found?", "retrieved": [], "rating": "up",
-             "answer": "The documents I have do not answer this question."},
-            # "gone" might have been shown: the prompt cannot be rebuilt exactly.
-            {"answer_id": "5", "query": "Gone?", "rating": "up", "answer": "Gone [1].",
-             "retrieved": [hits[0], {"chunk_id": "gone", "document_id": "d", "score": 0.5}]},
-            # The prompt was full before "gone" (context of 300 characters): exact.
-            {"answer_id": "6", "query": "Cut?", "rating": "up", "answer": "Cut [1].",
-             "retrieved": [*hits, {"chunk_id": "gone", "document_id": "d", "score": 0.1}]},
+            {"answer_id": "1", "query": "How long?", "evidence": rows, "rating": "up",
+             "answer": " 150 minutes [1]. ", "prompt_version": v2},
+            {"answer_id": "2", "query": "Bad?", "evidence": rows, "rating": "down",
+             "answer": "No.", "prompt_version": v2},
+            {"answer_id": "3", "query": "Empty?", "evidence": rows, "rating": "up",
+             "answer": None, "prompt_version": v2},
+            {"answer_id": "4", "query": "Nothing found?", "evidence": [], "rating": "up",
+             "answer": "The documents I have do not answer this question.",
+             "prompt_version": v2},
+            # Made with whole chunks in the prompt: it cannot be rebuilt.
+            {"answer_id": "5", "query": "Old?", "evidence": None, "rating": "up",
+             "answer": "Old [1].", "prompt_version": "answer-v1"},
         ]
     )  # fmt: skip
-    examples, left_out = build_examples(rated, chunks, context_chars=300)
-    assert [e.answer_id for e in examples] == ["1", "6"]
+    examples, left_out = build_examples(rated)
+    assert [e.answer_id for e in examples] == ["1"]
     assert examples[0].answer == "150 minutes [1]."
     assert examples[0].split == split_of("How long?")
-    expected = build_messages("How long?", number_sources([chunks["a"], chunks["b"]], 300))
-    assert examples[0].messages == expected
+    assert examples[0].messages == build_messages("How long?", units)
     assert left_out == {
         "not thumbs up": 1,
         "no answer text": 1,
-        "no sources": 1,
-        "sources no longer in the index": 1,
+        "no evidence in the prompt": 1,
+        "made with another prompt version": 1,
     }
 
 
@@ -205,38 +214,19 @@ def test_the_gate_refuses_anything_worse_than_what_serves():
 
 
 # --- the assets --------------------------------------------------------------------------
-def write_index(index_dir: Path, chunks: dict[str, ChunkText]) -> None:
-    """A real promoted LanceDB table holding `chunks` (vectors do not matter here)."""
-    info = contract.IndexInfo(embedding_model="test-embedder", dimension=4)
-    rows = [
-        {"chunk_id": chunk_id, "document_id": chunk_id.rsplit("-", 1)[0], "chunk_index": 0,
-         "text": chunk.text, "title": chunk.title, "page_start": chunk.page_start,
-         "page_end": chunk.page_start, "source_uri": None, "format": "pdf", "author": None,
-         "language": "en", "vector": [0.5, 0.5, 0.5, 0.5]}
-        for chunk_id, chunk in chunks.items()
-    ]  # fmt: skip
-    name = contract.table_name_for(info.embedding_model)
-    table = contract.connect(index_dir).create_table(
-        name, pa.Table.from_pylist(rows, schema=contract.chunk_schema(info))
-    )
-    contract.write_promoted(
-        index_dir, table=name, version=table.version, embedding_model=info.embedding_model,
-        dimension=4, chunks=len(rows), documents=len(rows),
-    )  # fmt: skip
-
-
 def log_thumbs_up(settings: QpbotSettings, questions: list[str]) -> None:
     """Answers and ratings written the way the service writes them."""
     log = AnswerLog(settings.feedback_database_url, settings.home / "spool.jsonl")
     for query in questions:
-        chunk_id, _chunk, answer = chunk_for(query)
+        unit, answer = unit_for(query)
         answer_id = str(uuid.uuid4())
         log.record_answer(
             {"answer_id": answer_id, "query": query, "mode": "hybrid",
-             "retrieved": [{"chunk_id": chunk_id, "document_id": "manual", "score": 0.9}],
-             "prompt_version": "answer-v1", "model_version": "tiny",
+             "retrieved": [{"chunk_id": unit.chunk_id, "document_id": "manual", "score": 0.9}],
+             "prompt_version": PROMPT_VERSION, "model_version": "tiny",
              "index_version": "chunks__test-embedder@v1", "answer": answer, "error": None,
-             "latency_ms": {"retrieval": 5.0}}
+             "latency_ms": {"retrieval": 5.0}, "answer_mode": "generative", "grounded": True,
+             "evidence": [logged(unit)]}
         )  # fmt: skip
         log.record_feedback(
             {"feedback_id": str(uuid.uuid4()), "answer_id": answer_id, "rating": "up",
@@ -276,7 +266,6 @@ def test_the_adapter_is_trained_registered_gated_and_promoted(qpbot_home, tiny_b
 
     settings = QpbotSettings()
     questions = queries("train", 8) + queries("validation", 3)
-    write_index(settings.index_dir, {chunk_for(q)[0]: chunk_for(q)[1] for q in questions})
     log_thumbs_up(settings, questions)
     adapters = settings.models_dir / ADAPTERS_DIR
     client = MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
@@ -323,7 +312,6 @@ def test_the_adapter_is_trained_registered_gated_and_promoted(qpbot_home, tiny_b
 def test_too_few_answers_skip_training_without_failing(qpbot_home, tiny_base):
     settings = QpbotSettings()
     questions = queries("train", 2) + queries("validation", 1)
-    write_index(settings.index_dir, {chunk_for(q)[0]: chunk_for(q)[1] for q in questions})
     log_thumbs_up(settings, questions)
     result = run_loop(settings, LlmAdapterConfig(base_model=str(tiny_base), min_examples=4))
     assert result.success

@@ -138,6 +138,8 @@ def test_streamed_answer_as_server_sent_events(indexed_home, chat_url):
     done = json.loads(events[-1].split("data: ", 1)[1])
     # The draft was streamed; the checked answer replaces it.
     assert done["answer_mode"] == "extractive" and "Side brush stuck" in done["answer"]
+    assert done["fallback"] == "no generated sentence rests on the evidence"
+    assert done["error"] is None
     assert "first_token" in done["timings_ms"]
 
 

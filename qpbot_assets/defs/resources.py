@@ -69,6 +69,7 @@ def resources() -> dg.Definitions:
                 evidence_chunks=settings.answer_evidence_chunks,
                 context_tokens=settings.answer_context_tokens,
                 min_evidence_score=settings.answer_min_evidence_score,
+                min_quote_score=settings.answer_min_quote_score,
                 max_new_tokens=settings.answer_max_new_tokens,
                 deadline_s=settings.answer_deadline_s,
             ),

@@ -368,7 +368,7 @@ def _pdf_page_blocks(page: pymupdf.Page) -> list:
     of the text blocks it covers."""
     textpage = page.get_textpage(flags=_PDF_TEXT_FLAGS)
     blocks = textpage.extractBLOCKS()
-    if page.rotation or not _may_hold_table(blocks, page.rect.width):
+    if page.rotation or not _may_hold_table(blocks):
         return blocks  # the finder turns rotated pages in the document itself; leave them
     try:
         words = textpage.extractWORDS()
@@ -386,18 +386,13 @@ def _pdf_page_blocks(page: pymupdf.Page) -> list:
 _SECTION_NUMBER = re.compile(r"\s*(\d+(\.\d+)*\.?|[A-Z](\.\d+)*\.?|[IVX]+\.)\s*\n")
 
 
-def _may_hold_table(blocks: list, page_width: float) -> bool:
-    """Whether the text has two cells side by side: lines within a block that sit beside
-    each other (MuPDF often joins a table row into one block), or two narrow blocks beside
-    each other. Judged from the blocks alone, so it costs next to nothing."""
-    narrow = []
-    for block in blocks:
-        x0, y0, x1, y1, text, _, kind = block
-        if kind != 0 or not text.strip():
-            continue
-        if x1 - x0 < 0.3 * page_width:
-            narrow.append(block)
-        lines = [line for line in text.split("\n") if line.strip()]
+def _may_hold_table(blocks: list) -> bool:
+    """Whether a text block has lines side by side, as MuPDF reads a table's row (or the
+    whole table) into one block with a line per cell. Judged from the blocks alone, so it
+    costs next to nothing; it passes most pages of papers (figure labels, equations) but
+    few of prose-only documents."""
+    for x0, y0, x1, y1, text, _, kind in blocks:
+        lines = [line for line in text.split("\n") if line.strip()] if kind == 0 else []
         if len(lines) < 2 or (len(lines) == 2 and _SECTION_NUMBER.match(text)):
             continue
         # Stacked lines would be height / len(lines) high and, at about 0.42 line heights
@@ -406,20 +401,14 @@ def _may_hold_table(blocks: list, page_width: float) -> bool:
         line_height = (y1 - y0) / len(lines)
         if line_height > 0 and max(map(len, lines)) < 1.2 * (x1 - x0) / line_height:
             return True
-    narrow.sort(key=lambda block: block[1])
-    for index, upper in enumerate(narrow):
-        for lower in narrow[index + 1 :]:
-            if lower[1] >= upper[3]:
-                break
-            if lower[0] >= upper[2] or upper[0] >= lower[2]:
-                return True
     return False
 
 
 def _pdf_tables(page: pymupdf.Page, words: list) -> list[_PdfTable]:
     centers = [((w[0] + w[2]) / 2, (w[1] + w[3]) / 2) for w in words]
+    regions = _ruled_regions(page)
     tables = []
-    for region, paths in _ruled_regions(page):
+    for region, paths in regions:
         inside = [
             c for c in centers if region.x0 <= c[0] <= region.x1 and region.y0 <= c[1] <= region.y1
         ]
@@ -433,54 +422,43 @@ def _pdf_tables(page: pymupdf.Page, words: list) -> list[_PdfTable]:
             use_layout=False,  # the layout model costs about a second a page
         )
         for table in found.tables:
-            if (pdf_table := _pdf_table(table, words)) is not None:
+            # What other grids hold cannot be this table's header.
+            others = [other.bbox for other in found.tables if other is not table]
+            others += [other for other, _ in regions if other is not region]
+            if (pdf_table := _pdf_table(table, words, others)) is not None:
                 tables.append(pdf_table)
     return tables
 
 
 def _ruled_regions(page: pymupdf.Page) -> list[tuple[pymupdf.Rect, list[dict]]]:
-    """Groups of touching drawn rules (paths of only axis-parallel lines and rectangles):
-    each group's bounding box and paths."""
+    """Groups of drawn rules (paths of only axis-parallel lines and rectangles) that touch
+    each other's group, within 3 points: each group's bounding box and paths."""
     half_page = abs(page.rect) / 2
-    rules: list[tuple[pymupdf.Rect, dict]] = []
+    rules = []
     for path in page.get_cdrawings():
         items = path.get("items") or ()
         if items and all(_is_rule(item) for item in items):
-            rect = pymupdf.Rect(path["rect"])
-            if rect.width * rect.height <= half_page:  # not a page background
-                rules.append((rect, path))
-    # Union-find over rules that touch, within 3 points, swept top to bottom.
-    parent = list(range(len(rules)))
-
-    def root(index: int) -> int:
-        while parent[index] != index:
-            parent[index] = parent[parent[index]]
-            index = parent[index]
-        return index
-
-    active: list[int] = []
-    for index in sorted(range(len(rules)), key=lambda i: rules[i][0].y0):
-        rect = rules[index][0]
-        active = [j for j in active if rules[j][0].y1 + 3 >= rect.y0]
-        for other in active:
-            if rules[other][0].x0 - 3 <= rect.x1 and rect.x0 - 3 <= rules[other][0].x1:
-                parent[root(index)] = root(other)
-        active.append(index)
-    groups: dict[int, list[int]] = {}
-    for index in range(len(rules)):
-        groups.setdefault(root(index), []).append(index)
-    regions = []
-    for members in groups.values():
-        rects = [rules[i][0] for i in members]
-        region = pymupdf.Rect(
-            min(r.x0 for r in rects),
-            min(r.y0 for r in rects),
-            max(r.x1 for r in rects),
-            max(r.y1 for r in rects),
-        )
-        if region.width >= 20 and region.height >= 10:
-            regions.append((region, [rules[i][1] for i in members]))
-    return regions
+            x0, y0, x1, y1 = path["rect"]
+            if (x1 - x0) * (y1 - y0) <= half_page:  # not a page background
+                rules.append(((x0, y0, x1, y1), path))
+    # Swept top to bottom; a group is [x0, y0, x1, y1, paths], plain lists (Rects are slow).
+    done: list[list] = []
+    active: list[list] = []
+    for (x0, y0, x1, y1), path in sorted(rules, key=lambda rule: rule[0][1]):
+        done += [group for group in active if group[3] + 3 < y0]
+        active = [group for group in active if group[3] + 3 >= y0]
+        touching = [g for g in active if g[0] - 3 <= x1 and x0 - 3 <= g[2]]
+        merged = [x0, y0, x1, y1, [path]]
+        for group in touching:
+            merged[0], merged[1] = min(merged[0], group[0]), min(merged[1], group[1])
+            merged[2], merged[3] = max(merged[2], group[2]), max(merged[3], group[3])
+            merged[4] += group[4]
+        active = [group for group in active if group not in touching] + [merged]
+    return [
+        (pymupdf.Rect(group[:4]), group[4])
+        for group in done + active
+        if group[2] - group[0] >= 20 and group[3] - group[1] >= 10
+    ]
 
 
 def _is_rule(item: tuple) -> bool:
@@ -546,16 +524,17 @@ def _as_drawing(path: dict) -> dict:
     }
 
 
-def _pdf_table(table, words: list) -> _PdfTable | None:
+def _pdf_table(table, words: list, other_tables: list[tuple]) -> _PdfTable | None:
     """The table's rows as text, or None when it does not read like a table (see
     _cell_words and _reads_like_table)."""
     bbox = pymupdf.Rect(table.bbox)
     rows = [list(row.cells) for row in table.rows]
-    header = _external_header(table)
+    free_words = [w for w in words if not any(_center_in(w, other) for other in other_tables)]
+    header = _header_above(rows[0], free_words)
     if header is not None:
-        rows.insert(0, list(header.cells))
-        bbox |= header.bbox
-    cell_words = _cell_words([cell for row in rows for cell in row if cell], words, bbox)
+        rows.insert(0, header)
+        bbox |= pymupdf.Rect(bbox.x0, min(cell[1] for cell in header if cell), bbox.x1, bbox.y0)
+    cell_words = _cell_words(rows, words, bbox)
     if cell_words is None:
         return None
     grid: list[list[str]] = []
@@ -569,28 +548,49 @@ def _pdf_table(table, words: list) -> _PdfTable | None:
     return _PdfTable(bbox, [" | ".join(row) for row in grid])
 
 
-def _external_header(table):
-    """The header PyMuPDF found above the table's first row, if it names two columns or
-    more (one filled cell is a caption or the end of a paragraph)."""
-    try:
-        header = table.header
-    except Exception:  # noqa: BLE001 - it renders part of the page; a failure means none
+def _header_above(first_row: list, words: list) -> list | None:
+    """Header cells over the text lines right above the table, by PyMuPDF's rule for a
+    table header outside the grid: up to 5 lines, each closer than its height to the one
+    below (or to the table), none with a word across a column border; and, here, naming
+    two columns or more (one filled cell is a caption). `words` leaves out those of the
+    tables around. None when there is no such header, and the first row is the header. (PyMuPDF's Table.header reads the whole page's text
+    again for each header cell, 0.3 to 0.7 seconds a table.)"""
+    cells = [cell for cell in first_row if cell]
+    left, right, top = cells[0][0], cells[-1][2], min(cell[1] for cell in cells)
+    candidates = [w for w in words if w[3] <= top + 1 and left <= (w[0] + w[2]) / 2 <= right]
+    header_top, named = top, set()
+    for _ in range(5):
+        line = [w for w in candidates if w[3] <= header_top + 1 and header_top - w[3] < w[3] - w[1]]
+        columns = [
+            next((i for i, c in enumerate(cells) if c[0] - 1 <= w[0] and w[2] <= c[2] + 1), None)
+            for w in line
+        ]
+        if not line or None in columns:
+            break
+        named |= set(columns)
+        header_top = min(w[1] for w in line)
+    if len(named) < 2:
         return None
-    if header is None or not header.external:
-        return None
-    return header if sum(1 for name in header.names if name and name.strip()) >= 2 else None
+    return [(cell[0], header_top, cell[2], top) if cell else None for cell in first_row]
 
 
-def _cell_words(cells: list[tuple], words: list, bbox: pymupdf.Rect) -> dict[tuple, list] | None:
+def _cell_words(
+    rows: list[list[tuple | None]], words: list, bbox: pymupdf.Rect
+) -> dict[tuple, list] | None:
     """The words in each cell, or None when the grid does not fit the text: a word in no
     cell (it would be lost), words across cell borders, or text lines running from one
     cell into the next (a figure's frame or boxes drawn around words in a sentence)."""
+    cells = [cell for row in rows for cell in row if cell]
+    tops = [min(cell[1] for cell in row if cell) for row in rows]
     cell_words: dict[tuple, list] = {cell: [] for cell in cells}
     cells_by_line: dict[tuple, set] = {}
     inside = [word for word in words if _center_in(word, bbox)]
     crossing_border = 0
     for word in inside:
-        cell = next((cell for cell in cells if _center_in(word, cell)), None)
+        # The row starting above the word holds its cell, unless a cell above spans down.
+        row = rows[max(0, bisect.bisect_right(tops, (word[1] + word[3]) / 2) - 1)]
+        cell = next((c for c in row if c and _center_in(word, c)), None)
+        cell = cell or next((c for c in cells if _center_in(word, c)), None)
         if cell is None:
             return None
         cell_words[cell].append(word)
