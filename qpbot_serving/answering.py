@@ -211,14 +211,14 @@ class Answerer:
         checked = check_answer(generated or "", prepared.question, evidence)
         usable = checked.grounded and error is None
         if self.policy.mode == "auto" and not usable:
-            if error is None and prepared.selection.best_score < self.policy.min_quote_score:
-                # The generator found no supported answer in evidence that is only
-                # moderately relevant: most likely the documents do not hold one.
+            if prepared.selection.best_score < self.policy.min_quote_score:
+                # No generated answer stands on evidence that is only moderately relevant:
+                # most likely the documents do not hold one, so quoting it would mislead.
                 return FinishedAnswer(
                     NO_ANSWER, "declined", False, evidence, [], generated=generated,
-                    fallback="no generated sentence rests on the evidence, and the evidence "
-                    "is too weak to quote", stop_reason=stop_reason,
-                    dropped=checked.dropped, question_words=asked,
+                    fallback="no answer stands and the evidence is too weak to quote",
+                    error=error_text, stop_reason=stop_reason, dropped=checked.dropped,
+                    question_words=asked,
                 )  # fmt: skip
             reason = (
                 error_text
@@ -230,7 +230,8 @@ class Answerer:
             fallback.error, fallback.stop_reason = error_text, stop_reason
             fallback.dropped = checked.dropped
             return fallback
-        text = checked.text if checked.grounded else (NO_ANSWER if checked.declined else "")
+        # generative: what stands of the draft, or the no-answer reply when nothing does.
+        text = checked.text if checked.grounded else NO_ANSWER
         return FinishedAnswer(
             text=text,
             mode="generative",

@@ -80,8 +80,9 @@ class QpbotSettings(BaseSettings):
     )
     answer_min_quote_score: float = Field(
         default=0.55,
-        description="auto mode: when the generated answer fails the citation check, the "
-        "evidence is quoted if its best score reaches this, else the answer declines.",
+        description="auto mode: when no generated answer stands (check failed, generator away, "
+        "deadline), the evidence is quoted if its best score reaches this, else the answer "
+        "declines.",
     )
     answer_max_new_tokens: int = Field(default=64, description="Longest generated answer.")
     answer_deadline_s: float = Field(

@@ -372,14 +372,13 @@ def _pdf_page_blocks(page: pymupdf.Page) -> list:
         return blocks  # the finder turns rotated pages in the document itself; leave them
     try:
         words = textpage.extractWORDS()
-        tables = _pdf_tables(page, words)
-    except Exception:  # noqa: BLE001 - a failing table finder costs the tables, not the page
-        return blocks
-    if not tables:
-        return blocks
-    return _outside_tables(blocks, words, tables) + [
-        (*table.bbox, "\n".join(table.rows) + "\n", -1, 0) for table in tables
-    ]
+        if tables := _pdf_tables(page, words):
+            return _outside_tables(blocks, words, tables) + [
+                (*table.bbox, "\n".join(table.rows) + "\n", -1, 0) for table in tables
+            ]
+    except Exception:  # noqa: BLE001 - a failing table finder costs the page its tables only
+        pass
+    return blocks
 
 
 # A block of two lines that is a numbered heading ("2.1" beside "Setup"), not a table row.
@@ -422,7 +421,6 @@ def _pdf_tables(page: pymupdf.Page, words: list) -> list[_PdfTable]:
             use_layout=False,  # the layout model costs about a second a page
         )
         for table in found.tables:
-            # What other grids hold cannot be this table's header.
             others = [other.bbox for other in found.tables if other is not table]
             others += [other for other, _ in regions if other is not region]
             if (pdf_table := _pdf_table(table, words, others)) is not None:
@@ -524,12 +522,13 @@ def _as_drawing(path: dict) -> dict:
     }
 
 
-def _pdf_table(table, words: list, other_tables: list[tuple]) -> _PdfTable | None:
-    """The table's rows as text, or None when it does not read like a table (see
-    _cell_words and _reads_like_table)."""
+def _pdf_table(table, words: list, other_grids: list) -> _PdfTable | None:
+    """A table from the finder as rows of text, or None when it does not read like a table
+    (see _cell_words and _reads_like_table). `other_grids`: the boxes of the page's other
+    tables and ruled regions, whose text cannot be this table's header."""
     bbox = pymupdf.Rect(table.bbox)
     rows = [list(row.cells) for row in table.rows]
-    free_words = [w for w in words if not any(_center_in(w, other) for other in other_tables)]
+    free_words = [w for w in words if not any(_center_in(w, other) for other in other_grids)]
     header = _header_above(rows[0], free_words)
     if header is not None:
         rows.insert(0, header)
@@ -549,12 +548,12 @@ def _pdf_table(table, words: list, other_tables: list[tuple]) -> _PdfTable | Non
 
 
 def _header_above(first_row: list, words: list) -> list | None:
-    """Header cells over the text lines right above the table, by PyMuPDF's rule for a
-    table header outside the grid: up to 5 lines, each closer than its height to the one
-    below (or to the table), none with a word across a column border; and, here, naming
-    two columns or more (one filled cell is a caption). `words` leaves out those of the
-    tables around. None when there is no such header, and the first row is the header. (PyMuPDF's Table.header reads the whole page's text
-    again for each header cell, 0.3 to 0.7 seconds a table.)"""
+    """Header cells over the text lines right above the table, or None when the first
+    row is the header. PyMuPDF's rule for a header outside the grid: up to 5 lines, each
+    closer than its height to the one below (or to the table), none with a word across a
+    column border; and, here, naming two columns or more (one filled cell is a caption).
+    `words` leaves out those of other grids. (PyMuPDF's Table.header applies the rule but
+    reads the page's text again for each header cell, 0.3 to 0.7 seconds a table.)"""
     cells = [cell for cell in first_row if cell]
     left, right, top = cells[0][0], cells[-1][2], min(cell[1] for cell in cells)
     candidates = [w for w in words if w[3] <= top + 1 and left <= (w[0] + w[2]) / 2 <= right]
@@ -667,39 +666,28 @@ def _cell_lines(words: list) -> list[tuple[float, float, list[str]]]:
 
 
 def _outside_tables(blocks: list, words: list, tables: list[_PdfTable]) -> list:
-    """The text blocks without the lines that lie inside a table; a block partly inside
-    keeps its other lines."""
-    inside_by_block: dict[int, list[bool]] = {}
+    """The text blocks without the words that lie inside a table; a block partly inside
+    keeps its other lines (words joined by single spaces)."""
+    covered: set[int] = set()  # blocks with words inside a table
+    outside: dict[int, list] = {}  # each block's words outside the tables
     for word in words:
-        inside_by_block.setdefault(word[5], []).append(
-            any(_center_in(word, table.bbox) for table in tables)
-        )
+        if any(_center_in(word, table.bbox) for table in tables):
+            covered.add(word[5])
+        else:
+            outside.setdefault(word[5], []).append(word)
     kept = []
     for block in blocks:
-        flags = inside_by_block.get(block[5], [])
-        if block[6] != 0 or not any(flags):
+        number = block[5]
+        if block[6] != 0 or number not in covered:
             kept.append(block)
-        elif not all(flags):
-            outside = [
-                w
-                for w in words
-                if w[5] == block[5] and not any(_center_in(w, t.bbox) for t in tables)
-            ]
+        elif rest := outside.get(number):
             lines: dict[int, list[str]] = {}
-            for word in outside:
+            for word in rest:
                 lines.setdefault(word[6], []).append(word[4])
             text = "".join(" ".join(line) + "\n" for line in lines.values())
-            kept.append(
-                (
-                    min(w[0] for w in outside),
-                    min(w[1] for w in outside),
-                    max(w[2] for w in outside),
-                    max(w[3] for w in outside),
-                    text,
-                    block[5],
-                    0,
-                )
-            )
+            x0, y0 = min(w[0] for w in rest), min(w[1] for w in rest)
+            x1, y1 = max(w[2] for w in rest), max(w[3] for w in rest)
+            kept.append((x0, y0, x1, y1, text, number, 0))
     return kept
 
 

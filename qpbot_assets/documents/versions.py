@@ -7,7 +7,7 @@ importing the extractors.
 from qpbot_assets.documents.store import fingerprint
 
 # Bump a stage's version when its logic changes, so the next run recomputes it.
-EXTRACTOR_VERSION = 1
+EXTRACTOR_VERSION = 2  # 2: PDF tables as one block, a line per row, cells joined by " | "
 CLEANER_VERSION = 1
 METADATA_VERSION = 2  # 2: language from the first 1,000 characters
 CHUNKER_VERSION = 1

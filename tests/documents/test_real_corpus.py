@@ -200,3 +200,36 @@ def test_619_page_pdf_keeps_memory_bounded():
     growth_mb, blocks = map(int, result.stdout.split())
     assert blocks > 1000
     assert growth_mb < 500, f"peak RSS grew by {growth_mb} MB"
+
+
+def table_lines(doc: ExtractedDocument) -> list[str]:
+    """The lines of blocks that read as tables: every line has cells joined by " | " (which
+    cleaning trims to "|" at a line's ends, where a cell is empty)."""
+    tables = [b.text for b in doc.blocks if all("|" in line for line in b.text.split("\n"))]
+    return [line for text in tables for line in text.split("\n")]
+
+
+def test_pdf_tables_are_rows_of_cells():
+    docs = corpus(DOCS)
+    korean = table_lines(extract_and_clean(docs / "pdf/cjk/unstr__korean-text-with-tables.pdf"))
+    assert "업종 | 적립 대상" in korean and "주유 | 모든 주유소" in korean
+    chinese = table_lines(extract_and_clean(docs / "pdf/cjk/pymupdf__chinese-tables.pdf"))
+    assert "1 | 工商银行 | 330,435.30 | 234,850.00 | 95,585.30" in chinese
+
+
+def test_paper_tables_are_rows_and_its_running_text_stays_text():
+    papers = corpus(ARAGOG_PAPERS)
+    codenet = extract_and_clean(papers / "codenet.pdf")
+    lines = table_lines(codenet)
+    assert "name of column | data type | unit | description" in lines
+    assert "id | string | none | unique anonymized id of the problem" in lines
+    assert any(
+        b.text.startswith("At the problem level, every problem has a CSV file.")
+        for b in codenet.blocks
+    )
+    # Body rows that no rules separate, one value above the other in each cell, are split.
+    megatron = table_lines(extract_and_clean(papers / "megatron.pdf"))
+    assert "1536 | 16 | 40 | 1.2 | 1 | 64" in megatron
+    # Two-column papers whose tables have no vertical rules: nothing reads as a table.
+    for paper in ("roberta.pdf", "bert.pdf"):
+        assert table_lines(extract_and_clean(papers / paper)) == [], paper

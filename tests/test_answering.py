@@ -1,0 +1,93 @@
+"""How an answer is chosen (qpbot_serving.answering), on hand-made retrieved chunks, the real
+embedder, and a generator that says what the test scripts."""
+
+from __future__ import annotations
+
+import pytest
+
+from qpbot_serving.answering import Answerer, AnswerPolicy
+from qpbot_serving.generation import DeadlinePassed
+from qpbot_serving.prompting import NO_ANSWER
+from qpbot_serving.retrieval import SearchHit
+
+HITS = [
+    SearchHit("c1", "policy", "Warranty Policy", "1. Returns", 1, 1,
+              "You may return a product within 30 days of delivery for a full refund.", None, 0.9),
+    SearchHit("c2", "handbook", "Handbook", "2 Battery", 3, 3,
+              "A full charge takes about 4 hours on the dock.", None, 0.5),
+]  # fmt: skip
+QUESTION = "Within how many days can I return a product?"
+
+
+class ScriptedGenerator:
+    """Streams a fixed text (or fails with `error`); counts words as tokens."""
+
+    model_name = "scripted"
+
+    def __init__(self, text: str = "", error: Exception | None = None):
+        self.text, self.error, self.calls = text, error, 0
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def stream(self, messages, max_new_tokens, deadline=None):
+        self.calls += 1
+        yield from self.text.split(" ")[:1]
+        if self.error:
+            raise self.error
+        for word in self.text.split(" ")[1:]:
+            yield " " + word
+
+
+def answer(embedder, generator, **policy):
+    answerer = Answerer(
+        generator, AnswerPolicy(**policy), embedder.encode, lambda q: embedder.encode([q])[0]
+    )
+    return answerer.answer(QUESTION, HITS)
+
+
+def test_a_grounded_draft_is_the_answer(embedder):
+    finished = answer(embedder, ScriptedGenerator("You can return it within 30 days."))
+    assert finished.mode == "generative" and finished.grounded
+    assert finished.text == "You can return it within 30 days [1]."
+    assert [finished.evidence[i].chunk_id for i in finished.cited] == ["c1"]
+
+
+@pytest.mark.parametrize(
+    "generator",
+    [ScriptedGenerator("Returns are free for 90 days."), ScriptedGenerator(NO_ANSWER)],
+    ids=["ungrounded", "declined"],
+)
+def test_auto_quotes_strong_evidence_when_the_draft_does_not_stand(embedder, generator):
+    finished = answer(embedder, generator, min_quote_score=0.0)
+    assert finished.mode == "extractive" and finished.grounded and "30 days" in finished.text
+    assert finished.fallback and finished.generated == generator.text
+
+
+def test_auto_declines_when_the_draft_fails_over_weak_evidence(embedder):
+    finished = answer(
+        embedder, ScriptedGenerator("Returns are free for 90 days."), min_quote_score=0.99
+    )
+    assert finished.mode == "declined" and finished.text == NO_ANSWER and not finished.grounded
+    assert finished.dropped == ["Returns are free for 90 days."]
+
+
+def test_a_generator_past_its_deadline_still_gives_the_quote(embedder):
+    generator = ScriptedGenerator("You can", error=DeadlinePassed("too slow"))
+    finished = answer(embedder, generator, min_quote_score=0.0)
+    assert finished.mode == "extractive" and "deadline" in finished.error
+
+
+def test_generative_mode_never_quotes(embedder):
+    finished = answer(
+        embedder, ScriptedGenerator("Returns are free for 90 days."), mode="generative"
+    )
+    assert finished.mode == "generative" and not finished.grounded and finished.text == NO_ANSWER
+
+
+def test_extractive_mode_and_weak_evidence_call_no_generator(embedder):
+    generator = ScriptedGenerator("unused")
+    quoted = answer(embedder, generator, mode="extractive")
+    assert quoted.mode == "extractive" and "30 days" in quoted.text
+    declined = answer(embedder, generator, min_evidence_score=0.99)
+    assert declined.mode == "declined" and generator.calls == 0
