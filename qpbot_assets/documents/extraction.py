@@ -352,9 +352,9 @@ def _is_text_column(blocks: list) -> bool:
 # MuPDF's text blocks read a table cell by cell, and wrapped cells land in the wrong rows.
 # PyMuPDF's table finder (its "lines" strategy: cells bounded by drawn rules) gives the grid;
 # each table found becomes one block, a line per row with cells joined by " | " as DOCX and
-# HTML tables are, in place of the blocks it covers. The finder costs 30 to 100 times the
-# page's text extraction, so it only looks at pages whose text has cells side by side and
-# only at groups of drawn rules with words in most of their cells, never at a whole page.
+# HTML tables are, in place of the blocks it covers. On a whole page the finder costs 30 to
+# 60 times the page's text extraction, so it only looks at pages whose text has cells side
+# by side, and there only at groups of drawn rules with words in a third of their cells.
 
 
 @dataclass(frozen=True)
@@ -404,6 +404,8 @@ def _may_hold_table(blocks: list) -> bool:
 
 
 def _pdf_tables(page: pymupdf.Page, words: list) -> list[_PdfTable]:
+    """What PyMuPDF's table finder finds in the page's ruled regions that reads like a
+    table; `words` are the page's, as extractWORDS() gives them."""
     centers = [((w[0] + w[2]) / 2, (w[1] + w[3]) / 2) for w in words]
     regions = _ruled_regions(page)
     tables = []
@@ -451,7 +453,8 @@ def _ruled_regions(page: pymupdf.Page) -> list[tuple[pymupdf.Rect, list[dict]]]:
             merged[0], merged[1] = min(merged[0], group[0]), min(merged[1], group[1])
             merged[2], merged[3] = max(merged[2], group[2]), max(merged[3], group[3])
             merged[4] += group[4]
-        active = [group for group in active if group not in touching] + [merged]
+        active = [group for group in active if all(group is not t for t in touching)]
+        active.append(merged)
     return [
         (pymupdf.Rect(group[:4]), group[4])
         for group in done + active
