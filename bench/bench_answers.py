@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from qpbot_assets.learning.qa_eval import answer_coverage  # noqa: E402
 from qpbot_serving.answering import Answerer, AnswerPolicy  # noqa: E402
-from qpbot_serving.generation import GeneratorUnavailable, LocalGenerator  # noqa: E402
+from qpbot_serving.generation import GeneratorUnavailable, LocalGenerator, repeat_start  # noqa: E402
 from qpbot_serving.prompting import NO_ANSWER  # noqa: E402
 from qpbot_serving.retrieval import Retriever  # noqa: E402
 from qpbot_serving.settings import QpbotSettings  # noqa: E402
@@ -141,7 +141,11 @@ def summarize(rows: list[dict], items: list[dict]) -> dict:
         "answerable_declined": sum(r["answer"] == NO_ANSWER for r, _ in answerable),
         "unanswerable": len(unanswerable),
         "unanswerable_declined": sum(r["answer"] == NO_ANSWER for r in unanswerable),
-        "loops": sum(r["stop_reason"] == "repetition" for r in rows),
+        # Answers that repeat themselves; and drafts the guard cut at their first repeat.
+        "loops": sum(
+            r["answer_mode"] == "generative" and repeat_start(r["answer"]) is not None for r in rows
+        ),
+        "repetitions_cut": sum(r["stop_reason"] == "repetition" for r in rows),
         "grounded_rate": round(statistics.mean(r["grounded"] for r in rows), 3),
         "fallbacks": sum(r["fallback"] is not None for r in rows),
         "answer_modes": {

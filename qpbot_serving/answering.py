@@ -36,11 +36,11 @@ ANSWER_MODES = ("auto", "extractive", "generative")
 class AnswerPolicy:
     """How answers are made (QpbotSettings' answer_* fields)."""
 
-    mode: str = "auto"
+    mode: str = "extractive"
     evidence_chunks: int = 20
-    context_tokens: int = 160
-    min_evidence_score: float = 0.45
-    min_quote_score: float = 0.55
+    context_tokens: int = 300
+    min_evidence_score: float = 0.35
+    min_quote_score: float = 0.45
     max_new_tokens: int = 64
     deadline_s: float = 8.0
     stop_strings: tuple[str, ...] = ()

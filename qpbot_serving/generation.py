@@ -88,7 +88,7 @@ class AnswerGuard:
             if at >= 0:
                 self.text, self.stop_reason = self.text[:at], "stop string"
                 return False
-        cut = _repeat_start(self.text)
+        cut = repeat_start(self.text)
         if cut is not None:
             self.text, self.stop_reason = self.text[:cut], "repetition"
             return False
@@ -99,7 +99,7 @@ _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 _WORD_SPANS = re.compile(r"\w+")
 
 
-def _repeat_start(text: str) -> int | None:
+def repeat_start(text: str) -> int | None:
     """Where `text` starts repeating itself (a whole sentence, or LOOP_NGRAM_WORDS words),
     or None."""
     seen: set[str] = set()

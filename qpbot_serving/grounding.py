@@ -144,7 +144,13 @@ def extractive_answer(evidence: Sequence[EvidenceUnit]) -> tuple[str, list[Evide
     quoted = [ranked[0]]
     if len(ranked) > 1 and ranked[1].score >= SECOND_QUOTE_SHARE * ranked[0].score:
         quoted.append(ranked[1])
-    lines = [f"{source_label(u)}: “{u.prompt_text}” [{u.number}]" for u in quoted]
+    by_source: dict[tuple[str, int | None], list[str]] = {}
+    for unit in quoted:  # two units of one source under one label
+        by_source.setdefault((source_label(unit), unit.number), []).append(unit.prompt_text)
+    lines = [
+        f"{label}: " + " … ".join(f"“{text}”" for text in texts) + f" [{number}]"
+        for (label, number), texts in by_source.items()
+    ]
     return "\n".join(lines), quoted
 
 

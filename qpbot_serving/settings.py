@@ -59,27 +59,29 @@ class QpbotSettings(BaseSettings):
         default=1.5, description="Longest wait for the remote generator's next piece."
     )
     answer_mode: Literal["auto", "extractive", "generative"] = Field(
-        default="auto",
-        description="auto: generate, and quote the evidence instead when the generated answer "
-        "fails the citation check, the generator is away or the deadline passes; extractive: "
-        "quote the best evidence, no model; generative: the checked generated answer only.",
+        default="extractive",
+        description="extractive: quote the best evidence, no model (the default: with the "
+        "packaged 135M generator it answers more questions right, BENCHMARKS.md); auto: "
+        "generate, and quote the evidence instead when the generated answer fails the citation "
+        "check, the generator is away or the deadline passes (for a capable generator); "
+        "generative: the checked generated answer only.",
     )
     answer_evidence_chunks: int = Field(
         default=20, ge=1, le=100, description="Retrieved chunks cut into evidence units."
     )
     answer_context_tokens: int = Field(
-        default=160,
+        default=300,
         ge=16,
         description="Generator tokens of evidence in the prompt (best units first): on a CPU the "
         "prompt's length sets the time to the first token.",
     )
     answer_min_evidence_score: float = Field(
-        default=0.45,
+        default=0.35,
         description="Below this best evidence score the answer says the documents do not "
         "answer the question (calibrated in BENCHMARKS.md, Answers).",
     )
     answer_min_quote_score: float = Field(
-        default=0.55,
+        default=0.45,
         description="auto mode: when no generated answer stands (check failed, generator away, "
         "deadline), the evidence is quoted if its best score reaches this, else the answer "
         "declines.",

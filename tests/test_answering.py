@@ -41,7 +41,10 @@ class ScriptedGenerator:
 
 def answer(embedder, generator, **policy):
     answerer = Answerer(
-        generator, AnswerPolicy(**policy), embedder.encode, lambda q: embedder.encode([q])[0]
+        generator,
+        AnswerPolicy(**{"mode": "auto", **policy}),
+        embedder.encode,
+        lambda q: embedder.encode([q])[0],
     )
     return answerer.answer(QUESTION, HITS)
 

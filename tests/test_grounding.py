@@ -1,5 +1,7 @@
 """The citation check and the extractive answer, on evidence units as the prompt shows them."""
 
+from dataclasses import replace
+
 from qpbot_serving.evidence import EvidenceUnit
 from qpbot_serving.grounding import check_answer, extractive_answer, highlights, is_no_answer
 from qpbot_serving.prompting import NO_ANSWER
@@ -35,10 +37,11 @@ def test_a_supported_sentence_keeps_a_corrected_citation():
 
 
 def test_a_marker_to_a_missing_source_is_removed_and_a_missing_one_added():
+    scored_for_the_question = [replace(EVIDENCE[0], score=0.3), replace(EVIDENCE[1], score=0.8)]
     checked = check_answer(
         "The battery warranty period is 12 months [7].",
         "How long is the battery warranty?",
-        EVIDENCE,
+        scored_for_the_question,
     )
     assert checked.text == "The battery warranty period is 12 months [2]."
     assert checked.markers_removed == 1 and checked.grounded
@@ -63,6 +66,16 @@ def test_a_wrong_number_is_not_supported_even_with_the_right_words():
     assert not checked.grounded and checked.text == ""
 
 
+def test_a_true_fact_from_evidence_that_answers_less_well_is_no_support():
+    evidence = [
+        unit(1, "The battery lasts up to 150 minutes in Eco mode.", 0.8),
+        unit(2, "A full charge takes about 4 hours.", 0.5),
+    ]
+    question = "How long does the battery last in Eco mode?"
+    assert not check_answer("The battery lasts 4 hours in Eco mode.", question, evidence).grounded
+    assert check_answer("It lasts up to 150 minutes.", question, evidence).grounded
+
+
 def test_an_answer_that_only_restates_the_question_is_not_grounded():
     assert not check_answer(
         "The battery warranty is", "How long is the battery warranty?", EVIDENCE
@@ -81,6 +94,10 @@ def test_the_extractive_answer_quotes_the_best_unit_with_its_source():
     assert text == f"Policy: “{EVIDENCE[0].text}” [1]"
     close = [EVIDENCE[0], unit(2, "Refunds are paid within 14 days.", 0.75)]
     assert len(extractive_answer(close)[1]) == 2  # nearly as good: quoted too
+    same_source = [EVIDENCE[0], unit(1, "Refunds are paid within 14 days.", 0.75, position=1)]
+    assert extractive_answer(same_source)[0] == (
+        f"Policy: “{EVIDENCE[0].text}” … “Refunds are paid within 14 days.” [1]"
+    )
 
 
 def test_highlights_mark_the_answers_words_not_the_questions():

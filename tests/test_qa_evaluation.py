@@ -90,7 +90,7 @@ def test_evaluate_qa_context_and_generated_answer(embedder, streaming_server):
         {"question": "How heavy is the robot?", "answer": "3.2 kilograms"},
     ]
     # The prompt holds only the best unit of evidence for each question, as the service's.
-    policy = AnswerPolicy(context_tokens=16, min_evidence_score=0.0)  # never declines
+    policy = AnswerPolicy("auto", context_tokens=16, min_evidence_score=0.0)  # never declines
     summary, results = evaluate_qa(retriever, items, k=2, policy=policy)
     assert [r.context_holds_answer for r in results] == [True, True, False]
     assert [r.retrieved_holds_answer for r in results] == [True, True, False]
@@ -120,6 +120,7 @@ def test_evaluate_qa_without_sources_gives_the_fixed_reply(embedder, streaming_s
         ListRetriever([], embedder),
         [{"question": "Anything?", "answer": NO_ANSWER}],
         generator=OllamaGenerator(url, "fixed", 5.0),
+        policy=AnswerPolicy("auto"),
     )
     assert result.generated == NO_ANSWER and streaming_server.requests == []
     assert result.answer_similarity == pytest.approx(1.0, abs=1e-4)

@@ -34,6 +34,8 @@ def indexed_home(tmp_path_factory, sample_documents):
 
 
 def client_for(home, generator, **settings) -> TestClient:
+    """The service with a generator to exercise: answers generated, checked, or quoted."""
+    settings = {"answer_mode": "auto", **settings}
     return TestClient(create_app(QpbotSettings(home=home, **settings), generator=generator))
 
 

@@ -64,6 +64,7 @@ def service(tmp_path_factory, sample_documents, chat_server):
         "QPBOT_GENERATOR": "openai",
         "QPBOT_GENERATOR_URL": f"http://127.0.0.1:{chat_server.server_address[1]}",
         "QPBOT_GENERATOR_MODEL": "test-model",
+        "QPBOT_ANSWER_MODE": "auto",  # a streamed draft, then the checked answer replacing it
     }
     process = subprocess.Popen(
         [Path(sys.executable).parent / "qpbot", "serve", "--port", str(port)],

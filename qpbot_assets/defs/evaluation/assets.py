@@ -238,6 +238,8 @@ def answer_evaluation(
         "context holds answer": "context_holds_answer",
         "top-k holds answer": "retrieved_holds_answer",
         "answer similarity": "answer_similarity",
+        "answer contains reference": "contains_reference",
+        "grounded": "grounded",
     }
     png = grouped_bars(
         {name: {title: s[key] for title, key in shown.items()} for name, s in summaries.items()},
@@ -254,6 +256,8 @@ def answer_evaluation(
         "reference_chunk_cosine",
         "answer_similarity",
         "answer_token_f1",
+        "contains_reference",
+        "grounded",
     )
     with mlflow.start_run(EXPERIMENT, run_name=f"answers {label}") as run:
         import mlflow as tracking
@@ -290,8 +294,8 @@ def answer_evaluation(
             "generator": generator.model_name if generator else "off",
             "results": dg.MetadataValue.md(
                 "| set | questions | context holds answer | top-k holds answer | coverage | "
-                "best chunk cosine | answer similarity | token F1 |\n"
-                "|---|---|---|---|---|---|---|---|\n" + table
+                "best chunk cosine | answer similarity | token F1 | contains reference | "
+                "grounded |\n|---|---|---|---|---|---|---|---|---|---|\n" + table
             ),
             "plot": dg.MetadataValue.md(markdown_image(png, "answer evaluation")),
             "sample": dg.MetadataValue.md(
