@@ -203,7 +203,8 @@ def create_app(
         )
         state.generator = generator or build_generator(settings)
         state.answer_policy = AnswerPolicy.from_settings(settings)
-        if isinstance(state.generator, LocalGenerator):
+        # Quoting needs no model; a request that asks for generation loads it then.
+        if isinstance(state.generator, LocalGenerator) and settings.answer_mode != "extractive":
             await asyncio.to_thread(state.generator.load)
         await _refresh_index(app)
         watcher = asyncio.create_task(_watch_index(app))
