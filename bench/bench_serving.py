@@ -129,7 +129,8 @@ def start_service(home: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "QPBOT_HOME": str(home)}
+    # auto: the generator's first token is what the answer figures measure (quotes need none).
+    env = {**os.environ, "QPBOT_HOME": str(home), "QPBOT_ANSWER_MODE": "auto"}
     process = subprocess.Popen(
         [Path(sys.executable).parent / "qpbot", "serve", "--port", str(port)],
         env=env,

@@ -30,6 +30,8 @@ from qpbot_serving.settings import QpbotSettings
 from qpbot_serving.text import content_words
 
 ANSWER_MODES = ("auto", "extractive", "generative")
+# Why auto mode did not keep the generated answer (the `reason` label of the fallback metric).
+FALLBACK_KINDS = ("deadline", "generator_unavailable", "declined", "ungrounded", "weak_evidence")
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,8 @@ class AnswerPolicy:
     stop_strings: tuple[str, ...] = ()
 
     @classmethod
-    def from_settings(cls, settings: QpbotSettings, **overrides) -> AnswerPolicy:
-        policy = cls(
+    def from_settings(cls, settings: QpbotSettings) -> AnswerPolicy:
+        return cls(
             mode=settings.answer_mode,
             evidence_chunks=settings.answer_evidence_chunks,
             context_tokens=settings.answer_context_tokens,
@@ -57,7 +59,6 @@ class AnswerPolicy:
             deadline_s=settings.answer_deadline_s,
             stop_strings=tuple(settings.answer_stop_strings),
         )
-        return cls(**{**policy.__dict__, **overrides})
 
 
 @dataclass
@@ -85,6 +86,7 @@ class FinishedAnswer:
     cited: list[int]  # indexes into `evidence` of the units the answer rests on
     generated: str | None = None  # the generator's own text, before the check
     fallback: str | None = None  # why the generated text was not used
+    fallback_kind: str | None = None  # the same as a metric label (FALLBACK_KINDS)
     error: str | None = None  # the generator's failure, if any
     stop_reason: str | None = None  # why generation ended early (repetition, stop string)
     dropped: list[str] = field(default_factory=list)  # unsupported sentences removed
@@ -197,39 +199,44 @@ class Answerer:
         """The answer from what the generator gave (or failed with): checked, or replaced by
         the quoted evidence as the mode says."""
         evidence = prepared.evidence
-        asked = _question_words(prepared.question)
+        asked = frozenset(content_words(prepared.question))
         if prepared.declined:
             return FinishedAnswer(NO_ANSWER, "declined", False, evidence, [], question_words=asked)
         if not self.generates:
             return self._extractive(prepared, asked)
-        error_text = None
-        if error is not None:
-            kind = "deadline" if isinstance(error, DeadlinePassed) else "unavailable"
-            error_text = f"the answer generator is {kind}: {error}"
-            if kind == "deadline":
-                error_text = f"the answer's deadline passed: {error}"
+        error_text = kind = None
+        if isinstance(error, DeadlinePassed):
+            error_text, kind = f"the answer's deadline passed: {error}", "deadline"
+        elif error is not None:
+            error_text = f"the answer generator is unavailable: {error}"
+            kind = "generator_unavailable"
         checked = check_answer(generated or "", prepared.question, evidence)
-        usable = checked.grounded and error is None
-        if self.policy.mode == "auto" and not usable:
+        if self.policy.mode == "auto" and (error is not None or not checked.grounded):
+            if kind is None:
+                kind = "declined" if checked.declined else "ungrounded"
+            reason = (
+                error_text
+                or {
+                    "declined": "the generator declined",
+                    "ungrounded": "no generated sentence rests on the evidence",
+                }[kind]
+            )
             if prepared.selection.best_score < self.policy.min_quote_score:
                 # No generated answer stands on evidence that is only moderately relevant:
                 # most likely the documents do not hold one, so quoting it would mislead.
-                return FinishedAnswer(
-                    NO_ANSWER, "declined", False, evidence, [], generated=generated,
-                    fallback="no answer stands and the evidence is too weak to quote",
-                    error=error_text, stop_reason=stop_reason, dropped=checked.dropped,
-                    question_words=asked,
-                )  # fmt: skip
-            reason = (
-                error_text
-                or ("the generator declined" if checked.declined else None)
-                or ("no generated sentence rests on the evidence")
+                answer = FinishedAnswer(NO_ANSWER, "declined", False, evidence, [])
+                reason = f"{reason}, and the evidence is too weak to quote"
+                kind = "weak_evidence"
+            else:
+                answer = self._extractive(prepared, asked)
+            answer.generated, answer.fallback, answer.fallback_kind = generated, reason, kind
+            answer.error, answer.stop_reason, answer.dropped = (
+                error_text,
+                stop_reason,
+                checked.dropped,
             )
-            fallback = self._extractive(prepared, asked)
-            fallback.generated, fallback.fallback = generated, reason
-            fallback.error, fallback.stop_reason = error_text, stop_reason
-            fallback.dropped = checked.dropped
-            return fallback
+            answer.question_words = asked
+            return answer
         # generative: what stands of the draft, or the no-answer reply when nothing does.
         text = checked.text if checked.grounded else NO_ANSWER
         return FinishedAnswer(
@@ -267,7 +274,3 @@ class Answerer:
         return FinishedAnswer(
             text, "extractive", bool(quoted), prepared.evidence, cited, question_words=asked
         )
-
-
-def _question_words(question: str) -> frozenset[str]:
-    return frozenset(content_words(question))

@@ -20,7 +20,7 @@ from fastapi import Depends, FastAPI, File, Header, Request, UploadFile
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from qpbot_serving import index as contract
 from qpbot_serving.answer_log import AnswerLog
@@ -40,11 +40,12 @@ from qpbot_serving.settings import QpbotSettings
 
 INDEX_POLL_SECONDS = 2.0
 WEB_PAGE = Path(__file__).parent / "web" / "index.html"
-# Generation has threads of its own: a slow or hanging generator must not hold up searches,
-# which run on the event loop's default pool.
+# Generation has threads of its own: a slow or hanging generator must not take the threads
+# of the event loop's default pool, which searches run on.
 GENERATION_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="qpbot-generation")
-# How often a non-streamed answer checks that its client is still there.
-DISCONNECT_POLL_SECONDS = 0.25
+CLIENT_GONE = "the client went away"  # the guard's stop reason when a client hangs up
+# A query must hold more than whitespace.
+QueryText = Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=r"\S")]
 
 
 # --- request and response models ---------------------------------------------------------
@@ -58,7 +59,7 @@ class SearchFilters(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    query: str = Field(min_length=1, max_length=2000)
+    query: QueryText
     k: int = Field(default=10, ge=1, le=100)
     mode: Literal["hybrid", "dense", "keyword"] = "hybrid"
     filters: SearchFilters | None = None
@@ -82,12 +83,9 @@ class SearchResponse(BaseModel):
 
 
 class AnswerRequest(BaseModel):
-    query: str = Field(min_length=1, max_length=2000)
+    query: QueryText
     k: int = Field(default=5, ge=1, le=20, description="Sources returned (cited and more).")
     mode: Literal["hybrid", "dense", "keyword"] = "hybrid"
-    answer_mode: Literal["auto", "extractive", "generative"] | None = Field(
-        default=None, description="How the answer is made; QPBOT_ANSWER_MODE when unset."
-    )
     filters: SearchFilters | None = None
     stream: bool = False
 
@@ -203,7 +201,7 @@ def create_app(
         )
         state.generator = generator or build_generator(settings)
         state.answer_policy = AnswerPolicy.from_settings(settings)
-        # Quoting needs no model; a request that asks for generation loads it then.
+        # Quoting needs no model.
         if isinstance(state.generator, LocalGenerator) and settings.answer_mode != "extractive":
             await asyncio.to_thread(state.generator.load)
         await _refresh_index(app)
@@ -280,8 +278,6 @@ def create_app(
         state = request.app.state
         started = time.monotonic()
         policy = state.answer_policy
-        if body.answer_mode and body.answer_mode != policy.mode:
-            policy = AnswerPolicy(**{**policy.__dict__, "mode": body.answer_mode})
         answerer = Answerer.for_retriever(retriever, state.generator, policy)
         depth = max(body.k, policy.evidence_chunks)
         hits = await asyncio.to_thread(
@@ -431,7 +427,7 @@ class _Answer:
             if kind == "error":
                 error = value
             elif await self.request.is_disconnected():
-                self.guard.cancel("the client went away")
+                self.guard.cancel(CLIENT_GONE)
         return self._finish(error)
 
     async def events(self) -> AsyncIterator[str]:
@@ -455,10 +451,11 @@ class _Answer:
             finished = True
         finally:  # not finished: the client went away and the response was cancelled
             if not finished and self.guard is not None:
-                self.guard.cancel("the client went away")
+                self.guard.cancel(CLIENT_GONE)
+        response = self._finish(error)
         if error is not None and not isinstance(error, DeadlinePassed):
-            yield _event("error", {"error": f"the answer generator is unavailable: {error}"})
-        yield _event("done", self._finish(error).model_dump())
+            yield _event("error", {"error": response.error})
+        yield _event("done", response.model_dump())
 
     async def _pieces(self) -> AsyncIterator[tuple[str, object]]:
         """("token", text) as generated, then ("error", exception) if generation failed;
@@ -484,12 +481,8 @@ class _Answer:
                 # The generators keep the deadline; this is the backstop if one does not.
                 left = self.prepared.deadline - time.monotonic() + 1.0
                 try:
-                    kind, value = await asyncio.wait_for(
-                        queue.get(), timeout=max(left, DISCONNECT_POLL_SECONDS)
-                    )
+                    kind, value = await asyncio.wait_for(queue.get(), timeout=max(left, 0.0))
                 except TimeoutError:
-                    if time.monotonic() < self.prepared.deadline + 1.0:
-                        continue
                     self.guard.cancel("deadline")
                     yield "error", DeadlinePassed("the generator kept going past the deadline")
                     return
@@ -507,8 +500,8 @@ class _Answer:
         state = self.request.app.state
         guard = self.guard
         generated = guard.text.strip() if guard else None
-        if guard is not None and guard.stop_reason == "the client went away" and error is None:
-            error = GeneratorUnavailable("the client went away")
+        if guard is not None and guard.stop_reason == CLIENT_GONE and error is None:
+            error = GeneratorUnavailable(CLIENT_GONE)
         finished = self.answerer.finish(
             self.prepared, generated, error, guard.stop_reason if guard else None
         )
@@ -557,16 +550,10 @@ def _evidence_row(unit) -> dict:
 
 def _count(metrics: ServiceMetrics, finished: FinishedAnswer) -> None:
     metrics.answers.labels(finished.mode, str(finished.grounded).lower()).inc()
-    if finished.fallback:
-        metrics.fallbacks.labels(_fallback_kind(finished)).inc()
+    if finished.fallback_kind:
+        metrics.fallbacks.labels(finished.fallback_kind).inc()
     if finished.generated:
         metrics.tokens.inc(len(finished.generated.split()))
-
-
-def _fallback_kind(finished: FinishedAnswer) -> str:
-    if finished.error:
-        return "deadline" if "deadline" in finished.error else "generator_unavailable"
-    return "declined" if finished.fallback == "the generator declined" else "ungrounded"
 
 
 def _event(name: str, data) -> str:

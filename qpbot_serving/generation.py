@@ -59,10 +59,6 @@ class Generator(Protocol):
         ...
 
 
-def generate(generator: Generator, messages: Messages, max_new_tokens: int) -> str:
-    return "".join(generator.stream(messages, max_new_tokens)).strip()
-
-
 class AnswerGuard:
     """Watches an answer as it streams and says when to stop: at a stop string, when a
     sentence repeats an earlier one, or when a run of LOOP_NGRAM_WORDS words repeats.
@@ -111,7 +107,7 @@ def repeat_start(text: str) -> int | None:
         if sentence:
             seen.add(sentence)
         start = end.end()
-    spans = [m.span() for m in _WORD_SPANS.finditer(text.lower())]
+    spans = [m.span() for m in _WORD_SPANS.finditer(text)]
     tokens = [text[a:b].lower() for a, b in spans]
     grams: set[tuple[str, ...]] = set()
     for i in range(len(tokens) - LOOP_NGRAM_WORDS + 1):

@@ -65,6 +65,7 @@ def test_auto_quotes_strong_evidence_when_the_draft_does_not_stand(embedder, gen
     finished = answer(embedder, generator, min_quote_score=0.0)
     assert finished.mode == "extractive" and finished.grounded and "30 days" in finished.text
     assert finished.fallback and finished.generated == generator.text
+    assert finished.fallback_kind == ("declined" if generator.text == NO_ANSWER else "ungrounded")
 
 
 def test_auto_declines_when_the_draft_fails_over_weak_evidence(embedder):
@@ -73,12 +74,14 @@ def test_auto_declines_when_the_draft_fails_over_weak_evidence(embedder):
     )
     assert finished.mode == "declined" and finished.text == NO_ANSWER and not finished.grounded
     assert finished.dropped == ["Returns are free for 90 days."]
+    assert finished.fallback_kind == "weak_evidence"
 
 
 def test_a_generator_past_its_deadline_still_gives_the_quote(embedder):
     generator = ScriptedGenerator("You can", error=DeadlinePassed("too slow"))
     finished = answer(embedder, generator, min_quote_score=0.0)
     assert finished.mode == "extractive" and "deadline" in finished.error
+    assert finished.fallback_kind == "deadline"
 
 
 def test_generative_mode_never_quotes(embedder):

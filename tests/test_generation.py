@@ -15,7 +15,6 @@ from qpbot_serving.generation import (
     LocalGenerator,
     OllamaGenerator,
     OpenAICompatibleGenerator,
-    generate,
     guarded,
 )
 
@@ -46,7 +45,7 @@ def test_http_generators_stream_pieces(streaming_server, kind, path):
 def test_a_generator_that_is_down_fails_fast(closed_port, kind):
     started = time.monotonic()
     with pytest.raises(GeneratorUnavailable, match="cannot reach"):
-        generate(kind(f"http://127.0.0.1:{closed_port}", "m", timeout_s=1.5), MESSAGES, 20)
+        "".join(kind(f"http://127.0.0.1:{closed_port}", "m", timeout_s=1.5).stream(MESSAGES, 20))
     assert time.monotonic() - started < 2
 
 
@@ -54,7 +53,7 @@ def test_a_generator_that_is_down_fails_fast(closed_port, kind):
 def test_a_generator_that_hangs_times_out_within_two_seconds(hanging_port, kind):
     started = time.monotonic()
     with pytest.raises(GeneratorUnavailable, match="timeout"):
-        generate(kind(f"http://127.0.0.1:{hanging_port}", "m", timeout_s=1.5), MESSAGES, 20)
+        "".join(kind(f"http://127.0.0.1:{hanging_port}", "m", timeout_s=1.5).stream(MESSAGES, 20))
     assert time.monotonic() - started < 2.5
 
 
@@ -73,7 +72,7 @@ def test_the_packaged_local_model_answers_from_the_context(local_generator):
     # The converted copy is reused: a second generator loads without converting again.
     again = LocalGenerator(cache_dir=generator.cache_dir)
     assert (generator.cache_dir / "smollm2-135m-instruct" / "config.json").is_file()
-    assert "150" in generate(again, MESSAGES, max_new_tokens=30)
+    assert "150" in "".join(again.stream(MESSAGES, max_new_tokens=30))
 
 
 def test_the_local_generator_dtype_follows_the_cpu(monkeypatch):

@@ -61,6 +61,8 @@ def test_health_ready_and_search(indexed_home, chat_url):
         ).json()["hits"]
         assert filtered and {h["document_id"].split(".")[-1][:2] for h in filtered} == {"md"}
         assert client.post("/v1/search", json={"query": "", "k": 3}).status_code == 422
+        for endpoint in ("/v1/search", "/v1/answer"):  # whitespace is no query either
+            assert client.post(endpoint, json={"query": " \n\t "}).status_code == 422
         assert client.post("/v1/search", json={"query": "x", "mode": "magic"}).status_code == 422
         metrics = client.get("/metrics").text
         assert 'qpbot_request_seconds_count{endpoint="/v1/search"' in metrics
