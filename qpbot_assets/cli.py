@@ -311,14 +311,12 @@ def _dev(settings: QpbotSettings, host: str, port: int, daemon_only: bool = Fals
 
 
 def _serve(settings: QpbotSettings, host: str, port: int) -> int:
-    import uvicorn
-
-    from qpbot_serving.app import create_app
+    from qpbot_serving.server import serve
 
     print(
         f"Answer service: http://{host}:{port}  (API docs: http://{host}:{port}/docs)", flush=True
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    serve(settings, host, port)
     return 0
 
 

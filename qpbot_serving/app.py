@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,16 +15,29 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, File, Header, Request, UploadFile
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from qpbot_serving import index as contract
+from qpbot_serving.access import Access, Forbidden, Unauthorized
 from qpbot_serving.answer_log import AnswerLog
 from qpbot_serving.answering import Answerer, AnswerPolicy, FinishedAnswer, PreparedAnswer
-from qpbot_serving.documents import DocumentNotFound, document_file, document_status, save_upload
+from qpbot_serving.documents import (
+    ACCEPTED_SUFFIXES,
+    DocumentNotFound,
+    UploadRefused,
+    document_file,
+    document_status,
+    save_upload,
+)
 from qpbot_serving.generation import (
     DeadlinePassed,
     Generator,
@@ -34,22 +46,29 @@ from qpbot_serving.generation import (
     build_generator,
 )
 from qpbot_serving.metrics import ServiceMetrics
+from qpbot_serving.middleware import ObserveLatency, RequestGuard
 from qpbot_serving.prompting import PROMPT_VERSION
 from qpbot_serving.retrieval import IndexNotReady, Retriever, SearchHit
-from qpbot_serving.settings import QpbotSettings
+from qpbot_serving.settings import QpbotSettings, Scope
 
 INDEX_POLL_SECONDS = 2.0
-WEB_PAGE = Path(__file__).parent / "web" / "index.html"
+WEB_DIR = Path(__file__).parent / "web"
+UPLOAD_PATH = "/v1/documents"
 # Generation has threads of its own: a slow or hanging generator must not take the threads
 # of the event loop's default pool, which searches run on.
 GENERATION_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="qpbot-generation")
 CLIENT_GONE = "the client went away"  # the guard's stop reason when a client hangs up
 # A query must hold more than whitespace.
 QueryText = Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=r"\S")]
+DocumentId = Annotated[str, Field(pattern=r"^[a-z0-9._-]{1,100}$")]
+# Requests are taken as they are: no coercion ("5" is no number) and no unknown fields.
+STRICT = ConfigDict(extra="forbid", strict=True)
 
 
 # --- request and response models ---------------------------------------------------------
 class SearchFilters(BaseModel):
+    model_config = STRICT
+
     document_id: str | None = None
     document_ids: list[str] | None = None
     format: str | None = None
@@ -59,6 +78,8 @@ class SearchFilters(BaseModel):
 
 
 class SearchRequest(BaseModel):
+    model_config = STRICT
+
     query: QueryText
     k: int = Field(default=10, ge=1, le=100)
     mode: Literal["hybrid", "dense", "keyword"] = "hybrid"
@@ -83,6 +104,8 @@ class SearchResponse(BaseModel):
 
 
 class AnswerRequest(BaseModel):
+    model_config = STRICT
+
     query: QueryText
     k: int = Field(default=5, ge=1, le=20, description="Sources returned (cited and more).")
     mode: Literal["hybrid", "dense", "keyword"] = "hybrid"
@@ -137,7 +160,12 @@ class AnswerResponse(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    answer_id: str = Field(min_length=1, max_length=64)
+    model_config = STRICT
+
+    answer_id: str = Field(
+        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        description="The answer_id of a /v1/answer response.",
+    )
     rating: Literal["up", "down"]
     comment: str | None = Field(default=None, max_length=4000)
     source_judgments: dict[str, Literal["relevant", "irrelevant"]] | None = None
@@ -145,41 +173,95 @@ class FeedbackRequest(BaseModel):
 
 # --- errors: domain exceptions to status codes, in one place -------------------------------
 class BadRequest(Exception):
-    status_code = 400
-
-
-class Unauthorized(Exception):
-    status_code = 401
+    pass
 
 
 class NotFound(Exception):
-    status_code = 404
-
-
-class PayloadTooLarge(Exception):
-    status_code = 413
-
-
-class UnsupportedMediaType(Exception):
-    status_code = 415
+    pass
 
 
 ERROR_STATUS: dict[type[Exception], int] = {
     BadRequest: 400,
     Unauthorized: 401,
+    Forbidden: 403,
     NotFound: 404,
     DocumentNotFound: 404,
-    PayloadTooLarge: 413,
-    UnsupportedMediaType: 415,
     IndexNotReady: 503,
 }
 
 
+class ErrorBody(BaseModel):
+    error: str
+    detail: list[dict] | None = None  # a 422's list of what does not fit: loc, msg, type
+
+
+ERROR_MEANING = {
+    400: "The request cannot be carried out as sent.",
+    401: "A bearer token is needed (QPBOT_API_TOKEN / QPBOT_API_TOKENS are set).",
+    403: "The token lacks the scope, or a page of another origin tried to write.",
+    404: "No such answer or document.",
+    409: "The request conflicts with the state of the resource.",
+    413: "The body is larger than its limit.",
+    415: "The body's type or the file's type is not accepted.",
+    422: "The body does not fit the schema (unknown fields and coercions are refused).",
+    503: "No index is promoted yet, or the service is not ready.",
+}
+
+
+def _responses(*codes: int) -> dict:
+    """The OpenAPI `responses` of an endpoint: every error it can answer."""
+    return {code: {"model": ErrorBody, "description": ERROR_MEANING[code]} for code in codes}
+
+
+READ_ERRORS = _responses(401, 403, 413, 415, 422, 503)
+WRITE_ERRORS = _responses(400, 401, 403, 404, 409, 413, 415, 422, 503)
+
+
 def _error_handler(status: int):
     async def handle(request: Request, error: Exception) -> JSONResponse:
-        return JSONResponse(status_code=status, content={"error": str(error)})
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse(status_code=status, content={"error": str(error)}, headers=headers)
 
     return handle
+
+
+async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+    """Starlette's own errors (404 route, 405, a malformed multipart body, a body over its
+    limit) in the same shape as ours."""
+    return JSONResponse(
+        status_code=error.status_code, content={"error": str(error.detail)}, headers=error.headers
+    )
+
+
+async def _upload_refused(request: Request, error: UploadRefused) -> JSONResponse:
+    return JSONResponse(status_code=error.status, content={"error": str(error)})
+
+
+async def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    """What does not fit the schema, never the input itself: echoing it back would send a
+    20 MB body back, or fail on a NaN that JSON cannot write."""
+    problems = [
+        {
+            "loc": [str(part) for part in problem.get("loc", ())][:10],
+            "msg": str(problem.get("msg", ""))[:200],
+            "type": str(problem.get("type", "")),
+        }
+        for problem in error.errors()[:20]
+    ]
+    first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
+    where = ".".join(first["loc"][1:]) or "body"
+    return JSONResponse(
+        status_code=422,
+        content={"error": f"{where}: {first['msg']}", "detail": problems},
+    )
+
+
+# Declared so that OpenAPI shows the scheme; `Access` reads the header itself.
+BEARER = HTTPBearer(
+    auto_error=False,
+    description="Needed when QPBOT_API_TOKEN or QPBOT_API_TOKENS is set; scopes read, write, "
+    "admin.",
+)
 
 
 # --- the app ---------------------------------------------------------------------------
@@ -188,6 +270,7 @@ def create_app(
 ) -> FastAPI:
     """The service for one QPBOT_HOME. `generator` overrides the one the settings name."""
     settings = settings or QpbotSettings()
+    access = Access.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -212,11 +295,19 @@ def create_app(
             watcher.cancel()
             state.answer_log.close()
 
+    docs_open = settings.docs_access == "open" or (
+        settings.docs_access != "off" and not access.enabled
+    )
     app = FastAPI(
         title="qpbot answer service",
         version="1",
-        description="Hybrid retrieval over the promoted index and grounded answers with citations.",
+        description="Hybrid retrieval over the promoted index and grounded answers with "
+        "citations. With a token configured, reads need the `read` scope and writes the "
+        "`write` scope (`Authorization: Bearer <token>`).",
         lifespan=lifespan,
+        docs_url="/docs" if docs_open else None,
+        redoc_url="/redoc" if docs_open else None,
+        openapi_url="/openapi.json" if docs_open else None,
     )
     if settings.cors_origins:
         app.add_middleware(
@@ -227,22 +318,65 @@ def create_app(
         )
     for error, status in ERROR_STATUS.items():
         app.add_exception_handler(error, _error_handler(status))
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(UploadRefused, _upload_refused)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
 
-    app.add_middleware(ObserveLatency)
+    app.add_middleware(
+        RequestGuard,
+        upload_path=UPLOAD_PATH,
+        max_upload_bytes=settings.max_upload_mb * 1024 * 1024,
+        max_request_bytes=settings.max_request_kb * 1024,
+    )
+    app.add_middleware(ObserveLatency)  # outermost: it sees the guard's refusals too
 
-    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
-        if settings.api_token and authorization != f"Bearer {settings.api_token}":
-            raise Unauthorized("this endpoint needs 'Authorization: Bearer <QPBOT_API_TOKEN>'")
+    def needs(scope: Scope):
+        """A dependency: the request's token has `scope` (when tokens are configured); a
+        write must not come from a page of another origin."""
+
+        def check(
+            request: Request,
+            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+        ) -> None:
+            access.check(scope, request.headers.get("authorization"))
+            if scope == "write":
+                access.check_origin(request.headers, request.headers.get("host"))
+
+        return Depends(check)
+
+    def opened_by(setting: str) -> list:
+        """An endpoint's dependencies under QPBOT_METRICS_ACCESS / QPBOT_DOCS_ACCESS."""
+        return [] if setting in ("open", "off") else [needs(setting)]
 
     @app.get("/", include_in_schema=False)
     async def web_page() -> FileResponse:
-        return FileResponse(WEB_PAGE, media_type="text/html")
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
+    @app.get("/app.js", include_in_schema=False)
+    async def web_script() -> FileResponse:
+        return FileResponse(WEB_DIR / "app.js", media_type="text/javascript")
+
+    if not docs_open and settings.docs_access != "off":  # the schema and docs need a scope
+
+        @app.get(
+            "/openapi.json", include_in_schema=False, dependencies=opened_by(settings.docs_access)
+        )
+        async def openapi_schema() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+        @app.get("/docs", include_in_schema=False, dependencies=opened_by(settings.docs_access))
+        async def docs() -> HTMLResponse:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
+
+        @app.get("/redoc", include_in_schema=False, dependencies=opened_by(settings.docs_access))
+        async def redoc() -> HTMLResponse:
+            return get_redoc_html(openapi_url="/openapi.json", title=app.title)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], responses=_responses(503))
     async def readyz(request: Request) -> JSONResponse:
         retriever = request.app.state.retriever
         if retriever is None:
@@ -252,13 +386,27 @@ def create_app(
             )
         return JSONResponse({"ready": True, "index_version": retriever.promoted.label})
 
-    @app.get("/metrics", tags=["health"])
-    async def metrics(request: Request) -> Response:
-        return Response(
-            generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
-        )
+    if settings.metrics_access != "off":
 
-    @app.post("/v1/search", response_model=SearchResponse, tags=["v1"])
+        @app.get(
+            "/metrics",
+            tags=["health"],
+            dependencies=opened_by(settings.metrics_access),
+            responses=_responses(401, 403),
+        )
+        async def metrics(request: Request) -> Response:
+            return Response(
+                generate_latest(request.app.state.metrics.registry),
+                media_type=CONTENT_TYPE_LATEST,
+            )
+
+    @app.post(
+        "/v1/search",
+        response_model=SearchResponse,
+        tags=["v1"],
+        dependencies=[needs("read")],
+        responses=_responses(400, *READ_ERRORS),
+    )
     async def search(body: SearchRequest, request: Request) -> SearchResponse:
         retriever = _retriever(request)
         started = time.monotonic()
@@ -272,7 +420,13 @@ def create_app(
             timings_ms={"retrieval": retrieval_ms},
         )
 
-    @app.post("/v1/answer", response_model=AnswerResponse, tags=["v1"])
+    @app.post(
+        "/v1/answer",
+        response_model=AnswerResponse,
+        tags=["v1"],
+        dependencies=[needs("read")],
+        responses=_responses(400, *READ_ERRORS),
+    )
     async def answer(body: AnswerRequest, request: Request):
         retriever = _retriever(request)
         state = request.app.state
@@ -304,7 +458,13 @@ def create_app(
             return StreamingResponse(answer.events(), media_type="text/event-stream")
         return await answer.complete()
 
-    @app.post("/v1/feedback", status_code=202, tags=["v1"], dependencies=[Depends(require_token)])
+    @app.post(
+        "/v1/feedback",
+        status_code=202,
+        tags=["v1"],
+        dependencies=[needs("write")],
+        responses=WRITE_ERRORS,
+    )
     async def feedback(body: FeedbackRequest, request: Request) -> dict:
         log: AnswerLog = request.app.state.answer_log
         if await asyncio.to_thread(log.answer_exists, body.answer_id) is False:
@@ -314,32 +474,83 @@ def create_app(
         request.app.state.metrics.feedback.labels(body.rating).inc()
         return {"feedback_id": feedback_id}
 
-    @app.post("/v1/documents", status_code=201, tags=["v1"], dependencies=[Depends(require_token)])
-    async def upload(request: Request, file: Annotated[UploadFile, File()]) -> dict:
+    @app.post(
+        UPLOAD_PATH,
+        status_code=201,
+        tags=["v1"],
+        # The token is checked before the body is read: the file is parsed in the endpoint.
+        dependencies=[needs("write")],
+        responses=WRITE_ERRORS,
+        openapi_extra=UPLOAD_BODY,
+    )
+    async def upload(request: Request) -> dict:
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise UploadRefused("send the file as multipart/form-data, in a field 'file'", 415)
+        form = await request.form(max_files=1, max_fields=1)
         try:
-            saved = await asyncio.to_thread(
-                save_upload, settings, file.filename or "", file.file, settings.max_upload_mb
-            )
-        except ValueError as problem:
-            kind = PayloadTooLarge if "larger than" in str(problem) else UnsupportedMediaType
-            raise kind(str(problem)) from None
-        return saved
+            file = form.get("file")
+            if not isinstance(file, UploadFile):
+                raise BadRequest("send the file as multipart/form-data, in a field 'file'")
+            return await asyncio.to_thread(save_upload, settings, file.filename or "", file.file)
+        finally:
+            await form.close()
 
-    @app.get("/v1/documents/{document_id}", tags=["v1"])
-    async def document(document_id: str) -> dict:
-        if not re.fullmatch(r"[a-z0-9._-]{1,100}", document_id):
-            raise BadRequest("document ids are lowercase letters, digits, '.', '_' and '-'")
-        return await asyncio.to_thread(document_status, settings, document_id)
+    @app.get(
+        "/v1/documents/{document_id}",
+        tags=["v1"],
+        dependencies=[needs("read")],
+        responses=_responses(401, 403, 404, 422),
+    )
+    async def document(document_id: DocumentId, request: Request) -> dict:
+        retriever = request.app.state.retriever
+        return await asyncio.to_thread(
+            document_status,
+            settings,
+            document_id,
+            lambda document: retriever.chunks_of(document) if retriever else None,
+        )
 
-    @app.get("/v1/documents/{document_id}/content", tags=["v1"])
-    async def document_content(document_id: str) -> FileResponse:
-        if not re.fullmatch(r"[a-z0-9._-]{1,100}", document_id):
-            raise BadRequest("document ids are lowercase letters, digits, '.', '_' and '-'")
+    @app.get(
+        "/v1/documents/{document_id}/content",
+        tags=["v1"],
+        dependencies=[needs("read")],
+        responses=_responses(401, 403, 404, 422),
+    )
+    async def document_content(document_id: DocumentId) -> FileResponse:
         path, filename = await asyncio.to_thread(document_file, settings, document_id)
-        # Inline, so a citation link opens the PDF at its page (#page=N) in the browser.
-        return FileResponse(path, filename=filename, content_disposition_type="inline")
+        # Downloaded, never shown by the browser: an uploaded HTML page must not run as
+        # this service's own page. The web page opens PDFs itself, at their cited page.
+        return FileResponse(
+            path,
+            filename=filename,
+            content_disposition_type="attachment",
+            headers={"Content-Security-Policy": "default-src 'none'; sandbox"},
+        )
 
     return app
+
+
+# The upload's body as OpenAPI shows it (the endpoint parses it itself, after the token).
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "One of " + ", ".join(sorted(ACCEPTED_SUFFIXES)),
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -352,33 +563,6 @@ def _retriever(request: Request) -> Retriever:
 
 def _filters(filters: SearchFilters | None) -> dict | None:
     return filters.model_dump(exclude_none=True) if filters else None
-
-
-class ObserveLatency:
-    """Each request's latency per route, method and status, to the response's last byte.
-    Plain ASGI: Starlette's `@app.middleware("http")` costs about a millisecond a request."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = time.perf_counter()
-        status = ["500"]  # what the client sees when the app raises before responding
-
-        async def send_and_note_status(message):
-            if message["type"] == "http.response.start":
-                status[0] = str(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note_status)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            scope["app"].state.metrics.request_seconds.labels(
-                route, scope["method"], status[0]
-            ).observe(time.perf_counter() - started)
 
 
 def _chunk_fields(hit: SearchHit) -> dict:

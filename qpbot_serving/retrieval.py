@@ -321,6 +321,11 @@ class Retriever:
         info = contract.IndexInfo.from_schema(table.schema)
         return cls(table, promoted, embedder or Embedder(info.embedding_model), reranker)
 
+    def chunks_of(self, document_id: str) -> int:
+        """How many chunks of `document_id` this index version holds."""
+        quoted = document_id.replace("'", "''")
+        return self.table.count_rows(f"document_id = '{quoted}'")
+
     def search(
         self, query: str, k: int = 10, mode: str = "hybrid", filters: dict | None = None
     ) -> list[SearchHit]:

@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -22,6 +22,18 @@ class BeirSet(BaseModel):
     name: str
     queries: Path
     qrels: Path
+
+
+Scope = Literal["read", "write", "admin"]
+EndpointAccess = Literal["open", "read", "admin", "off"]
+
+
+class ApiToken(BaseModel):
+    """A bearer token and what it may do: read (search, answers, documents), write (uploads,
+    feedback), admin (everything)."""
+
+    token: SecretStr = Field(min_length=16)
+    scopes: list[Scope] = Field(min_length=1)
 
 
 class QpbotSettings(BaseSettings):
@@ -94,11 +106,40 @@ class QpbotSettings(BaseSettings):
         default_factory=lambda: ["Question:", "Sources:", "<|im_end|>", "<end_of_turn>"],
         description="Generation ends at any of these (JSON list).",
     )
-    api_token: str | None = Field(
-        default=None, description="When set, uploads and feedback need 'Authorization: Bearer …'."
+    # --- access and limits of the answer service (README, "Security and limits") ---------
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="One token with every scope ('Authorization: Bearer …'); with any token "
+        "configured, reads need the read scope and writes the write scope.",
     )
-    cors_origins: list[str] = Field(default_factory=list, description="JSON list of origins.")
-    max_upload_mb: int = Field(default=50, description="Largest accepted upload.")
+    api_tokens: list[ApiToken] = Field(
+        default_factory=list,
+        description='Scoped tokens: JSON list of {"token": ..., "scopes": ["read", "write", '
+        '"admin"]}.',
+    )
+    metrics_access: EndpointAccess = Field(
+        default="open", description="/metrics: open, read, admin (a scope it needs) or off."
+    )
+    docs_access: EndpointAccess = Field(
+        default="open", description="/docs and /openapi.json: open, read, admin or off."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (JSON list) whose pages may call the API; a write from a page of "
+        "any other origin is refused.",
+    )
+    max_upload_mb: int = Field(default=50, ge=1, description="Largest accepted upload.")
+    max_request_kb: int = Field(
+        default=256, ge=4, description="Largest request body other than an upload."
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection that has not sent a whole request head by then is closed.",
+    )
+    keep_alive_timeout_s: float = Field(
+        default=5.0, gt=0, description="An idle kept-alive connection is closed after this."
+    )
     s3_bucket: str | None = Field(default=None, description="Bucket the S3 source sensor watches.")
     s3_prefix: str = ""
     s3_endpoint_url: str | None = Field(

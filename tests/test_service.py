@@ -113,10 +113,15 @@ def test_answer_with_citations_logged_and_feedback(indexed_home, chat_url):
         with client.app.state.answer_log.engine.connect() as connection:
             logged = connection.execute(sa.select(feedback_table.c.source_judgments)).scalar_one()
         assert logged == judgments
+        unknown = "00000000-0000-4000-8000-000000000000"
         assert (
-            client.post("/v1/feedback", json={"answer_id": "unknown", "rating": "up"}).status_code
+            client.post("/v1/feedback", json={"answer_id": unknown, "rating": "up"}).status_code
             == 404
         )
+        # Ids are the service's own: anything else is refused before it reaches the log.
+        for malformed in ("unknown", "x" * 64, unknown + "0", unknown.replace("0", "A")):
+            refused = client.post("/v1/feedback", json={"answer_id": malformed, "rating": "up"})
+            assert refused.status_code == 422 and "answer_id" in refused.json()["error"]
         assert (
             client.post(
                 "/v1/feedback", json={"answer_id": answer["answer_id"], "rating": "meh"}
@@ -231,20 +236,23 @@ def test_extractive_mode_and_unanswerable_questions_call_no_model(indexed_home, 
 
 def test_upload_status_limits_and_tokens(indexed_home, chat_url, tmp_path):
     home = tmp_path / "upload-home"
+    token = "s3cret-0123456789"
     with client_for(
-        home, OpenAICompatibleGenerator(chat_url, "m", 5), api_token="s3cret", max_upload_mb=1
+        home, OpenAICompatibleGenerator(chat_url, "m", 5), api_token=token, max_upload_mb=1
     ) as client:
+        auth = {"Authorization": f"Bearer {token}"}
         assert client.get("/readyz").status_code == 503  # nothing promoted in this home yet
-        assert client.post("/v1/search", json={"query": "x"}).status_code == 503
+        assert client.post("/v1/search", json={"query": "x"}).status_code == 401
+        assert client.post("/v1/search", json={"query": "x"}, headers=auth).status_code == 503
         files = {"file": ("notes.md", b"# Notes\n\nThe office closes at 18:00.", "text/markdown")}
         assert client.post("/v1/documents", files=files).status_code == 401
-        auth = {"Authorization": "Bearer s3cret"}
         created = client.post("/v1/documents", files=files, headers=auth)
-        assert created.status_code == 201
+        assert created.status_code == 201 and created.json()["replaced"] is False
         document_id = created.json()["document_id"]
         assert (home / "inbox" / "notes.md").read_bytes().startswith(b"# Notes")
-        assert client.get(f"/v1/documents/{document_id}").json()["status"] == "queued"
-        assert client.get("/v1/documents/unknown-id").status_code == 404
+        status = client.get(f"/v1/documents/{document_id}", headers=auth).json()
+        assert status == {"document_id": document_id, "filename": "notes.md", "status": "queued"}
+        assert client.get("/v1/documents/unknown-id", headers=auth).status_code == 404
         too_big = {"file": ("big.txt", b"x" * (1024 * 1024 + 1), "text/plain")}
         assert client.post("/v1/documents", files=too_big, headers=auth).status_code == 413
         exe = {"file": ("tool.exe", b"MZ", "application/octet-stream")}
