@@ -60,11 +60,12 @@ class Access:
         """Refuses a request a browser sent from a page of another origin, unless that origin
         is in QPBOT_CORS_ORIGINS. API clients send no Origin and pass."""
         origin = headers.get("origin")
-        if origin and origin != "null":
+        if origin is None:  # not sent by a page's script or form, unless the browser says so
+            if headers.get("sec-fetch-site") not in ("cross-site", "same-site"):
+                return
+        elif origin != "null":  # "null": a sandboxed or local page, never trusted
             if origin.rstrip("/") in self.allowed_origins or urlsplit(origin).netloc == host:
                 return
-        elif headers.get("sec-fetch-site") not in ("cross-site", "same-site"):
-            return  # not from a browser page (or the browser's own navigation)
         raise Forbidden(
             f"writes from pages of another origin ({origin or 'a cross-site page'}) are "
             "refused; add the origin to QPBOT_CORS_ORIGINS to allow it"

@@ -200,7 +200,6 @@ ERROR_MEANING = {
     401: "A bearer token is needed (QPBOT_API_TOKEN / QPBOT_API_TOKENS are set).",
     403: "The token lacks the scope, or a page of another origin tried to write.",
     404: "No such answer or document.",
-    409: "The request conflicts with the state of the resource.",
     413: "The body is larger than its limit.",
     415: "The body's type or the file's type is not accepted.",
     422: "The body does not fit the schema (unknown fields and coercions are refused).",
@@ -211,10 +210,6 @@ ERROR_MEANING = {
 def _responses(*codes: int) -> dict:
     """The OpenAPI `responses` of an endpoint: every error it can answer."""
     return {code: {"model": ErrorBody, "description": ERROR_MEANING[code]} for code in codes}
-
-
-READ_ERRORS = _responses(401, 403, 413, 415, 422, 503)
-WRITE_ERRORS = _responses(400, 401, 403, 404, 409, 413, 415, 422, 503)
 
 
 def _error_handler(status: int):
@@ -405,7 +400,7 @@ def create_app(
         response_model=SearchResponse,
         tags=["v1"],
         dependencies=[needs("read")],
-        responses=_responses(400, *READ_ERRORS),
+        responses=_responses(401, 403, 413, 422, 503),
     )
     async def search(body: SearchRequest, request: Request) -> SearchResponse:
         retriever = _retriever(request)
@@ -425,7 +420,7 @@ def create_app(
         response_model=AnswerResponse,
         tags=["v1"],
         dependencies=[needs("read")],
-        responses=_responses(400, *READ_ERRORS),
+        responses=_responses(401, 403, 413, 422, 503),
     )
     async def answer(body: AnswerRequest, request: Request):
         retriever = _retriever(request)
@@ -463,7 +458,7 @@ def create_app(
         status_code=202,
         tags=["v1"],
         dependencies=[needs("write")],
-        responses=WRITE_ERRORS,
+        responses=_responses(401, 403, 404, 413, 422),
     )
     async def feedback(body: FeedbackRequest, request: Request) -> dict:
         log: AnswerLog = request.app.state.answer_log
@@ -480,7 +475,7 @@ def create_app(
         tags=["v1"],
         # The token is checked before the body is read: the file is parsed in the endpoint.
         dependencies=[needs("write")],
-        responses=WRITE_ERRORS,
+        responses=_responses(400, 401, 403, 413, 415),
         openapi_extra=UPLOAD_BODY,
     )
     async def upload(request: Request) -> dict:
