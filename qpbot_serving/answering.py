@@ -105,6 +105,7 @@ class FinishedAnswer:
                     "chunk_id": unit.chunk_id,
                     "document_id": unit.document_id,
                     "title": unit.title,
+                    "format": unit.format,
                     "section": unit.section,
                     "page": unit.page,
                     "kind": unit.kind,

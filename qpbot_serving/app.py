@@ -118,6 +118,7 @@ class Citation(BaseModel):
     chunk_id: str
     document_id: str
     title: str | None
+    format: str | None  # pdf, docx, markdown, html, text: how the page opens the original
     page_start: int | None
     page_end: int | None
     score: float
@@ -130,6 +131,7 @@ class Evidence(BaseModel):
     chunk_id: str
     document_id: str
     title: str | None
+    format: str | None
     section: str | None
     page: int | None
     kind: Literal["sentence", "list_item", "table_row"]
@@ -400,7 +402,7 @@ def create_app(
         response_model=SearchResponse,
         tags=["v1"],
         dependencies=[needs("read")],
-        responses=_responses(401, 403, 413, 422, 503),
+        responses=_responses(400, 401, 403, 413, 422, 503),
     )
     async def search(body: SearchRequest, request: Request) -> SearchResponse:
         retriever = _retriever(request)
@@ -420,7 +422,7 @@ def create_app(
         response_model=AnswerResponse,
         tags=["v1"],
         dependencies=[needs("read")],
-        responses=_responses(401, 403, 413, 422, 503),
+        responses=_responses(400, 401, 403, 413, 422, 503),
     )
     async def answer(body: AnswerRequest, request: Request):
         retriever = _retriever(request)
@@ -458,7 +460,7 @@ def create_app(
         status_code=202,
         tags=["v1"],
         dependencies=[needs("write")],
-        responses=_responses(401, 403, 404, 413, 422),
+        responses=_responses(400, 401, 403, 404, 413, 422),
     )
     async def feedback(body: FeedbackRequest, request: Request) -> dict:
         log: AnswerLog = request.app.state.answer_log

@@ -70,6 +70,7 @@ class EvidenceUnit:
     text: str
     position: int  # the unit's place in its chunk, 0 first
     header: str | None = None
+    format: str | None = None  # its document's: pdf, docx, markdown, html, text
     chunk_rank: int = 0  # the chunk's place in the retrieved list, 0 best
     score: float = 0.0  # for the question: the weighted sum of the three signals
     lexical: float = 0.0  # the question's words it holds (0-1)
@@ -136,6 +137,7 @@ def split_units(hit, chunk_rank: int = 0) -> list[EvidenceUnit]:
             text=" ".join(text[start:end].split()),
             position=position,
             header=header,
+            format=getattr(hit, "format", None),
             chunk_rank=chunk_rank,
         )
         for position, (kind, start, end, header) in enumerate(spans)

@@ -216,6 +216,7 @@ _RESULT_COLUMNS = [
     "page_end",
     "text",
     "source_uri",
+    "format",
 ]
 
 
@@ -236,7 +237,7 @@ class SearchHit:
     text: str
     source_uri: str | None
     score: float
-
+    format: str | None = None  # pdf, docx, markdown, html, text
 
 class Reranker(Protocol):
     """Reorders (and may cut) the hits of a query; scores are the reranker's own."""

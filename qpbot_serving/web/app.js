@@ -1,6 +1,75 @@
 const $ = (id) => document.getElementById(id);
 let answerId = null;
 let judgments = {};  // chunk_id -> "relevant" | "irrelevant", sent with the thumbs
+let watchedUpload = 0;  // the upload whose status the page follows (a newer one takes over)
+
+const TOKEN_KEY = "qpbot.api-token";  // sessionStorage: kept for this tab's session only
+// How long a document's blob URL lives: the new tab has loaded the PDF long before.
+const BLOB_LIFETIME_MS = 10 * 60 * 1000;
+let tokenRequest = null;  // the open token dialog: calls refused together wait for one token
+
+class NoToken extends Error {}  // the token dialog was cancelled
+
+// Every call of the page goes through here. It sends the access token when there is one;
+// on a 401 it asks for one (again, with the reason, when the one sent was refused) and
+// repeats the call. Other answers, a 403 included, are the caller's to show.
+async function api(path, options = {}, {beforeAsking} = {}) {
+  for (;;) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const headers = new Headers(options.headers);
+    if (token) headers.set("Authorization", `Bearer ${token}`);
+    const response = await fetch(path, {...options, headers});
+    if (response.status !== 401) return response;
+    const body = await response.json().catch(() => ({}));
+    if (sessionStorage.getItem(TOKEN_KEY) !== token) continue;  // a newer token came meanwhile
+    sessionStorage.removeItem(TOKEN_KEY);
+    showTokenState();
+    if (beforeAsking) beforeAsking();
+    await askForToken(token ? `That token was not accepted: ${body.error || response.statusText}.` : "");
+  }
+}
+
+// The token dialog; resolves once a token is stored, rejects when the user cancels.
+function askForToken(reason) {
+  $("token-error").textContent = reason;
+  if (tokenRequest) return tokenRequest;
+  tokenRequest = new Promise((resolve, reject) => {
+    const dialog = $("token-dialog");
+    $("token").value = "";
+    dialog.returnValue = "";
+    dialog.addEventListener("close", () => {
+      tokenRequest = null;
+      const token = $("token").value.trim();
+      $("token").value = "";
+      if (dialog.returnValue === "use" && token) {
+        sessionStorage.setItem(TOKEN_KEY, token);
+        showTokenState();
+        resolve();
+      } else {
+        reject(new NoToken("This needs an access token, and none was given."));
+      }
+    }, {once: true});
+    dialog.showModal();
+    $("token").focus();
+  });
+  return tokenRequest;
+}
+
+function showTokenState() {
+  $("change-token").hidden = !sessionStorage.getItem(TOKEN_KEY);
+}
+
+// What a refused call says to the user; a 403 names the token as the reason.
+async function failureMessage(response) {
+  const body = await response.json().catch(() => ({}));
+  const reason = body.error || (body.detail && JSON.stringify(body.detail)) || response.statusText;
+  if (response.status === 403) {
+    return sessionStorage.getItem(TOKEN_KEY)
+      ? `The access token you gave may not do this (${reason}). Use another token to do it.`
+      : `Not allowed: ${reason}`;
+  }
+  return reason;
+}
 
 async function ask(event) {
   event.preventDefault();
@@ -12,15 +81,12 @@ async function ask(event) {
   $("ask-button").disabled = true;
   $("answer").setAttribute("aria-busy", "true");
   try {
-    const response = await fetch("/v1/answer", {
+    const response = await api("/v1/answer", {
       method: "POST", headers: {"Content-Type": "application/json"},
       // More sources than the prompt holds: the rest are shown to be judged.
       body: JSON.stringify({query, k: 8, stream: true}),
     });
-    if (!response.ok) {
-      const body = await response.json().catch(() => ({}));
-      throw new Error(body.error || (body.detail && JSON.stringify(body.detail)) || response.statusText);
-    }
+    if (!response.ok) throw new Error(await failureMessage(response));
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -128,6 +194,75 @@ function documentLink(documentId, page) {
   return `/v1/documents/${encodeURIComponent(documentId)}/content` + (page ? `#page=${page}` : "");
 }
 
+// A link to a document's original: the href says where it is, the click opens it (with
+// the token: a plain navigation would carry none, and the service sends originals as
+// downloads so that an uploaded HTML page can never run as this page).
+function linkToDocument(link, documentId, page, format) {
+  link.href = documentLink(documentId, page);
+  link.target = "_blank";
+  link.dataset.documentId = documentId;
+  link.dataset.format = format || "";
+  if (page) link.dataset.page = String(page);
+  link.addEventListener("click", openDocument);
+}
+
+// A PDF opens in a new tab at its cited page, from a blob of type application/pdf; any
+// other original is downloaded, never shown in this origin.
+async function openDocument(event) {
+  event.preventDefault();
+  const {documentId, page, format} = event.currentTarget.dataset;
+  // A PDF's tab is opened now, while the click lasts: one opened once the bytes are in may
+  // be stopped by the popup blocker. The citation says the original's format.
+  let tab = format === "pdf" ? window.open("", "_blank") : null;
+  if (tab) tab.opener = null;
+  const closeTab = () => { if (tab) tab.close(); tab = null; };
+  try {
+    // The token dialog is in this tab: the blank one must not hide it.
+    const response = await api(documentLink(documentId), {}, {beforeAsking: closeTab});
+    if (!response.ok) throw new Error(await failureMessage(response));
+    const bytes = await response.arrayBuffer();
+    const type = (response.headers.get("content-type") || "").split(";")[0].trim().toLowerCase();
+    const name = attachmentName(response.headers.get("content-disposition")) || documentId;
+    if (type === "application/pdf") {
+      const url = URL.createObjectURL(new Blob([bytes], {type: "application/pdf"}));
+      setTimeout(() => URL.revokeObjectURL(url), BLOB_LIFETIME_MS);
+      const target = url + (page ? `#page=${page}` : "");
+      if (tab && !tab.closed) tab.location.href = target;
+      else if (!window.open(target, "_blank")) download(bytes, name);  // the tab was blocked
+    } else {
+      closeTab();
+      download(bytes, name);
+    }
+  } catch (error) {
+    closeTab();
+    $("error").textContent = `The document could not be opened: ${error.message}`;
+  }
+}
+
+// Saves bytes as a file. Always as application/octet-stream: a blob of the original's
+// type (text/html) would be a page of this origin.
+function download(bytes, filename) {
+  const url = URL.createObjectURL(new Blob([bytes], {type: "application/octet-stream"}));
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = filename;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), BLOB_LIFETIME_MS);
+}
+
+// The file name of a Content-Disposition header: filename*=utf-8''… or filename="…".
+function attachmentName(disposition) {
+  if (!disposition) return null;
+  const encoded = disposition.match(/filename\*\s*=\s*[^']*'[^']*'([^;]+)/i);
+  if (encoded) {
+    try { return decodeURIComponent(encoded[1].trim()); } catch { /* the plain name, then */ }
+  }
+  const plain = disposition.match(/filename\s*=\s*(?:"([^"]*)"|([^;]+))/i);
+  return plain ? (plain[1] ?? plain[2]).trim() : null;
+}
+
 // The quoted units the answer rests on (all of them when it names none), with the spans
 // the answer repeats marked. Text nodes only: quotes come from users' documents.
 function showEvidence(evidence) {
@@ -148,8 +283,7 @@ function showEvidence(evidence) {
     const where = [unit.title || unit.document_id, unit.page ? `page ${unit.page}` : null, unit.section].filter(Boolean);
     caption.append(`[${unit.number}] ${where.join(", ")} · `);
     const link = document.createElement("a");
-    link.href = documentLink(unit.document_id, unit.page);
-    link.target = "_blank";
+    linkToDocument(link, unit.document_id, unit.page, unit.format);
     link.className = "evidence-link";
     link.textContent = unit.page ? `open page ${unit.page}` : "open the document";
     caption.append(link);
@@ -178,8 +312,7 @@ function showSources(sources, listId) {
     if (c.number != null) { item.id = `source-${c.number}`; item.value = c.number; }
     const link = document.createElement("a");
     const page = c.page_start ? `, page ${c.page_start}` : "";
-    link.href = documentLink(c.document_id, c.page_start);
-    link.target = "_blank";
+    linkToDocument(link, c.document_id, c.page_start, c.format);
     link.textContent = `${c.title || c.document_id}${page}`;
     link.className = "citation";
     item.appendChild(link);
@@ -202,11 +335,15 @@ function showSources(sources, listId) {
 
 async function sendFeedback(rating) {
   if (!answerId) return;
-  const response = await fetch("/v1/feedback", {
-    method: "POST", headers: {"Content-Type": "application/json"},
-    body: JSON.stringify({answer_id: answerId, rating, source_judgments: Object.keys(judgments).length ? judgments : null}),
-  });
-  $("feedback-status").textContent = response.ok ? "Thanks for the feedback." : "Feedback could not be saved.";
+  try {
+    const response = await api("/v1/feedback", {
+      method: "POST", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({answer_id: answerId, rating, source_judgments: Object.keys(judgments).length ? judgments : null}),
+    });
+    $("feedback-status").textContent = response.ok ? "Thanks for the feedback." : `Feedback could not be saved: ${await failureMessage(response)}`;
+  } catch (error) {
+    $("feedback-status").textContent = `Feedback could not be saved: ${error.message}`;
+  }
 }
 
 async function upload(event) {
@@ -215,20 +352,41 @@ async function upload(event) {
   if (!file) return;
   const form = new FormData();
   form.append("file", file);
-  const response = await fetch("/v1/documents", {method: "POST", body: form});
-  const body = await response.json();
-  if (!response.ok) { $("upload-status").textContent = `Rejected: ${body.error}`; return; }
-  $("upload-status").textContent = `${body.filename}: ${body.status}`;
-  watch(body.document_id, body.filename);
+  const status = $("upload-status");
+  watchedUpload++;  // the status line is this upload's now
+  try {
+    const response = await api("/v1/documents", {method: "POST", body: form});
+    if (!response.ok) { status.textContent = `Rejected: ${await failureMessage(response)}`; return; }
+    const body = await response.json();
+    // `replaced`: a file of this name came before, and this one updates its document.
+    const label = `${body.filename}: ${body.replaced ? "updated, " : ""}`;
+    status.textContent = label + body.status;
+    watch(body.document_id, label);
+  } catch (error) {
+    status.textContent = `Rejected: ${error.message}`;
+  }
 }
 
-async function watch(documentId, filename) {
-  for (let i = 0; i < 600; i++) {
-    const response = await fetch(`/v1/documents/${encodeURIComponent(documentId)}`);
-    if (response.ok) {
+// Follows an upload until it is indexed or quarantined (or a newer upload takes over).
+async function watch(documentId, label) {
+  const upload = watchedUpload;
+  const status = $("upload-status");
+  for (let i = 0; i < 600 && upload === watchedUpload; i++) {
+    let response = null;
+    try {
+      response = await api(`/v1/documents/${encodeURIComponent(documentId)}`);
+    } catch (error) {
+      if (error instanceof NoToken) return;  // not asked again every two seconds
+    }
+    if (upload !== watchedUpload) return;
+    if (response && response.status === 403) {
+      status.textContent = `${label}queued; its progress cannot be shown: ${await failureMessage(response)}`;
+      return;
+    }
+    if (response && response.ok) {
       const body = await response.json();
       const detail = body.status === "quarantined" ? ` (${body.reason})` : body.status === "indexed" ? ` (${body.chunks} chunks)` : "";
-      $("upload-status").textContent = `${filename}: ${body.status}${detail}`;
+      status.textContent = `${label}${body.status}${detail}`;
       if (body.status === "indexed" || body.status === "quarantined") return;
     }
     await new Promise((done) => setTimeout(done, 2000));
@@ -239,3 +397,10 @@ $("ask").addEventListener("submit", ask);
 $("upload").addEventListener("submit", upload);
 $("thumbs-up").addEventListener("click", () => sendFeedback("up"));
 $("thumbs-down").addEventListener("click", () => sendFeedback("down"));
+$("token-form").addEventListener("submit", (event) => { event.preventDefault(); $("token-dialog").close("use"); });
+$("token-cancel").addEventListener("click", () => $("token-dialog").close());
+// Another token (one that may write, say): the one stored stays unless a new one is given.
+$("change-token").addEventListener("click", () => {
+  askForToken("").catch(() => {});
+});
+showTokenState();
