@@ -239,6 +239,7 @@ class SearchHit:
     score: float
     format: str | None = None  # pdf, docx, markdown, html, text
 
+
 class Reranker(Protocol):
     """Reorders (and may cut) the hits of a query; scores are the reranker's own."""
 
