@@ -9,7 +9,7 @@ streams one token a second for ever, and measures /v1/search over HTTP one reque
 time: first idle, then while `--clients` clients keep /v1/answer busy. Reports the medians
 and p99s, their ratio (the target: at most 2), how long each answer took (the deadline,
 QPBOT_ANSWER_DEADLINE_S, must end each one) and how many generator connections were still
-open after the clients went away. Writes bench/results/overload.json.
+open after the clients went away (and how soon they closed). Writes bench/results/overload.json.
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ def main() -> None:
         generator_timeout_s=5.0,  # the trickle is not "down": only the deadline ends it
     )
     port = free_port()
-    server = uvicorn.Server(uvicorn_config(create_app(settings), settings, "127.0.0.1", port))
-    server.config.log_level = "warning"
+    config = uvicorn_config(create_app(settings), settings, "127.0.0.1", port, "warning")
+    server = uvicorn.Server(config)
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
@@ -153,13 +153,16 @@ def main() -> None:
         streams_busy = chat.open_streams
         loaded = search_latencies(base, args.searches)
         stop.set()
-    time.sleep(2.0)
+    # The chat server sees a hang-up at its next write or the one after: up to 2 s.
+    clients_done = time.monotonic()
+    while chat.open_streams and time.monotonic() - clients_done < 10:
+        time.sleep(0.1)
+    drained_s = time.monotonic() - clients_done
     report = {
         "command": "bench/bench_overload.py " + " ".join(sys.argv[1:]),
         "cpu_flags": sorted(
-            flag
-            for flag in Path("/proc/cpuinfo").read_text().split()
-            if flag in {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+            set(Path("/proc/cpuinfo").read_text().split())
+            & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
         ),
         "cores": os.cpu_count(),
         "clients": args.clients,
@@ -178,6 +181,7 @@ def main() -> None:
         "answer_seconds_max": round(max(answer_seconds), 2) if answer_seconds else None,
         "answer_deadline_s": settings.answer_deadline_s,
         "generator_streams_left_after_clients_left": chat.open_streams,
+        "seconds_until_generator_streams_closed": round(drained_s, 1),
     }
     server.should_exit = True
     chat.shutdown()
@@ -192,8 +196,9 @@ def _summary(report: dict) -> str:
         f"search idle p50 {idle['p50']} ms p99 {idle['p99']} ms; with {report['clients']} "
         f"answers stuck on a trickling generator p50 {loaded['p50']} ms p99 {loaded['p99']} "
         f"ms (ratio {report['p50_ratio']}); longest answer {report['answer_seconds_max']} s "
-        f"(deadline {report['answer_deadline_s']} s); generator streams left open "
-        f"{report['generator_streams_left_after_clients_left']}"
+        f"(deadline {report['answer_deadline_s']} s); generator streams still open "
+        f"{report['generator_streams_left_after_clients_left']} "
+        f"{report['seconds_until_generator_streams_closed']} s after the last answer"
     )
 
 

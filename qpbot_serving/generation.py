@@ -125,6 +125,8 @@ def guarded(pieces: Iterator[str], guard: AnswerGuard) -> Iterator[str]:
     answer."""
     shown = 0
     try:
+        if guard.stop_reason:  # cancelled while it waited for a thread: never start it
+            return
         for piece in pieces:
             if guard.stop_reason:  # cancelled from another thread
                 return

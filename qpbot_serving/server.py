@@ -57,14 +57,16 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
-def uvicorn_config(app, settings: QpbotSettings, host: str, port: int) -> uvicorn.Config:
+def uvicorn_config(
+    app, settings: QpbotSettings, host: str, port: int, log_level: str = "info"
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         http=partial(HeadTimeoutProtocol, head_timeout=settings.header_timeout_s),
         timeout_keep_alive=settings.keep_alive_timeout_s,
-        log_level="info",
+        log_level=log_level,
     )
 
 

@@ -131,6 +131,20 @@ def test_stopping_closes_the_generator_underneath():
     assert closed == [True]
 
 
+def test_an_answer_cancelled_before_its_thread_came_never_calls_the_generator():
+    """An answer whose deadline passed while it queued for a generation thread must not open
+    a stream to the generator after its client has its reply (bench/bench_overload.py)."""
+    started = []
+
+    def generator():
+        started.append(True)  # a request to the generator would go out here
+        yield "late"
+
+    guard = AnswerGuard()
+    guard.cancel("deadline")
+    assert list(guarded(generator(), guard)) == [] and started == []
+
+
 def test_a_generator_that_repeats_itself_is_cut_short(scripted_chat):
     server = scripted_chat(["The warranty period is 12 months. "] * 17)
     generator = OpenAICompatibleGenerator(server.url, "m", timeout_s=5)
