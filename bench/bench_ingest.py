@@ -43,8 +43,9 @@ def build_corpus(folder: Path, scifact_docs: int) -> None:
     shutil.copytree(SHARED / "aragog" / "papers", folder / "aragog")
 
 
-def timed_ingest(home: Path, folder: Path) -> tuple[float, float, dict]:
-    """(seconds, peak RSS in MB, status JSON) of one `qpbot ingest` process.
+def timed_ingest(home: Path, folder: Path) -> tuple[float, float, float, dict]:
+    """(seconds, peak RSS in MB, the ingest process's own peak RSS in MB, status JSON) of
+    one `qpbot ingest` process.
 
     The peak is of the whole process tree (the ingest and its embedding-model child),
     sampled every 0.1 s.
@@ -59,16 +60,17 @@ def timed_ingest(home: Path, folder: Path) -> tuple[float, float, dict]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    peak = 0
+    peak = own_peak = 0
     sampling = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, own_peak
         tree = psutil.Process(process.pid)
         while not sampling.wait(0.1):
             try:
                 members = [tree, *tree.children(recursive=True)]
                 peak = max(peak, sum(_rss(member) for member in members))
+                own_peak = max(own_peak, _rss(tree))
             except psutil.NoSuchProcess:
                 return
 
@@ -80,7 +82,7 @@ def timed_ingest(home: Path, folder: Path) -> tuple[float, float, dict]:
     sampler.join()
     if process.returncode != 0:
         sys.exit(f"qpbot ingest failed:\n{stderr[-3000:]}")
-    return seconds, peak / 2**20, json.loads(stdout)
+    return seconds, peak / 2**20, own_peak / 2**20, json.loads(stdout)
 
 
 def _rss(process: psutil.Process) -> int:
@@ -136,9 +138,9 @@ def main() -> None:
             # Each round in its own fresh home, its encodes right after its ingest, so the
             # round's ratios compare timings taken minutes apart on the same machine.
             home = tmp / f"home{number}"
-            first_seconds, peak_mb, status = timed_ingest(home, corpus)
+            first_seconds, peak_mb, _, status = timed_ingest(home, corpus)
             rerun_started = time.time()
-            rerun_seconds, _, rerun_status = timed_ingest(home, corpus)
+            rerun_seconds, _, _, rerun_status = timed_ingest(home, corpus)
             rerun_embedded = vectors_written_since(home, rerun_started)
 
             promoted = contract.read_promoted(home / "index")

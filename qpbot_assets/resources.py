@@ -1,6 +1,7 @@
 """Resources shared by the asset graph; built from QpbotSettings in defs/resources.py."""
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -9,6 +10,9 @@ from qpbot_assets.embedding_process import ChildProcessEmbedder, child_embedder
 from qpbot_serving import index as search_index
 from qpbot_serving.settings import QpbotSettings
 
+if TYPE_CHECKING:
+    from qpbot_assets.documents.extraction import DocumentLimits
+
 
 def _default(setting: str):
     """A resource field's default is the setting's: QpbotSettings is their one home."""
@@ -16,11 +20,16 @@ def _default(setting: str):
 
 
 class DocumentStoreResource(dg.ConfigurableResource):
-    """The document store and source settings under QPBOT_HOME."""
+    """The document store and source settings under QPBOT_HOME, and how much one document
+    may hold (QPBOT_MAX_DOCUMENT_MB, QPBOT_MAX_UNPACKED_MB, QPBOT_MAX_COMPRESSION_RATIO,
+    QPBOT_MAX_CHUNKS_PER_DOCUMENT)."""
 
     home: str
     pdf_passwords: list[str] = []
-    max_document_mb: int = 200
+    max_document_mb: int = _default("max_document_mb")
+    max_unpacked_mb: int = _default("max_unpacked_mb")
+    max_compression_ratio: int = _default("max_compression_ratio")
+    max_chunks_per_document: int = _default("max_chunks_per_document")
 
     @property
     def store(self) -> DocumentStore:
@@ -33,6 +42,17 @@ class DocumentStoreResource(dg.ConfigurableResource):
     @property
     def max_document_bytes(self) -> int:
         return self.max_document_mb * 1024 * 1024
+
+    @property
+    def limits(self) -> "DocumentLimits":
+        """What extraction checks; imported here, since the extractors take 0.7 s to import."""
+        from qpbot_assets.documents.extraction import DocumentLimits
+
+        return DocumentLimits(
+            max_bytes=self.max_document_bytes,
+            max_unpacked_bytes=self.max_unpacked_mb * 1024 * 1024,
+            max_compression_ratio=self.max_compression_ratio,
+        )
 
 
 class SearchIndexResource(dg.ConfigurableResource):

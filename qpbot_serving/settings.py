@@ -52,6 +52,22 @@ class QpbotSettings(BaseSettings):
         default_factory=list, description="Passwords tried on encrypted PDFs (JSON list)."
     )
     max_document_mb: int = Field(default=200, description="Larger files are quarantined.")
+    max_unpacked_mb: int = Field(
+        default=50,
+        description="Largest a document may unpack to, checked before it is parsed: a DOCX's "
+        "XML parts together, a PDF page's content streams, a text, Markdown or HTML file; "
+        "also the most text a PDF may yield. Parsing holds several times this in memory.",
+    )
+    max_compression_ratio: int = Field(
+        default=100,
+        description="A DOCX part or PDF content stream over 1 MB that unpacks to more than "
+        "this many times its packed size is quarantined as a likely decompression bomb.",
+    )
+    max_chunks_per_document: int = Field(
+        default=10_000,
+        description="A document that makes more chunks is quarantined: every chunk is "
+        "embedded, so one huge document would hold the ingest up for a long time.",
+    )
     generator: Literal["local", "ollama", "openai"] = Field(
         default="local", description="Where answers are generated."
     )

@@ -1,4 +1,7 @@
-from qpbot_assets.documents.chunking import chunk_blocks
+import pytest
+
+from qpbot_assets.documents import chunking
+from qpbot_assets.documents.chunking import TooManyChunks, chunk_blocks
 from qpbot_assets.documents.extraction import TextBlock
 
 
@@ -43,3 +46,19 @@ def test_repeated_text_gets_distinct_ids(embedder):
 
 def test_empty_document_has_no_chunks(embedder):
     assert chunk_blocks([TextBlock("   ", 1)], "doc", embedder.tokenizer, max_tokens=50) == []
+
+
+def test_chunking_stops_past_the_cap(embedder):
+    blocks = [TextBlock(f"Paragraph {i} of the manual.", 1, f"Section {i}") for i in range(10)]
+    assert len(chunk_blocks(blocks, "doc", embedder.tokenizer, 50, max_chunks=10)) == 10
+    with pytest.raises(TooManyChunks):
+        chunk_blocks(blocks, "doc", embedder.tokenizer, 50, max_chunks=9)
+
+
+def test_a_long_block_tokenized_by_slices_chunks_as_in_one_call(embedder, monkeypatch):
+    sentence = "The pump delivers 40 litres a minute at 2.5 bar (see table 3). "
+    blocks = [TextBlock("Intro.", 1, "A"), TextBlock(sentence * 4000, 2, "A")]  # 256,000 chars
+    sliced = chunk_blocks(blocks, "doc", embedder.tokenizer, 128, overlap_tokens=16)
+    monkeypatch.setattr(chunking, "_SLICE_CHARACTERS", 10**9)
+    whole = chunk_blocks(blocks, "doc", embedder.tokenizer, 128, overlap_tokens=16)
+    assert sliced == whole and len(whole) > 100

@@ -28,6 +28,9 @@ def resources() -> dg.Definitions:
                 home=home,
                 pdf_passwords=settings.pdf_passwords,
                 max_document_mb=settings.max_document_mb,
+                max_unpacked_mb=settings.max_unpacked_mb,
+                max_compression_ratio=settings.max_compression_ratio,
+                max_chunks_per_document=settings.max_chunks_per_document,
             ),
             "index": SearchIndexResource(home=home),
             "embedding_model": EmbeddingModelResource(

@@ -13,6 +13,7 @@ import re
 import statistics
 import unicodedata
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -25,6 +26,8 @@ from bs4.element import PreformattedString
 from docx.opc.constants import RELATIONSHIP_TYPE as RT
 from docx.oxml import parse_xml
 from docx.oxml.ns import qn
+
+from qpbot_serving.settings import QpbotSettings
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,27 @@ UNREADABLE_KINDS = frozenset(
         "too_large",
     }
 )
+
+
+_SETTINGS = QpbotSettings.model_fields
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DocumentLimits:
+    """How much one document may hold, so that no file costs minutes or gigabytes before it
+    is quarantined; the defaults are QpbotSettings' (QPBOT_MAX_DOCUMENT_MB, ...)."""
+
+    max_bytes: int = _SETTINGS["max_document_mb"].default * _MB  # the file as stored
+    # What is parsed (a DOCX's XML parts, a PDF page's content streams, a text file) and the
+    # text a PDF yields: parsers hold several times this in memory.
+    max_unpacked_bytes: int = _SETTINGS["max_unpacked_mb"].default * _MB
+    # Documents' XML and page content compress about 5 to 15 times, a bomb's hundreds.
+    max_compression_ratio: float = _SETTINGS["max_compression_ratio"].default
+
+
+# A part or stream this small costs nothing to parse, however tightly it is packed.
+_RATIO_FLOOR = _MB
 
 
 class UnreadableDocument(Exception):
@@ -112,21 +136,27 @@ _SNIFF_BYTES = 8192
 
 
 def extract_document(
-    path: Path, *, passwords: Sequence[str] = (), max_bytes: int = 200 * 1024 * 1024
+    path: Path,
+    *,
+    name: str | None = None,
+    passwords: Sequence[str] = (),
+    limits: DocumentLimits = DocumentLimits(),
 ) -> ExtractedDocument:
     """Reads the file at `path` into text blocks in reading order.
 
     The real format is detected from the content (magic bytes), not only the extension.
-    `passwords` are tried on encrypted PDFs (after the empty one). Raises
+    `name` is what reasons call the file (the uploaded name; by default the path's);
+    `passwords` are tried on encrypted PDFs (after the empty one). A file over `limits` is
+    refused before it is parsed, or for a PDF as soon as a page goes over. Raises
     UnreadableDocument when the file cannot become text; a missing or unreadable path
     raises the usual OSError, since that is no fault of the document.
     """
     path = Path(path)
-    name = path.name
+    name = name or path.name
     size = path.stat().st_size
-    if size > max_bytes:
+    if size > limits.max_bytes:
         raise UnreadableDocument(
-            f"{name} is {_megabytes(size)}, over the {_megabytes(max_bytes)} limit; "
+            f"{name} is {_readable_size(size)}, over the {_readable_size(limits.max_bytes)} limit; "
             "split it into smaller files or raise QPBOT_MAX_DOCUMENT_MB.",
             "too_large",
         )
@@ -137,14 +167,21 @@ def extract_document(
     claimed = _CLAIMED_FORMAT.get(path.suffix.lower())
 
     if _is_pdf(head):
-        return _extract_pdf(path, passwords)
+        return _extract_pdf(path, name, passwords, limits)
     if head.startswith(_ZIP_MAGIC):
-        return _extract_zip_package(path, claimed, max_bytes)
+        return _extract_zip_package(path, name, claimed, limits)
     if head.startswith(_CFB_MAGIC):
-        raise _legacy_office_error(path)
+        raise _legacy_office_error(path, name)
     looks_like = next((what for magic, what in _SIGNATURES if head.startswith(magic)), None)
     if looks_like or not _looks_like_text(head):  # RTF and PostScript look like text
         raise _not_a_document_error(name, claimed, looks_like)
+    if size > limits.max_unpacked_bytes:
+        raise UnreadableDocument(
+            f"{name} is {_readable_size(size)} of text, over the "
+            f"{_readable_size(limits.max_unpacked_bytes)} limit for text to parse; split it "
+            "into smaller files or raise QPBOT_MAX_UNPACKED_MB.",
+            "too_large",
+        )
     data = path.read_bytes()
     text = _decode_text(data)
     if not text.strip():
@@ -159,14 +196,36 @@ def extract_document(
     return _extract_plain_text(text)
 
 
-def _megabytes(size: int) -> str:
-    return f"{size / (1024 * 1024):.1f} MB"
+def _readable_size(size: float) -> str:
+    if size >= _MB:
+        return f"{size / _MB:.1f} MB"
+    return f"{size / 1024:.0f} KB" if size >= 1024 else f"{size:.0f} bytes"
 
 
-def _short(error: BaseException, path: Path) -> str:
+def _short(error: BaseException, path: Path, name: str) -> str:
     """One line of an internal error for a reason's parenthesis: no stack trace, no path."""
-    message = str(error).replace(str(path), path.name)
+    message = str(error).replace(str(path), name).replace(path.name, name)
     return " ".join(message.split())[:120] or type(error).__name__
+
+
+def _looks_like_bomb(unpacked: int, packed: int, limits: DocumentLimits) -> bool:
+    return unpacked > _RATIO_FLOOR and unpacked > limits.max_compression_ratio * max(packed, 1)
+
+
+def _bomb_error(
+    name: str, what: str, unpacked: int, packed: int, limits: DocumentLimits, partly: bool = False
+) -> UnreadableDocument:
+    """`partly`: unpacking stopped at `unpacked` bytes, made from the first `packed`."""
+    sizes = f"{_readable_size(unpacked)} from {_readable_size(packed)}"
+    if partly:
+        sizes = f"more than {_readable_size(unpacked)} from its first {_readable_size(packed)}"
+    return UnreadableDocument(
+        f"{name} looks like a decompression bomb: {what} unpacks to {sizes}, "
+        f"{unpacked / max(packed, 1):.0f} times its packed size "
+        f"(the limit is {limits.max_compression_ratio:g}); if the file is genuine, raise "
+        "QPBOT_MAX_COMPRESSION_RATIO.",
+        "too_large",
+    )
 
 
 def _not_a_document_error(
@@ -246,8 +305,9 @@ def _looks_like_html(text: str) -> bool:
 _PDF_TEXT_FLAGS = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_MEDIABOX_CLIP
 
 
-def _extract_pdf(path: Path, passwords: Sequence[str]) -> ExtractedDocument:
-    name = path.name
+def _extract_pdf(
+    path: Path, name: str, passwords: Sequence[str], limits: DocumentLimits
+) -> ExtractedDocument:
     # MuPDF reports repairs of damaged files on stderr; the outcome is reported here instead.
     pymupdf.TOOLS.mupdf_display_errors(False)
     pymupdf.TOOLS.mupdf_display_warnings(False)
@@ -259,12 +319,12 @@ def _extract_pdf(path: Path, passwords: Sequence[str]) -> ExtractedDocument:
             "malformed",
         ) from None
     try:
-        return _read_pdf(pdf, name, passwords)
+        return _read_pdf(pdf, name, passwords, limits)
     except UnreadableDocument:
         raise
     except Exception as error:  # noqa: BLE001 - MuPDF raises many types; none may escape
         raise UnreadableDocument(
-            f"{name} is a damaged PDF that could not be read ({_short(error, path)}); "
+            f"{name} is a damaged PDF that could not be read ({_short(error, path, name)}); "
             "re-export or re-download it.",
             "malformed",
         ) from None
@@ -272,7 +332,9 @@ def _extract_pdf(path: Path, passwords: Sequence[str]) -> ExtractedDocument:
         pdf.close()
 
 
-def _read_pdf(pdf: pymupdf.Document, name: str, passwords: Sequence[str]) -> ExtractedDocument:
+def _read_pdf(
+    pdf: pymupdf.Document, name: str, passwords: Sequence[str], limits: DocumentLimits
+) -> ExtractedDocument:
     if pdf.needs_pass and not any(pdf.authenticate(password) for password in ("", *passwords)):
         raise UnreadableDocument(
             f"{name} is password-protected; add its password to QPBOT_PDF_PASSWORDS (a JSON "
@@ -287,7 +349,9 @@ def _read_pdf(pdf: pymupdf.Document, name: str, passwords: Sequence[str]) -> Ext
     outline = _pdf_outline(pdf)
     blocks: list[TextBlock] = []
     heading: str | None = None
+    characters = 0
     for page_number, page in enumerate(pdf, start=1):
+        _check_page_content(pdf, page, page_number, name, limits)
         try:
             raw = _pdf_page_blocks(page)
             texts = [b[4] for b in _reading_order(raw, page.rect.width) if b[4].strip()]
@@ -296,6 +360,14 @@ def _read_pdf(pdf: pymupdf.Document, name: str, passwords: Sequence[str]) -> Ext
             texts = []  # one broken page should not cost the rest of the document
         headings, heading = _assign_headings(texts, outline.get(page_number, []), heading)
         blocks += [TextBlock(t, page_number, h) for t, h in zip(texts, headings, strict=True)]
+        characters += sum(len(text) for text in texts)
+        if characters > limits.max_unpacked_bytes:
+            raise UnreadableDocument(
+                f"{name} holds more than {_readable_size(limits.max_unpacked_bytes)} of text by "
+                f"page {page_number} of {pdf.page_count}; split it into smaller documents or "
+                "raise QPBOT_MAX_UNPACKED_MB.",
+                "too_large",
+            )
     if not blocks:
         if pdf.is_repaired and not any(page.get_images() for page in pdf):
             raise UnreadableDocument(
@@ -309,6 +381,58 @@ def _read_pdf(pdf: pymupdf.Document, name: str, passwords: Sequence[str]) -> Ext
             "no_text",
         )
     return ExtractedDocument("pdf", blocks, pdf.page_count, _pdf_properties(pdf.metadata or {}))
+
+
+def _check_page_content(
+    pdf: pymupdf.Document, page: pymupdf.Page, page_number: int, name: str, limits: DocumentLimits
+) -> None:
+    """Raises UnreadableDocument before a page is read when its content streams (its own
+    and its forms') unpack to more than the limit, or one is packed as tightly as only a
+    decompression bomb is: MuPDF holds each character of a page's text in about 130 bytes."""
+    where = f"page {page_number}'s content"
+    unpacked = 0
+    try:
+        xrefs = [*page.get_contents(), *(form[0] for form in page.get_xobjects())]
+    except Exception:  # noqa: BLE001 - a page MuPDF cannot list is left to the reading
+        return
+    for xref in xrefs:
+        packed, size, whole = _pdf_stream_sizes(pdf, xref, limits.max_unpacked_bytes - unpacked)
+        if _looks_like_bomb(size, packed, limits):
+            raise _bomb_error(name, where, size, packed, limits, partly=not whole)
+        unpacked += size
+        if unpacked > limits.max_unpacked_bytes:
+            raise UnreadableDocument(
+                f"{name}: {where} unpacks to more than "
+                f"{_readable_size(limits.max_unpacked_bytes)}, over the limit for one page; split "
+                "the document or raise QPBOT_MAX_UNPACKED_MB.",
+                "too_large",
+            )
+
+
+def _pdf_stream_sizes(pdf: pymupdf.Document, xref: int, budget: int) -> tuple[int, int, bool]:
+    """(packed, unpacked, whole) bytes of a stream, unpacked no further than just past
+    `budget` (or past the ratio floor, so that the ratio tells): Flate streams (nearly all)
+    are inflated a megabyte at a time and counted, never held whole; the rare other filters
+    are left to MuPDF. When unpacking stopped early (`whole` false), `packed` is what had
+    been unpacked by then."""
+    try:
+        raw = pdf.xref_stream_raw(xref) or b""
+        kind, value = pdf.xref_get_key(xref, "Filter")
+        filters = value.strip("[]").split() if kind != "null" else []
+        if filters and filters != ["/FlateDecode"]:
+            return len(raw), len(pdf.xref_stream(xref) or b""), True
+    except Exception:  # noqa: BLE001 - a stream MuPDF cannot read is left to the reading
+        return 0, 0, True
+    if not filters:
+        return len(raw), len(raw), True
+    inflater, unpacked, pending = zlib.decompressobj(), 0, raw
+    try:
+        while pending and unpacked <= max(budget, _RATIO_FLOOR):
+            unpacked += len(inflater.decompress(pending, _MB))
+            pending = inflater.unconsumed_tail
+    except zlib.error:
+        pending = b""  # a damaged stream: what inflated so far counts
+    return len(raw) - len(pending), unpacked, not pending
 
 
 def _reading_order(raw_blocks, page_width: float) -> list:
@@ -832,8 +956,9 @@ def _pdf_date(raw: str) -> str | None:
 # --- ZIP packages (DOCX) and legacy Office files ----------------------------------------
 
 
-def _extract_zip_package(path: Path, claimed: str | None, max_bytes: int) -> ExtractedDocument:
-    name = path.name
+def _extract_zip_package(
+    path: Path, name: str, claimed: str | None, limits: DocumentLimits
+) -> ExtractedDocument:
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
@@ -852,23 +977,82 @@ def _extract_zip_package(path: Path, claimed: str | None, max_bytes: int) -> Ext
         )
         raise _not_a_document_error(name, claimed, looks_like)
     unpacked = sum(member.file_size for member in members)
-    if unpacked > max_bytes:  # python-docx holds every part in memory
+    if unpacked > limits.max_bytes:  # python-docx holds every part in memory
         raise UnreadableDocument(
-            f"{name} unpacks to {_megabytes(unpacked)}, over the "
-            f"{_megabytes(max_bytes)} limit; split it or remove large embedded media.",
+            f"{name} unpacks to {_readable_size(unpacked)}, over the "
+            f"{_readable_size(limits.max_bytes)} limit; split it or remove large embedded media.",
             "too_large",
         )
     try:
+        with zipfile.ZipFile(path) as archive:
+            _check_parts_to_parse(archive, name, limits)
         document = docx.Document(str(path))
         return _DocxReader(document, name).read()
     except UnreadableDocument:
         raise
     except Exception as error:  # noqa: BLE001 - python-docx and lxml raise many types
         raise UnreadableDocument(
-            f"{name} is a damaged Word document ({_short(error, path)}); open and "
+            f"{name} is a damaged Word document ({_short(error, path, name)}); open and "
             "re-save it in Word or LibreOffice.",
             "malformed",
         ) from None
+
+
+def _check_parts_to_parse(archive: zipfile.ZipFile, name: str, limits: DocumentLimits) -> None:
+    """Raises UnreadableDocument, from the sizes the ZIP directory records (zipfile never
+    unpacks past them), when the parts python-docx would parse unpack to more than the limit
+    or one is packed as tightly as only a decompression bomb is. Parsed are the XML and
+    text parts by the content types the package declares, whatever their names; images and
+    embedded files are only held as bytes. lxml holds about 8 times a part's size."""
+    members = archive.infolist()
+    declared = next((m for m in members if m.filename == _CONTENT_TYPES), None)
+    # The content types are read first, themselves within the limits.
+    _check_parts([declared] if declared else [], name, limits)
+    defaults, overrides = _content_types(archive.read(declared)) if declared else ({}, {})
+
+    def is_parsed(member: zipfile.ZipInfo) -> bool:
+        if member is declared or member.filename.endswith(".rels"):
+            return True  # python-docx reads relationships by their names
+        content_type = overrides.get("/" + member.filename.lower()) or defaults.get(
+            Path(member.filename).suffix.lstrip(".").lower(), ""
+        )
+        return content_type.endswith("xml") or content_type.startswith("text/")
+
+    _check_parts([m for m in members if is_parsed(m)], name, limits)
+
+
+_CONTENT_TYPES = "[Content_Types].xml"
+
+
+def _check_parts(parts: list[zipfile.ZipInfo], name: str, limits: DocumentLimits) -> None:
+    for part in parts:
+        if _looks_like_bomb(part.file_size, part.compress_size, limits):
+            raise _bomb_error(
+                name, f"its part {part.filename}", part.file_size, part.compress_size, limits
+            )
+    unpacked = sum(part.file_size for part in parts)
+    if unpacked > limits.max_unpacked_bytes:
+        largest = max(parts, key=lambda part: part.file_size)
+        raise UnreadableDocument(
+            f"{name} unpacks to {_readable_size(unpacked)} of XML to parse ({largest.filename} "
+            f"{_readable_size(largest.file_size)}), over the "
+            f"{_readable_size(limits.max_unpacked_bytes)} limit; it was not parsed. Split it into "
+            "smaller documents or raise QPBOT_MAX_UNPACKED_MB.",
+            "too_large",
+        )
+
+
+def _content_types(xml: bytes) -> tuple[dict[str, str], dict[str, str]]:
+    """A package's declared content types: (by extension, by part name), both lowercased
+    as python-docx looks them up."""
+    defaults, overrides = {}, {}
+    for element in parse_xml(xml):
+        content_type = (element.get("ContentType") or "").lower()
+        if element.tag.endswith("}Default"):
+            defaults[(element.get("Extension") or "").lower()] = content_type
+        elif element.tag.endswith("}Override"):
+            overrides[(element.get("PartName") or "").lower()] = content_type
+    return defaults, overrides
 
 
 # Office Open XML packages other than Word, by a part only they have.
@@ -885,9 +1069,8 @@ _LEGACY_OFFICE_STREAMS = [
 ]
 
 
-def _legacy_office_error(path: Path) -> UnreadableDocument:
+def _legacy_office_error(path: Path, name: str) -> UnreadableDocument:
     data = path.read_bytes()
-    name = path.name
     if "EncryptedPackage".encode("utf-16-le") in data:
         return UnreadableDocument(
             f"{name} is a password-protected Office document, which qpbot cannot decrypt; "

@@ -7,10 +7,12 @@ importing the extractors.
 from qpbot_assets.documents.store import fingerprint
 
 # Bump a stage's version when its logic changes, so the next run recomputes it.
-EXTRACTOR_VERSION = 2  # 2: PDF tables as one block, a line per row, cells joined by " | "
+# Extractor 2: PDF tables as one block, a line per row, cells joined by " | "; 3: limits on
+# what a document unpacks to (decompression bombs), reasons name the uploaded file.
+EXTRACTOR_VERSION = 3
 CLEANER_VERSION = 1
 METADATA_VERSION = 2  # 2: language from the first 1,000 characters
-CHUNKER_VERSION = 1
+CHUNKER_VERSION = 2  # 2: tokenized a batch at a time, a cap on chunks per document
 # What a document's indexed rows were made with; `qpbot ingest` skips documents whose source
 # and pipeline are both unchanged since they were indexed.
 PIPELINE_VERSION = fingerprint(

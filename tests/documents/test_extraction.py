@@ -13,6 +13,7 @@ from docx.enum.text import WD_BREAK
 
 from qpbot_assets.documents.extraction import (
     UNREADABLE_KINDS,
+    DocumentLimits,
     ExtractedDocument,
     UnreadableDocument,
     extract_document,
@@ -523,7 +524,7 @@ def test_zero_byte_pdf_is_empty(tmp_path):
 
 def test_file_over_the_limit_is_too_large(tmp_path):
     path = make_pdf(tmp_path / "big.pdf", [["Some text"]])
-    problem = unreadable(path, max_bytes=100)
+    problem = unreadable(path, limits=DocumentLimits(max_bytes=100))
     assert problem.kind == "too_large" and "QPBOT_MAX_DOCUMENT_MB" in problem.reason
 
 

@@ -14,7 +14,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from qpbot_assets.document_stages import run_for_each_document
-from qpbot_assets.documents.chunking import chunk_blocks
+from qpbot_assets.documents.chunking import TooManyChunks, chunk_blocks
 from qpbot_assets.documents.cleaning import clean_document
 from qpbot_assets.documents.extraction import (
     ExtractedDocument,
@@ -112,8 +112,11 @@ def extracted_text(
     context: dg.AssetExecutionContext, documents: DocumentStoreResource
 ) -> dg.MaterializeResult:
     """Text blocks with page numbers and section headings: pymupdf for PDF, python-docx for
-    DOCX, plus plain text, Markdown and HTML. Unreadable files are quarantined with a reason."""
+    DOCX, plus plain text, Markdown and HTML. Unreadable files, and files that would unpack
+    to more than the limits (decompression bombs), are quarantined with a reason that names
+    the uploaded file."""
     store = documents.store
+    limits = documents.limits
 
     def step(document_id: str):
         def extract() -> dict:
@@ -121,7 +124,7 @@ def extracted_text(
             blob = store.blob_path(raw["sha256"], suffix=Path(raw["filename"]).suffix)
             try:
                 doc = extract_document(
-                    blob, passwords=documents.pdf_passwords, max_bytes=documents.max_document_bytes
+                    blob, name=raw["filename"], passwords=documents.pdf_passwords, limits=limits
                 )
             except UnreadableDocument as problem:
                 raise Quarantined(problem.reason, problem.kind) from None
@@ -131,6 +134,7 @@ def extracted_text(
             EXTRACTOR_VERSION,
             store.output_digest(document_id, "raw", fields=("sha256", "filename")),
             sorted(documents.pdf_passwords),
+            asdict(limits),  # a raised limit reads a quarantined document again
         )
         result = store.run_stage(document_id, "extracted", input_fp, extract)
         out = result.output
@@ -204,20 +208,33 @@ def chunks(
     embedding_model: EmbeddingModelResource,
 ) -> dg.MaterializeResult:
     """Token-based chunks counted with the embedding model's tokenizer; each knows its
-    document, page span and section, and its id comes from the document id and its text."""
+    document, page span and section, and its id comes from the document id and its text. A
+    document that would make more than QPBOT_MAX_CHUNKS_PER_DOCUMENT chunks is quarantined
+    (chunking stops there), so that one file cannot hold up the embedding of the others."""
     store = documents.store
     embedder = embedding_model.embedder
+    max_chunks = documents.max_chunks_per_document
 
     def step(document_id: str):
         def chunk() -> list[dict]:
             cleaned = as_document(store.stage_output(document_id, "cleaned"))
-            pieces = chunk_blocks(
-                cleaned.blocks,
-                document_id,
-                embedder.tokenizer,
-                max_tokens=config.max_tokens or embedder.max_tokens,
-                overlap_tokens=config.overlap_tokens,
-            )
+            try:
+                pieces = chunk_blocks(
+                    cleaned.blocks,
+                    document_id,
+                    embedder.tokenizer,
+                    max_tokens=config.max_tokens or embedder.max_tokens,
+                    overlap_tokens=config.overlap_tokens,
+                    max_chunks=max_chunks,
+                )
+            except TooManyChunks:
+                filename = store.stage_output(document_id, "raw")["filename"]
+                raise Quarantined(
+                    f"{filename} makes more than {max_chunks:,} chunks, the limit for one "
+                    "document; split it into smaller files or raise "
+                    "QPBOT_MAX_CHUNKS_PER_DOCUMENT.",
+                    "too_large",
+                ) from None
             return [asdict(piece) for piece in pieces]
 
         input_fp = fingerprint(
@@ -226,6 +243,7 @@ def chunks(
             embedding_model.configured_model,  # a fine-tune keeps its base model's tokenizer
             config.max_tokens,
             config.overlap_tokens,
+            max_chunks,
         )
         result = store.run_stage(document_id, "chunks", input_fp, chunk)
         out = result.output or []
