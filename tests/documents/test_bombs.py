@@ -111,6 +111,17 @@ def test_text_file_over_the_unpacked_limit_is_refused_unread(tmp_path):
     assert problem.kind == "too_large" and problem.reason.startswith("dump.txt is 2.1 MB of text")
 
 
+def test_html_with_more_elements_than_a_page_may_have_is_refused_unparsed(tmp_path):
+    """3 MB of table cells would take BeautifulSoup gigabytes at 45 MB: refused by count."""
+    row = "<tr><td>one</td><td>two</td><td>3</td></tr>\n"
+    path = tmp_path / "export.html"
+    path.write_text("<html><body><table>" + row * 60_000 + "</table></body></html>")
+    problem = refusal(path)
+    assert problem.kind == "too_large" and "240,003 HTML elements" in problem.reason
+    path.write_text("<html><body><table>" + row * 1_000 + "</table></body></html>")
+    assert len(extract_document(path).blocks) == 1  # a big table that is still a page
+
+
 def test_reasons_name_the_uploaded_file_not_the_stored_blob(tmp_path):
     blob = tmp_path / "3f9a0c1d2e4b5a69788796a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5.pdf"
     blob.write_bytes(b"%PDF-1.7\n1 0 obj <<")
