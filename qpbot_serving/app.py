@@ -6,6 +6,7 @@ the models into `app.state`; a watcher swaps in a newly promoted index without a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -28,7 +29,7 @@ from starlette.exceptions import HTTPException
 
 from qpbot_serving import index as contract
 from qpbot_serving.access import Access, Forbidden, Unauthorized
-from qpbot_serving.answer_log import AnswerLog
+from qpbot_serving.answer_log import AnswerLog, InvalidRow
 from qpbot_serving.answering import Answerer, AnswerPolicy, FinishedAnswer, PreparedAnswer
 from qpbot_serving.documents import (
     ACCEPTED_SUFFIXES,
@@ -188,6 +189,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     Forbidden: 403,
     NotFound: 404,
     DocumentNotFound: 404,
+    InvalidRow: 422,  # a row the feedback database cannot hold; the message names the column
     IndexNotReady: 503,
 }
 
@@ -279,6 +281,7 @@ def create_app(
         state.answer_log = AnswerLog(
             settings.feedback_database_url, settings.home / "spool" / "answer_log.jsonl"
         )
+        state.metrics.watch_answer_log(state.answer_log)
         state.generator = generator or build_generator(settings)
         state.answer_policy = AnswerPolicy.from_settings(settings)
         # Quoting needs no model.
@@ -376,12 +379,21 @@ def create_app(
     @app.get("/readyz", tags=["health"], responses=_responses(503))
     async def readyz(request: Request) -> JSONResponse:
         retriever = request.app.state.retriever
+        # Reported, not gated on: answers are served while the feedback database is away.
+        status = request.app.state.answer_log.status()
+        answer_log = {**dataclasses.asdict(status), "backlog": status.backlog}
         if retriever is None:
             return JSONResponse(
                 status_code=503,
-                content={"ready": False, "reason": request.app.state.not_ready_reason},
+                content={
+                    "ready": False,
+                    "reason": request.app.state.not_ready_reason,
+                    "answer_log": answer_log,
+                },
             )
-        return JSONResponse({"ready": True, "index_version": retriever.promoted.label})
+        return JSONResponse(
+            {"ready": True, "index_version": retriever.promoted.label, "answer_log": answer_log}
+        )
 
     if settings.metrics_access != "off":
 
@@ -464,12 +476,14 @@ def create_app(
     )
     async def feedback(body: FeedbackRequest, request: Request) -> dict:
         log: AnswerLog = request.app.state.answer_log
+        row = {"feedback_id": str(uuid.uuid4()), **body.model_dump()}
+        log.validate("feedback", row)  # InvalidRow: 422, before it could be spooled
         if await asyncio.to_thread(log.answer_exists, body.answer_id) is False:
             raise NotFound(f"no answer with id {body.answer_id}")
-        feedback_id = str(uuid.uuid4())
-        log.record_feedback({"feedback_id": feedback_id, **body.model_dump()})
+        # Unknown while the database is away (None): accepted, and set aside on replay.
+        log.record_feedback(row)
         request.app.state.metrics.feedback.labels(body.rating).inc()
-        return {"feedback_id": feedback_id}
+        return {"feedback_id": row["feedback_id"]}
 
     @app.post(
         UPLOAD_PATH,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from qpbot_serving.answer_log import AnswerLog
 from qpbot_serving.index import PromotedIndex
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.08, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
@@ -58,7 +61,46 @@ class ServiceMetrics:
             registry=self.registry,
         )
 
+    def watch_answer_log(self, answer_log: AnswerLog) -> None:
+        """Reports `answer_log.status()` at every scrape (call once per app)."""
+        self.registry.register(AnswerLogCollector(answer_log))
+
     def set_index(self, promoted: PromotedIndex) -> None:
         self.index_info.clear()
         self.index_info.labels(promoted.table, str(promoted.version)).set(1)
         self.index_promoted_at.set(datetime.fromisoformat(promoted.promoted_at).timestamp())
+
+
+class AnswerLogCollector:
+    """The answer log's backlog, dead letters and writer, read when /metrics is scraped."""
+
+    def __init__(self, answer_log: AnswerLog) -> None:
+        self.answer_log = answer_log
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.answer_log.status()
+        yield GaugeMetricFamily(
+            "qpbot_answer_log_queued_rows",
+            "Answer and feedback rows accepted, not yet written or spooled.",
+            value=status.queued_rows,
+        )
+        yield GaugeMetricFamily(
+            "qpbot_answer_log_spooled_rows",
+            "Rows in the spool file, waiting for the feedback database.",
+            value=status.spooled_rows,
+        )
+        yield GaugeMetricFamily(
+            "qpbot_answer_log_dead_letters",
+            "Rows and spool lines set aside in the dead-letter file (refused or unreadable).",
+            value=status.dead_letters,
+        )
+        yield GaugeMetricFamily(
+            "qpbot_answer_log_writer_alive",
+            "1 while the answer log's writer thread runs.",
+            value=int(status.writer_alive),
+        )
+        yield CounterMetricFamily(
+            "qpbot_answer_log_writer_restarts",
+            "Times the answer log's writer failed or was gone and was started again.",
+            value=status.writer_restarts,
+        )

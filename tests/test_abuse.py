@@ -400,3 +400,20 @@ def test_fuzzed_requests_get_no_5xx_and_fit_the_schema(evil_home, mode):
             fuzzed.append(operation.label)
     # Every operation that takes input: search, answer, feedback, upload, status, original.
     assert len(fuzzed) >= 6, fuzzed
+
+
+# --- 3. feedback the database could not hold --------------------------------------------------
+def test_feedback_the_database_cannot_hold_is_refused_and_the_backlog_reported(evil_home):
+    with TestClient(create_app(QpbotSettings(home=evil_home))) as client:
+        answer = client.post("/v1/answer", json={"query": "When does the office close?"}).json()
+        refused = client.post(
+            "/v1/feedback",
+            json={"answer_id": answer["answer_id"], "rating": "down", "comment": "bad\x00"},
+        )
+        assert refused.status_code == 422 and "NUL" in refused.json()["error"]
+        client.app.state.answer_log.flush()  # the answer's own row is written
+        ready = client.get("/readyz").json()
+        assert ready["answer_log"]["writer_alive"] and ready["answer_log"]["backlog"] == 0
+        metrics = client.get("/metrics").text
+        assert "qpbot_answer_log_spooled_rows 0.0" in metrics
+        assert "qpbot_answer_log_dead_letters 0.0" in metrics

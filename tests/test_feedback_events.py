@@ -5,9 +5,14 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+import dagster as dg
 import pytest
 
 from qpbot_assets.learning.feedback import rated_answers, read_table, sync_feedback_events
+from qpbot_assets.learning.feedback_metrics import daily_metrics, daily_series
+from qpbot_assets.learning.lora import build_examples
+from qpbot_assets.learning.pairs import build_training_pairs
+from qpbot_assets.resources import FeedbackDatabaseResource, RetrainingPolicyResource
 from qpbot_serving.answer_log import AnswerLog, engine_for, now
 
 
@@ -52,7 +57,7 @@ def test_copies_each_row_once_and_picks_up_late_rows(database_url, tmp_path):
 
     # A row replayed from the service's spool keeps its older answer time.
     late = answer_row("What does error E4 mean?", created_at=now() - timedelta(minutes=20))
-    log._write([("answers", late)])
+    log.record_answer(late)
     thumbs_only = {
         "feedback_id": str(uuid.uuid4()),
         "answer_id": late["answer_id"],
@@ -72,3 +77,68 @@ def test_copies_each_row_once_and_picks_up_late_rows(database_url, tmp_path):
     assert rated.loc[first["answer_id"], "retrieved"][0]["chunk_id"] == "c1"
     assert rated.loc[late["answer_id"], "rating"] == "down"
     assert rated.loc[late["answer_id"], "source_judgments"] is None
+
+
+def test_an_answers_latest_rating_is_the_one_that_counts(database_url, tmp_path):
+    """A changed mind counts once, as its latest feedback row whole (never merged with the
+    earlier ones): in rated answers, training pairs, LoRA examples, daily figures and the
+    feedback sensor."""
+    from qpbot_assets.defs.feedback.sensors import feedback_sensor
+
+    folder = tmp_path / "feedback"
+    log = AnswerLog(database_url, tmp_path / "spool.jsonl")
+    retrieved = [{"chunk_id": c, "document_id": "d1", "score": 0.9} for c in ("c1", "c2")]
+    changed = answer_row("How long does the battery last?", retrieved=retrieved)
+    liked = answer_row("What does error E4 mean?")
+    yesterday = now() - timedelta(days=1)
+
+    def rate(answer: dict, rating: str, when, judgments=None) -> None:
+        log.record_feedback(
+            {
+                "feedback_id": str(uuid.uuid4()),
+                "answer_id": answer["answer_id"],
+                "created_at": when,
+                "rating": rating,
+                "source_judgments": judgments,
+            }
+        )
+
+    log.record_answer(changed)
+    log.record_answer(liked)
+    rate(changed, "up", yesterday, {"c1": "relevant"})
+    rate(liked, "up", yesterday)
+    rate(changed, "down", now())  # changed their mind, judged nothing this time
+    rate(changed, "down", now())  # and clicked twice
+    assert log.flush()
+    log.close()
+    sync_feedback_events(engine_for(database_url), folder)
+
+    rated = rated_answers(folder)
+    by_id = rated.set_index("answer_id")
+    assert len(rated) == 2 and by_id.loc[changed["answer_id"], "rating"] == "down"
+    assert by_id.loc[changed["answer_id"], "source_judgments"] is None  # not yesterday's
+    pairs = build_training_pairs(rated, lambda chunk_ids: {c: f"text of {c}" for c in chunk_ids})
+    assert pairs["positive_chunk_id"].tolist() == ["c1"]  # liked's top source, not changed's
+    assert pairs["query"].tolist() == [liked["query"]]
+    assert build_examples(rated)[1]["not thumbs up"] == 1
+
+    answers, feedback = read_table(folder, "answers"), read_table(folder, "feedback")
+    before = daily_metrics(answers, feedback, yesterday.date())
+    assert (before["up"], before["down"]) == (1, 0)  # changed's up was replaced
+    today = daily_metrics(answers, feedback, now().date())
+    assert (today["up"], today["down"]) == (0, 1)
+    series = daily_series(answers, feedback, now().date(), days=2)
+    assert (series["up"].sum(), series["down"].sum()) == (1, 1)
+
+    # The last two rated answers: one up, one down (not the last two rows: down, down).
+    context = dg.build_sensor_context(
+        resources={
+            "feedback_db": FeedbackDatabaseResource(
+                database_url=database_url, feedback_dir=str(folder)
+            ),
+            "retraining": RetrainingPolicyResource(
+                feedback_window=2, feedback_min_up_rate=0.5, retrain_min_new_pairs=100
+            ),
+        }
+    )
+    assert isinstance(feedback_sensor(context), dg.SkipReason)

@@ -11,6 +11,12 @@ downstream reads files, not the live database:
 - `feedback.parquet`: feedback_id, answer_id, created_at (UTC), rating ("up" | "down"),
   comment, source_judgments (JSON object chunk_id -> "relevant" | "irrelevant")
 
+An answer can be rated any number of times (a user changes their mind, or clicks twice).
+Its latest feedback row is the one that counts, whole: rating, comment and source
+judgments together, never merged with earlier rows (`latest_feedback`). Everything that
+reads ratings keeps that rule: rated answers and so the training pairs, the golden set and
+the LoRA examples, the daily figures, the feedback sensor.
+
 Rows are keyed by their primary key, so reading a row twice never duplicates it. The cursor
 steps back by `LOOKBACK` because a row replayed from the service's spool keeps the time it
 was answered, which can be earlier than rows already copied.
@@ -99,8 +105,18 @@ def read_table(feedback_dir: Path, name: str, parse_json: bool = True) -> pd.Dat
     return frame
 
 
+def latest_feedback(feedback: pd.DataFrame) -> pd.DataFrame:
+    """The feedback row that counts for each answer: its latest (on equal times, the
+    greatest feedback_id, so the choice never changes). Takes and returns feedback rows."""
+    ordered = feedback.sort_values(["created_at", "feedback_id"], kind="stable")
+    # Not groupby().last(): it takes each column's last non-null value, which would pair
+    # a later rating with an earlier row's judgments.
+    return ordered.drop_duplicates("answer_id", keep="last")
+
+
 def rated_answers(feedback_dir: Path) -> pd.DataFrame:
-    """Answers joined with their latest rating: one row per rated answer, newest last.
+    """Answers joined with their latest feedback row (`latest_feedback`): one row per rated
+    answer, newest rating last.
 
     Columns: those of answers, plus rating, source_judgments, rated_at.
     """
@@ -108,12 +124,9 @@ def rated_answers(feedback_dir: Path) -> pd.DataFrame:
     feedback = read_table(feedback_dir, "feedback")
     if answers.empty or feedback.empty:
         return pd.DataFrame(columns=[*answers.columns, "rating", "source_judgments", "rated_at"])
-    latest = (
-        feedback.sort_values("created_at")
-        .groupby("answer_id", as_index=False)
-        .last()[["answer_id", "rating", "source_judgments", "created_at"]]
-        .rename(columns={"created_at": "rated_at"})
-    )
+    latest = latest_feedback(feedback)[
+        ["answer_id", "rating", "source_judgments", "created_at"]
+    ].rename(columns={"created_at": "rated_at"})
     return answers.merge(latest, on="answer_id").sort_values("rated_at", ignore_index=True)
 
 

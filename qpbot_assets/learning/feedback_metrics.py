@@ -3,8 +3,9 @@
 For one UTC day:
 - answers given that day, answers that failed (`error` set), latency percentiles per stage
   (`latency_ms`: retrieval, generation, first_token, ...);
-- ratings given that day (the latest per answer, so a changed mind counts once): up, down
-  and the thumbs-up rate;
+- ratings given that day: up, down and the thumbs-up rate. Only an answer's latest rating
+  counts (`feedback.latest_feedback`), on the day it was given: a changed mind counts
+  once, and a day's figures lose a rating that a later day replaced;
 - the documents and chunks most often cited in the answers rated up ("good") and down
   ("bad") that day. An answer cites the sources it refers to as [n]; an answer without such
   markers counts all the sources it was shown with (the service lists them all as
@@ -19,6 +20,8 @@ from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
+
+from qpbot_assets.learning.feedback import latest_feedback
 
 PERCENTILES = (50, 90, 99)
 TOP = 5
@@ -64,11 +67,7 @@ def daily_metrics(answers: pd.DataFrame, feedback: pd.DataFrame, day: date) -> d
     for stage, values in sorted(stages.items()):
         latency[stage] = {f"p{p}": round(float(np.percentile(values, p)), 1) for p in PERCENTILES}
 
-    todays_feedback = _on_day(feedback, day)
-    if not todays_feedback.empty:
-        todays_feedback = (
-            todays_feedback.sort_values("created_at").groupby("answer_id", as_index=False).last()
-        )
+    todays_feedback = _on_day(latest_feedback(feedback), day)
     up = int((todays_feedback.get("rating", pd.Series(dtype=str)) == "up").sum())
     down = int((todays_feedback.get("rating", pd.Series(dtype=str)) == "down").sum())
 
@@ -109,10 +108,8 @@ def daily_series(answers: pd.DataFrame, feedback: pd.DataFrame, last_day: date, 
         counts = pd.to_datetime(answers["created_at"], utc=True).dt.date.value_counts()
         series["answers"] = [int(counts.get(day, 0)) for day in index]
     if not feedback.empty:
-        latest = feedback.assign(
-            day=pd.to_datetime(feedback["created_at"], utc=True).dt.date
-        ).sort_values("created_at")
-        latest = latest.groupby(["day", "answer_id"], as_index=False).last()
+        latest = latest_feedback(feedback)
+        latest = latest.assign(day=pd.to_datetime(latest["created_at"], utc=True).dt.date)
         by_day = latest.groupby(["day", "rating"]).size()
         series["up"] = [int(by_day.get((day, "up"), 0)) for day in index]
         series["down"] = [int(by_day.get((day, "down"), 0)) for day in index]

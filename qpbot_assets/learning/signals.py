@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class FeedbackPolicy:
-    window: int = 50  # the last N ratings the thumbs-up rate is taken over
+    window: int = 50  # the last N rated answers the thumbs-up rate is taken over
     min_up_rate: float = 0.5
     min_new_pairs: int = 200
 
@@ -25,10 +25,11 @@ def retraining_reason(
 ) -> str | None:
     """Why retraining should start now, or None.
 
-    `recent_ratings`: the last `policy.window` ratings ("up"/"down"), oldest first.
-    `new_feedback`: (rating, source_judgments) of every feedback row since the last
-    retraining. A low thumbs-up rate counts only once a full window of new ratings came
-    in, so one bad stretch starts one retraining, not one per new rating.
+    `recent_ratings`: the ratings ("up"/"down") of the last `policy.window` rated answers,
+    oldest first. `new_feedback`: (rating, source_judgments) of every answer rated since
+    the last retraining. Both take an answer's latest feedback row only
+    (`feedback.latest_feedback`). A low thumbs-up rate counts only once a full window of
+    new ratings came in, so one bad stretch starts one retraining, not one per new rating.
     """
     pairs = sum(training_signal(rating, judged) for rating, judged in new_feedback)
     if pairs >= policy.min_new_pairs:

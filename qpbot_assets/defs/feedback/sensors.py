@@ -18,8 +18,9 @@ from qpbot_serving.answer_log import metadata
     minimum_interval_seconds=30,
     # On by default so the loop closes by itself; switch it off in the UI to retrain by hand.
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Starts retrain_embedder when the thumbs-up rate falls or enough new "
-    "training pairs have come in since the last retraining.",
+    description="Starts retrain_embedder when the thumbs-up rate over the last rated answers "
+    "falls or enough new training pairs have come in since the last retraining (an answer's "
+    "latest rating counts).",
 )
 def feedback_sensor(
     context: dg.SensorEvaluationContext,
@@ -29,16 +30,29 @@ def feedback_sensor(
     cursor = json.loads(context.cursor) if context.cursor else {}
     policy = retraining.feedback_policy
     engine = feedback_db.engine()
+    # An answer's latest feedback row is the one that counts (feedback.latest_feedback).
     newest_first = (feedback_table.c.created_at.desc(), feedback_table.c.feedback_id.desc())
+    ranked = sa.select(
+        feedback_table.c.rating,
+        feedback_table.c.created_at,
+        feedback_table.c.feedback_id,
+        sa.func.row_number()
+        .over(partition_by=feedback_table.c.answer_id, order_by=newest_first)
+        .label("newness"),
+    ).subquery()
     try:
         metadata.create_all(engine)
         with engine.connect() as connection:
             recent = connection.execute(
-                sa.select(feedback_table.c.rating).order_by(*newest_first).limit(policy.window)
+                sa.select(ranked.c.rating)
+                .where(ranked.c.newness == 1)
+                .order_by(ranked.c.created_at.desc(), ranked.c.feedback_id.desc())
+                .limit(policy.window)
             )
             recent_ratings = list(recent.scalars())[::-1]
             query = sa.select(
                 feedback_table.c.feedback_id,
+                feedback_table.c.answer_id,
                 feedback_table.c.created_at,
                 feedback_table.c.rating,
                 feedback_table.c.source_judgments,
@@ -49,8 +63,10 @@ def feedback_sensor(
             new_rows = connection.execute(query).all()
     finally:
         engine.dispose()
+    # An answer's latest row is always among the new rows when any of its rows is.
+    latest_new = {row.answer_id: row for row in new_rows}.values()
     reason = retraining_reason(
-        recent_ratings, [(row.rating, row.source_judgments) for row in new_rows], policy
+        recent_ratings, [(row.rating, row.source_judgments) for row in latest_new], policy
     )
     if reason is None:
         return dg.SkipReason(
