@@ -52,6 +52,19 @@ def qpbot_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+def ingest_into(home: Path, *paths: Path) -> Path:
+    """Ingests `paths` into `home`, with the home's own Dagster instance: for module
+    fixtures, which cannot take the function-scoped `qpbot_home`."""
+    from qpbot_assets.ingest import ingest_paths
+    from qpbot_serving.settings import QpbotSettings
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QPBOT_HOME", str(home))
+        patch.delenv("DAGSTER_HOME", raising=False)
+        assert ingest_paths(QpbotSettings(), list(paths), quiet=True)["success"]
+    return home
+
+
 @pytest.fixture(scope="session")
 def sample_documents(tmp_path_factory) -> Path:
     sys.path.insert(0, str(REPO / "examples"))

@@ -21,6 +21,7 @@ import hypothesis
 import pytest
 import schemathesis
 import uvicorn
+from conftest import ingest_into
 from fastapi.testclient import TestClient
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -29,7 +30,6 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from qpbot_assets.ingest import ingest_paths
 from qpbot_serving.app import create_app
 from qpbot_serving.server import uvicorn_config
 from qpbot_serving.settings import QpbotSettings
@@ -59,12 +59,7 @@ def evil_home(tmp_path_factory):
     folder = tmp_path_factory.mktemp("evil-docs")
     (folder / "minutes.html").write_bytes(EVIL_PAGE)
     (folder / "notes.md").write_text("# Notes\n\nThe office closes at 18:00 on Fridays.\n")
-    home = tmp_path_factory.mktemp("evil-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("QPBOT_HOME", str(home))
-        patch.delenv("DAGSTER_HOME", raising=False)
-        assert ingest_paths(QpbotSettings(), [folder], quiet=True)["success"]
-    return home
+    return ingest_into(tmp_path_factory.mktemp("evil-home"), folder)
 
 
 @contextmanager

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import sqlalchemy as sa
+from conftest import ingest_into
 from fastapi.testclient import TestClient
 
 from qpbot_assets.ingest import ingest_paths
@@ -25,12 +26,7 @@ from qpbot_serving.settings import QpbotSettings
 @pytest.fixture(scope="module")
 def indexed_home(tmp_path_factory, sample_documents):
     """A QPBOT_HOME with the sample documents ingested (once for the module)."""
-    home = tmp_path_factory.mktemp("service-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("QPBOT_HOME", str(home))
-        patch.delenv("DAGSTER_HOME", raising=False)
-        assert ingest_paths(QpbotSettings(), [sample_documents], quiet=True)["success"]
-    return home
+    return ingest_into(tmp_path_factory.mktemp("service-home"), sample_documents)
 
 
 def client_for(home, generator, **settings) -> TestClient:

@@ -22,10 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import StreamingChatHandler, need
-
-from qpbot_assets.ingest import ingest_paths
-from qpbot_serving.settings import QpbotSettings
+from conftest import StreamingChatHandler, ingest_into, need
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -55,12 +52,7 @@ def chat_server():
 def ingested_home(tmp_path_factory, sample_documents) -> Path:
     """A QPBOT_HOME with the sample documents ingested: most of the module's time, so once."""
     _browser_installed()  # before the slow part, which is wasted when the browser is missing
-    home = tmp_path_factory.mktemp("web") / "home"
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setenv("QPBOT_HOME", str(home))
-        monkeypatch.delenv("DAGSTER_HOME", raising=False)
-        assert ingest_paths(QpbotSettings(), [sample_documents], quiet=True)["success"]
-    return home
+    return ingest_into(tmp_path_factory.mktemp("web") / "home", sample_documents)
 
 
 @contextmanager
