@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from qpbot_serving import index as contract
 from qpbot_serving.access import Access, Forbidden, Unauthorized
@@ -47,7 +48,7 @@ from qpbot_serving.generation import (
     build_generator,
 )
 from qpbot_serving.metrics import ServiceMetrics
-from qpbot_serving.middleware import ObserveLatency, RequestGuard
+from qpbot_serving.middleware import AllowedHosts, ObserveLatency, RequestGuard
 from qpbot_serving.prompting import PROMPT_VERSION
 from qpbot_serving.retrieval import IndexNotReady, Retriever, SearchHit
 from qpbot_serving.settings import QpbotSettings, Scope
@@ -59,8 +60,11 @@ UPLOAD_PATH = "/v1/documents"
 # of the event loop's default pool, which searches run on.
 GENERATION_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="qpbot-generation")
 CLIENT_GONE = "the client went away"  # the guard's stop reason when a client hangs up
-# A query must hold more than whitespace.
-QueryText = Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=r"\S")]
+# A query must hold more than whitespace, and no NUL (no database column can hold it).
+QueryText = Annotated[
+    str, StringConstraints(min_length=1, max_length=2000, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$")
+]
+FilterText = Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00]*$")]
 DocumentId = Annotated[str, Field(pattern=r"^[a-z0-9._-]{1,100}$")]
 # Requests are taken as they are: no coercion ("5" is no number) and no unknown fields.
 STRICT = ConfigDict(extra="forbid", strict=True)
@@ -70,12 +74,12 @@ STRICT = ConfigDict(extra="forbid", strict=True)
 class SearchFilters(BaseModel):
     model_config = STRICT
 
-    document_id: str | None = None
-    document_ids: list[str] | None = None
-    format: str | None = None
-    language: str | None = None
-    author: str | None = None
-    title: str | None = None
+    document_id: FilterText | None = None
+    document_ids: list[FilterText] | None = None
+    format: FilterText | None = None
+    language: FilterText | None = None
+    author: FilterText | None = None
+    title: FilterText | None = None
 
 
 class SearchRequest(BaseModel):
@@ -322,6 +326,7 @@ def create_app(
     app.add_exception_handler(UploadRefused, _upload_refused)
     app.add_exception_handler(RequestValidationError, _invalid_request)
 
+    app.add_middleware(AllowedHosts, hosts=settings.allowed_hosts)
     app.add_middleware(
         RequestGuard,
         upload_path=UPLOAD_PATH,
@@ -495,9 +500,12 @@ def create_app(
         openapi_extra=UPLOAD_BODY,
     )
     async def upload(request: Request) -> dict:
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
             raise UploadRefused("send the file as multipart/form-data, in a field 'file'", 415)
-        form = await request.form(max_files=1, max_fields=1)
+        try:
+            form = await request.form(max_files=1, max_fields=1)
+        except ClientDisconnect:  # gone mid-upload: nothing was stored, nobody to answer
+            return Response(status_code=499)
         try:
             file = form.get("file")
             if not isinstance(file, UploadFile):
@@ -766,7 +774,13 @@ async def _refresh_index(app: FastAPI) -> None:
         state.not_ready_reason = "no promoted index yet: run `qpbot ingest PATH...`"
         return
     if current is not None and current.promoted == promoted:
-        return
+        try:  # still there? A table removed under the service must make it unready.
+            await asyncio.to_thread(_open_promoted, state.settings.index_dir, promoted)
+            return
+        except Exception as problem:  # LanceDB raises OSError, ValueError, RuntimeError
+            state.retriever = None
+            state.not_ready_reason = f"the promoted index cannot be read ({type(problem).__name__})"
+            current = None
     embedder = (
         current.embedder
         if current and current.info.embedding_model == promoted.embedding_model
@@ -780,6 +794,12 @@ async def _refresh_index(app: FastAPI) -> None:
         return
     state.retriever = retriever
     state.metrics.set_index(promoted)
+
+
+def _open_promoted(index_dir: Path, promoted: contract.PromotedIndex) -> None:
+    """Opens the promoted table and version afresh (the open one keeps its files' metadata
+    in memory, and would not notice them gone)."""
+    contract.connect(index_dir).open_table(promoted.table).checkout(promoted.version)
 
 
 async def _watch_index(app: FastAPI) -> None:

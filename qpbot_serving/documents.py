@@ -43,7 +43,12 @@ def upload_name(filename: str) -> str:
     so `文档.md` and `报告.md` remain two files), without path parts or unsafe characters,
     and short enough for any file system (the suffix kept)."""
     name = unicodedata.normalize("NFC", filename.replace("\\", "/").rsplit("/", 1)[-1])
-    name = _UNSAFE_IN_NAME.sub("_", name).strip(" .")
+    # Invisible format characters (a right-to-left override shows "a\u202egpj.md" as
+    # "adm.jpg"; zero-width spaces make look-alikes) go; so do leading marks that make the
+    # inbox sensor skip a file ("~$" of Office's lock files, "." of hidden ones).
+    name = "".join(ch for ch in name if unicodedata.category(ch) != "Cf")
+    name = _UNSAFE_IN_NAME.sub("_", name).strip(" ")
+    name = re.sub(r"^(?:~\$|[ .])+", "", name).rstrip(" .")
     suffix = Path(name).suffix.lower()
     stem = name[: len(name) - len(suffix)] if suffix else name
     while len((stem + suffix).encode()) > MAX_NAME_BYTES:

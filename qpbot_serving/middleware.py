@@ -100,7 +100,8 @@ class RequestGuard:
 
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            return await _too_large(send_with_headers, BodyTooLarge(what, limit))
+            error = BodyTooLarge(what, limit)
+            return await _send_json(send_with_headers, 413, {"error": error.detail})
         received = [0]
 
         async def counting_receive():
@@ -116,7 +117,12 @@ class RequestGuard:
         except BodyTooLarge as error:
             if started[0]:
                 raise
-            await _too_large(send_with_headers, error)
+            await _send_json(send_with_headers, 413, {"error": error.detail})
+        except Exception:
+            # A bug: the client gets a short 500 with the usual headers, the log the trace.
+            if not started[0]:
+                await _send_json(send_with_headers, 500, {"error": "internal error"})
+            raise
 
 
 def _content_length(scope) -> int | None:
@@ -129,17 +135,51 @@ def _content_length(scope) -> int | None:
     return None
 
 
-async def _too_large(send, error: BodyTooLarge) -> None:
-    body = json.dumps({"error": error.detail})
+async def _send_json(send, status: int, content: dict) -> None:
+    body = json.dumps(content).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),  # the rest of the body is not read
+                (b"connection", b"close"),  # the rest of a refused body is not read
             ],
         }
     )
-    await send({"type": "http.response.body", "body": body.encode()})
+    await send({"type": "http.response.body", "body": body})
+
+
+class AllowedHosts:
+    """Answers only requests for one of the service's own names (the Host header), so that a
+    page whose DNS name is re-pointed at this address (DNS rebinding) cannot use the browser
+    to read or write. Health checks answer any host (a probe asks by address)."""
+
+    OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+    def __init__(self, app, hosts: list[str]):
+        self.app = app
+        self.any = "*" in hosts
+        self.exact = {h.lower().strip("[]") for h in hosts if not h.startswith("*")}
+        self.suffixes = tuple(h.lower()[1:] for h in hosts if h.startswith("*."))
+
+    def allows(self, host_header: str) -> bool:
+        host = host_header.lower()
+        if host.startswith("["):  # [::1]:8000
+            host = host[1 : host.find("]")] if "]" in host else host
+        elif host.count(":") == 1:
+            host = host.rsplit(":", 1)[0]
+        return self.any or host in self.exact or (bool(host) and host.endswith(self.suffixes))
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.any or scope["path"] in self.OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        host = next((v.decode("latin-1") for n, v in scope["headers"] if n == b"host"), "")
+        if self.allows(host):
+            return await self.app(scope, receive, send)
+        await _send_json(
+            send,
+            421,
+            {"error": f"this service does not answer to {host!r}; add it to QPBOT_ALLOWED_HOSTS"},
+        )

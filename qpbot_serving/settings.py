@@ -148,10 +148,25 @@ class QpbotSettings(BaseSettings):
     max_request_kb: int = Field(
         default=256, ge=4, description="Largest request body other than an upload."
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
+        description="Names the service answers to (the Host header; JSON list, '*.example.com' "
+        "and '*' allowed): any other is refused, so a DNS-rebinding page cannot reach it. "
+        "Health checks answer any host.",
+    )
     header_timeout_s: float = Field(
         default=10.0,
         gt=0,
         description="A connection that has not sent a whole request head by then is closed.",
+    )
+    max_header_kb: int = Field(default=64, ge=4, description="Largest request head (431 above).")
+    body_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A request body (an upload) must arrive whole within this of its head.",
+    )
+    max_connections: int = Field(
+        default=500, ge=1, description="Connections and requests at once; more get a 503."
     )
     keep_alive_timeout_s: float = Field(
         default=5.0, gt=0, description="An idle kept-alive connection is closed after this."

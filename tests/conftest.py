@@ -52,6 +52,18 @@ def qpbot_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+def service_client(settings, generator=None, **client_options):
+    """The answer service in-process (a TestClient), asked by one of its own names: the
+    default QPBOT_ALLOWED_HOSTS refuses TestClient's 'testserver'."""
+    from fastapi.testclient import TestClient
+
+    from qpbot_serving.app import create_app
+
+    return TestClient(
+        create_app(settings, generator=generator), base_url="http://localhost", **client_options
+    )
+
+
 def ingest_into(home: Path, *paths: Path) -> Path:
     """Ingests `paths` into `home`, with the home's own Dagster instance: for module
     fixtures, which cannot take the function-scoped `qpbot_home`."""

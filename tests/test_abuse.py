@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import socket
 import threading
 import time
@@ -21,7 +22,7 @@ import hypothesis
 import pytest
 import schemathesis
 import uvicorn
-from conftest import ingest_into
+from conftest import ingest_into, service_client
 from fastapi.testclient import TestClient
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -31,6 +32,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from qpbot_serving.app import create_app
+from qpbot_serving.documents import upload_name
 from qpbot_serving.server import uvicorn_config
 from qpbot_serving.settings import QpbotSettings
 
@@ -89,7 +91,7 @@ def _document_id(client: TestClient, name: str, headers: dict | None = None) -> 
 
 # --- 1. stored XSS, cross-origin writes ------------------------------------------------------
 def test_originals_are_attachments_that_no_browser_runs(evil_home):
-    with TestClient(create_app(QpbotSettings(home=evil_home))) as client:
+    with service_client(QpbotSettings(home=evil_home)) as client:
         page_id = _document_id(client, "minutes")
         content = client.get(f"/v1/documents/{page_id}/content")
         assert content.status_code == 200 and content.content == EVIL_PAGE  # nothing lost
@@ -109,7 +111,7 @@ def test_originals_are_attachments_that_no_browser_runs(evil_home):
 def test_writes_from_other_origins_pages_are_refused(tmp_path):
     settings = QpbotSettings(home=tmp_path, cors_origins=["https://chat.example.com"])
     note = {"file": ("note.md", b"# Note\n\nHello.", "text/markdown")}
-    with TestClient(create_app(settings)) as client:
+    with service_client(settings) as client:
         for headers in (
             {"Origin": "https://evil.example"},
             {"Origin": "null"},
@@ -121,7 +123,7 @@ def test_writes_from_other_origins_pages_are_refused(tmp_path):
         assert not list((tmp_path / "inbox").glob("*.md"))
         for headers in (
             {},  # an API client
-            {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},  # the web page
+            {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"},  # the web page
             {"Origin": "https://chat.example.com"},  # an allowed front end
         ):
             assert client.post("/v1/documents", files=note, headers=headers).status_code == 201
@@ -203,7 +205,7 @@ def test_bodies_are_refused_by_size_and_token_before_they_are_read(tmp_path):
     ],
 )
 def test_bad_json_is_a_clear_422(tmp_path, body):
-    with TestClient(create_app(QpbotSettings(home=tmp_path))) as client:
+    with service_client(QpbotSettings(home=tmp_path)) as client:
         for endpoint in ("/v1/search", "/v1/answer"):
             refused = client.post(
                 endpoint, content=body, headers={"Content-Type": "application/json"}
@@ -214,14 +216,14 @@ def test_bad_json_is_a_clear_422(tmp_path, body):
 
 def test_a_refusal_never_echoes_the_input(tmp_path):
     huge = "y" * 200_000
-    with TestClient(create_app(QpbotSettings(home=tmp_path))) as client:
+    with service_client(QpbotSettings(home=tmp_path)) as client:
         refused = client.post("/v1/search", json={"query": huge})
         assert refused.status_code == 422 and len(refused.content) < 2000
         assert "yyyy" not in refused.text
 
 
 def test_long_and_foreign_upload_names_are_kept_distinct(tmp_path):
-    with TestClient(create_app(QpbotSettings(home=tmp_path))) as client:
+    with service_client(QpbotSettings(home=tmp_path)) as client:
         long_name = "report-" + "x" * 300 + ".md"
         saved = client.post("/v1/documents", files={"file": (long_name, b"# Long\n", "text/md")})
         assert saved.status_code == 201, saved.text
@@ -292,7 +294,7 @@ def test_a_connection_that_sends_its_head_slowly_is_closed(tmp_path):
 def test_scoped_tokens(evil_home, monkeypatch):
     monkeypatch.setenv("QPBOT_API_TOKENS", TOKENS)  # as an operator configures them
     settings = QpbotSettings(home=evil_home, metrics_access="admin")
-    with TestClient(create_app(settings)) as client:
+    with service_client(settings) as client:
         query = {"query": "When does the office close?", "k": 3}
         assert client.post("/v1/search", json=query).status_code == 401
         assert client.post("/v1/search", json=query, headers=bearer("x" * 30)).status_code == 401
@@ -322,17 +324,17 @@ def test_scoped_tokens(evil_home, monkeypatch):
 
 def test_docs_access(tmp_path):
     guarded = QpbotSettings(home=tmp_path, api_token=ADMIN_TOKEN, docs_access="read")
-    with TestClient(create_app(guarded)) as client:
+    with service_client(guarded) as client:
         assert client.get("/openapi.json").status_code == 401
         assert client.get("/openapi.json", headers=bearer(ADMIN_TOKEN)).status_code == 200
-    with TestClient(create_app(QpbotSettings(home=tmp_path, docs_access="off"))) as client:
+    with service_client(QpbotSettings(home=tmp_path, docs_access="off")) as client:
         assert client.get("/openapi.json").status_code == 404
         assert client.get("/docs").status_code == 404
 
 
 # --- 9. document status ----------------------------------------------------------------------
 def test_document_status_says_indexed_and_shows_no_server_path(evil_home):
-    with TestClient(create_app(QpbotSettings(home=evil_home))) as client:
+    with service_client(QpbotSettings(home=evil_home)) as client:
         document_id = _document_id(client, "notes")
         status = client.get(f"/v1/documents/{document_id}")
         assert status.json() == {
@@ -346,7 +348,7 @@ def test_document_status_says_indexed_and_shows_no_server_path(evil_home):
 
 # --- the schema clients and fuzzers rely on ---------------------------------------------------
 def test_openapi_lists_every_answer_and_the_security_scheme(tmp_path):
-    with TestClient(create_app(QpbotSettings(home=tmp_path))) as client:
+    with service_client(QpbotSettings(home=tmp_path)) as client:
         schema = client.get("/openapi.json").json()
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     paths = schema["paths"]
@@ -399,7 +401,7 @@ def test_fuzzed_requests_get_no_5xx_and_fit_the_schema(evil_home, mode):
 
 # --- 3. feedback the database could not hold --------------------------------------------------
 def test_feedback_the_database_cannot_hold_is_refused_and_the_backlog_reported(evil_home):
-    with TestClient(create_app(QpbotSettings(home=evil_home))) as client:
+    with service_client(QpbotSettings(home=evil_home)) as client:
         answer = client.post("/v1/answer", json={"query": "When does the office close?"}).json()
         refused = client.post(
             "/v1/feedback",
@@ -412,3 +414,106 @@ def test_feedback_the_database_cannot_hold_is_refused_and_the_backlog_reported(e
         metrics = client.get("/metrics").text
         assert "qpbot_answer_log_spooled_rows 0.0" in metrics
         assert "qpbot_answer_log_dead_letters 0.0" in metrics
+
+
+# --- red-team findings after the first fixes --------------------------------------------------
+def _closed_within(connection: socket.socket, seconds: float, trickle: bytes) -> bool:
+    """Sends `trickle` every 0.5 s until the server closes the connection (True) or
+    `seconds` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            connection.sendall(trickle)
+            if connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                return True
+        except BlockingIOError:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+def test_a_huge_request_head_and_a_slow_body_are_cut_off(tmp_path):
+    settings = QpbotSettings(home=tmp_path, max_header_kb=16, body_timeout_s=1.5)
+    with running(settings) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as big:
+            big.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+            try:
+                for _ in range(100):  # 800 KB of header lines, were read whole before
+                    big.sendall(b"X-Big: " + b"x" * 8000 + b"\r\n")
+            except OSError:
+                pass  # closed while sending: refused as it should be
+            answer = big.recv(200)
+            assert answer.startswith(b"HTTP/1.1 431") or answer == b"", answer
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as slow:
+            slow.sendall(
+                b"POST /v1/search HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
+            )
+            assert _closed_within(slow, 10, b" "), "a body sent a byte at a time was kept"
+
+
+def test_only_the_services_own_names_are_answered(tmp_path):
+    """DNS rebinding: a page whose name now points at this address sends its own Host."""
+    with running(QpbotSettings(home=tmp_path)) as port:
+        base = f"http://127.0.0.1:{port}"
+        rebound = {"Host": f"rebind.attacker.example:{port}"}
+        note = {"file": ("n.md", b"# N\n", "text/markdown")}
+        refused = httpx.post(f"{base}/v1/documents", files=note, headers=rebound)
+        assert refused.status_code == 421 and "QPBOT_ALLOWED_HOSTS" in refused.json()["error"]
+        assert httpx.get(f"{base}/v1/documents/x", headers=rebound).status_code == 421
+        assert httpx.get(f"{base}/healthz", headers=rebound).status_code == 200  # probes
+        assert httpx.get(f"{base}/v1/documents/x-1").status_code == 404  # 127.0.0.1 is ours
+    allowed = QpbotSettings(home=tmp_path, allowed_hosts=["*.example.com"])
+    with service_client(allowed) as client:
+        headers = {"Host": "qa.example.com"}
+        assert client.get("/v1/documents/x-1", headers=headers).status_code == 404
+        assert client.get("/v1/documents/x-1", headers={"Host": "example.org"}).status_code == 421
+
+
+def test_nul_in_a_query_or_filter_is_a_422(tmp_path):
+    with service_client(QpbotSettings(home=tmp_path)) as client:
+        for body in (
+            {"query": "warranty period\u0000"},
+            {"query": "warranty", "filters": {"title": "a\u0000b"}},
+            {"query": "warranty", "filters": {"document_ids": ["x\u0000"]}},
+        ):
+            for endpoint in ("/v1/search", "/v1/answer"):
+                assert client.post(endpoint, json=body).status_code == 422, (endpoint, body)
+
+
+def test_a_bug_answers_a_short_500_with_the_usual_headers(evil_home):
+    with service_client(QpbotSettings(home=evil_home), raise_server_exceptions=False) as client:
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("/srv/secret/path")
+
+        client.app.state.retriever.search = broken
+        failed = client.post("/v1/search", json={"query": "office"})
+        assert failed.status_code == 500 and failed.json() == {"error": "internal error"}
+        assert failed.headers["x-content-type-options"] == "nosniff"
+        assert failed.headers["content-security-policy"].startswith("default-src 'none'")
+
+
+def test_an_index_removed_under_the_service_makes_it_unready(evil_home, tmp_path):
+    home = tmp_path / "home"
+    shutil.copytree(evil_home, home)
+    with service_client(QpbotSettings(home=home)) as client:
+        assert client.get("/readyz").json()["ready"] is True
+        for table in (home / "index" / "lancedb").glob("*.lance"):
+            table.rename(table.with_name(table.name + ".moved"))
+        deadline = time.monotonic() + 15
+        while client.get("/readyz").status_code != 503 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "index" in ready.json()["reason"]
+        assert client.post("/v1/search", json={"query": "office"}).status_code == 503
+
+
+def test_upload_names_that_deceive_or_hide_are_cleaned():
+    assert upload_name("a\u202egpj.md") == "agpj.md"  # shown as "adm.jpg" before
+    assert upload_name("\u200bfile.md") == upload_name("file\ufeff.md") == "file.md"
+    assert upload_name("~$report.md") == "report.md"  # the inbox sensor skips "~$" names
+    assert upload_name("..hidden.md") == "hidden.md"
+    assert upload_name("文档.md") == "文档.md"

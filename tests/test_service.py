@@ -10,14 +10,13 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from conftest import ingest_into
+from conftest import ingest_into, service_client
 from fastapi.testclient import TestClient
 
 from qpbot_assets.ingest import ingest_paths
 from qpbot_serving import index as contract
 from qpbot_serving.answer_log import answers as answers_table
 from qpbot_serving.answer_log import feedback as feedback_table
-from qpbot_serving.app import create_app
 from qpbot_serving.generation import OpenAICompatibleGenerator
 from qpbot_serving.prompting import NO_ANSWER
 from qpbot_serving.settings import QpbotSettings
@@ -32,7 +31,7 @@ def indexed_home(tmp_path_factory, sample_documents):
 def client_for(home, generator, **settings) -> TestClient:
     """The service with a generator to exercise: answers generated, checked, or quoted."""
     settings = {"answer_mode": "auto", **settings}
-    return TestClient(create_app(QpbotSettings(home=home, **settings), generator=generator))
+    return service_client(QpbotSettings(home=home, **settings), generator)
 
 
 @pytest.fixture
