@@ -17,6 +17,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from qpbot_assets.documents.store import DocumentStore, Quarantined, StageResult, fingerprint
+from qpbot_assets.documents.versions import INDEX_ROWS_VERSION
 from qpbot_serving import index as contract
 from qpbot_serving.embedding import Embedder
 
@@ -111,6 +112,8 @@ def document_rows(store: DocumentStore, document_id: str, model: str) -> list[di
     except Quarantined:
         return []
     vectors = store.read_vectors(document_id, model)
+    # Word and text files have no pages of their own: a citation must not say "page 1".
+    paged = meta["format"] in contract.PAGED_FORMATS
     return [
         {
             "chunk_id": chunk["chunk_id"],
@@ -119,8 +122,8 @@ def document_rows(store: DocumentStore, document_id: str, model: str) -> list[di
             "text": chunk["text"],
             "title": meta["title"],
             "section": chunk["section"],
-            "page_start": chunk["page_start"],
-            "page_end": chunk["page_end"],
+            "page_start": chunk["page_start"] if paged else None,
+            "page_end": chunk["page_end"] if paged else None,
             "source_uri": meta["source_uri"],
             "format": meta["format"],
             "author": meta["author"],
@@ -164,6 +167,7 @@ def indexed_fingerprint(store: DocumentStore, document_id: str, model: str, tabl
         table,
         store.read_stage(document_id, embedding_stage(model)),
         store.output_digest(document_id, "metadata"),
+        INDEX_ROWS_VERSION,
     )
 
 

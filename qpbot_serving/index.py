@@ -24,6 +24,7 @@ POINTER_FILE = "PROMOTED.json"
 SNAPSHOT_FILE = "SNAPSHOT.json"
 EMBEDDER_FILE = "EMBEDDER.json"  # the promoted fine-tune of the configured embedding model
 LANCEDB_DIR = "lancedb"
+PAGED_FORMATS = frozenset({"pdf"})  # formats whose chunks carry page numbers
 
 # Columns besides the vector.
 CHUNK_COLUMNS: list[pa.Field] = [

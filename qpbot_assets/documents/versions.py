@@ -13,10 +13,11 @@ EXTRACTOR_VERSION = 3
 CLEANER_VERSION = 1
 METADATA_VERSION = 2  # 2: language from the first 1,000 characters
 CHUNKER_VERSION = 2  # 2: tokenized a batch at a time, a cap on chunks per document
+INDEX_ROWS_VERSION = 2  # 2: page numbers only for formats that have pages (PDF)
 # What a document's indexed rows were made with; `qpbot ingest` skips documents whose source
 # and pipeline are both unchanged since they were indexed.
 PIPELINE_VERSION = fingerprint(
-    EXTRACTOR_VERSION, CLEANER_VERSION, METADATA_VERSION, CHUNKER_VERSION
+    EXTRACTOR_VERSION, CLEANER_VERSION, METADATA_VERSION, CHUNKER_VERSION, INDEX_ROWS_VERSION
 )
 
 
