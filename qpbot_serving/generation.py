@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 import queue
 import re
+import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +36,8 @@ LOOP_NGRAM_WORDS = 8
 
 Messages = list[dict[str, str]]
 
+logger = logging.getLogger(__name__)
+
 
 class GeneratorUnavailable(Exception):
     """The generator is down, too slow, or answered with something unusable."""
@@ -51,7 +55,9 @@ class Generator(Protocol):
     ) -> Iterator[str]:
         """Yields the answer in pieces until done or `deadline` (time.monotonic()); raises
         GeneratorUnavailable on failure, DeadlinePassed when the deadline cuts it short.
-        Closing the iterator stops the generation."""
+        Closing the iterator stops the generation; an iterator that also has `stop()` may be
+        stopped from another thread (guarded() calls it when its guard is cancelled). A
+        failure's message is for clients: it names no URL and quotes no upstream."""
         ...
 
     def count_tokens(self, text: str) -> int:
@@ -68,11 +74,21 @@ class AnswerGuard:
         self.stop_strings = [s for s in stop_strings if s]
         self.text = ""
         self.stop_reason: str | None = None
+        self._on_cancel: list[Callable[[], None]] = []
 
     def cancel(self, reason: str = "cancelled") -> None:
-        """Stops the answer at its next piece (from any thread): the client went away."""
+        """Stops the answer (from any thread: the client went away, the deadline passed): at
+        its next piece, and at once where the stream can be stopped (see `guarded`)."""
         if not self.stop_reason:
             self.stop_reason = reason
+        for stop in list(self._on_cancel):
+            stop()
+
+    def when_cancelled(self, stop: Callable[[], None]) -> None:
+        """Calls `stop` (thread-safe, idempotent) on cancel(), or now if already stopped."""
+        self._on_cancel.append(stop)
+        if self.stop_reason:  # cancelled before it was registered
+            stop()
 
     def feed(self, piece: str) -> bool:
         """Adds a piece; False once the answer should stop."""
@@ -120,13 +136,17 @@ def repeat_start(text: str) -> int | None:
 
 def guarded(pieces: Iterator[str], guard: AnswerGuard) -> Iterator[str]:
     """`pieces` until the guard says stop (the underlying stream is then closed, which stops
-    its generation). What it yields is a draft: text that may begin a stop string is held
-    back, but the start of a repeat shows before the repeat is known; `guard.text` is the
-    answer."""
+    its generation). Where `pieces` has a `stop()` (the HTTP generators' streams), cancelling
+    the guard calls it, which frees this thread even while it waits on the generator. What
+    it yields is a draft: text that may begin a stop string is held back, but the start of a
+    repeat shows before the repeat is known; `guard.text` is the answer."""
     shown = 0
     try:
         if guard.stop_reason:  # cancelled while it waited for a thread: never start it
             return
+        stop = getattr(pieces, "stop", None)
+        if stop is not None:
+            guard.when_cancelled(stop)
         for piece in pieces:
             if guard.stop_reason:  # cancelled from another thread
                 return
@@ -323,8 +343,13 @@ def _convert_packaged_gguf(target: Path) -> None:
 
 
 class _HttpGenerator:
-    """Shared HTTP plumbing: a short connect timeout, a read timeout between pieces, and the
-    answer's deadline checked after each one."""
+    """Shared HTTP plumbing: a short connect timeout, a read timeout for silence, and the
+    answer's deadline checked on every chunk the upstream sends. `stream()` gives an
+    `_UpstreamAnswer`, which another thread can stop at once (see there). The subclasses
+    name the endpoint (`path`), build the request (`_payload`) and parse its lines
+    (`_parse`)."""
+
+    path = ""
 
     def __init__(
         self, base_url: str, model_name: str, timeout_s: float, api_key: str | None = None
@@ -338,49 +363,232 @@ class _HttpGenerator:
         # The server's tokenizer is not at hand; about four characters a token in English.
         return math.ceil(len(text) / 4)
 
-    def _stream_lines(self, path: str, payload: dict, deadline: float | None) -> Iterator[str]:
-        url = f"{self.base_url}{path}"
-        wait = self.timeout_s
+    def stream(
+        self, messages: Messages, max_new_tokens: int, deadline: float | None = None
+    ) -> Iterator[str]:
+        return _UpstreamAnswer(self, self._payload(messages, max_new_tokens), deadline)
+
+    def _payload(self, messages: Messages, max_new_tokens: int) -> dict:
+        raise NotImplementedError
+
+    def _parse(self, lines: Iterator[str]) -> Iterator[str]:
+        raise NotImplementedError
+
+
+class _UpstreamAnswer:
+    """One answer streamed from an HTTP generator: an iterator of pieces that any thread may
+    `stop()` (guarded() does when the guard is cancelled, a timer at the deadline). Stopping
+    sets a flag the reader checks on every chunk and shuts the socket down, so a read blocked
+    on an upstream that trickles bytes or sends nothing returns at once and the generation
+    thread is free; the response is then closed, which ends the upstream's generation too.
+    The request goes out on the first `next()`; `close()` (reader's thread) ends it."""
+
+    def __init__(self, generator: _HttpGenerator, payload: dict, deadline: float | None):
+        self.generator, self.payload, self.deadline = generator, payload, deadline
+        self.stopped = threading.Event()
+        self._lock = threading.Lock()  # the socket is shut down by one thread, closed by another
+        self._socket: socket.socket | None = None
+        self._lines = self._read_lines()
+        self._pieces = generator._parse(self._lines)
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except BaseException:  # the end, a failure, or the thread interrupted: hang up now
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._pieces.close()
+        self._lines.close()
+
+    def stop(self) -> None:
+        """Ends the reading from any thread, within a chunk or at once when it waits."""
+        self.stopped.set()
+        with self._lock:
+            if self._socket is not None:
+                _shut_down(self._socket)
+
+    def _hold(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._socket = sock
+            if sock is not None and self.stopped.is_set():
+                _shut_down(sock)  # stopped while the request was on its way
+
+    def _stopped_early(self) -> bool:
+        """True when stopped, to end quietly; DeadlinePassed when the deadline stopped it."""
+        if not self.stopped.is_set():
+            return False
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlinePassed("the answer's deadline passed while generating")
+        return True
+
+    def _read_lines(self) -> Iterator[str]:
+        generator, deadline = self.generator, self.deadline
+        url = f"{generator.base_url}{generator.path}"
+        wait = generator.timeout_s
         left = remaining(deadline)
         if left is not None:
             if left <= 0:
                 raise DeadlinePassed("the answer's deadline passed before generating")
             wait = min(wait, left)
         timeout = httpx.Timeout(wait, connect=min(wait, 1.0))
+        # The deadline is also checked on every chunk; this ends a silence that outlasts it
+        # (the read timeout would wait its whole length) and so frees the thread on time.
+        timer = threading.Timer(left, self.stop) if left is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        started = False
         try:
             with httpx.stream(
-                "POST", url, json=payload, headers=self.headers, timeout=timeout
+                "POST", url, json=self.payload, headers=generator.headers, timeout=timeout
             ) as response:
-                if response.status_code != 200:
-                    response.read()
-                    raise GeneratorUnavailable(
-                        f"{url} answered HTTP {response.status_code}: {response.text[:200]}"
-                    )
-                for line in response.iter_lines():
-                    yield line
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise DeadlinePassed("the answer's deadline passed while generating")
-        except httpx.TimeoutException:
+                started = True
+                stream = response.extensions.get("network_stream")
+                self._hold(stream.get_extra_info("socket") if stream is not None else None)
+                try:
+                    if response.status_code != 200:
+                        body = _body_start(response)
+                        if self._stopped_early():
+                            return
+                        raise _unavailable(
+                            f"the generator answered HTTP {response.status_code}",
+                            f"{_masked(url)} answered HTTP {response.status_code}: {body!r}",
+                        )
+                    yield from self._split_lines(response, url)
+                finally:
+                    self._hold(None)  # closed next: a late stop() must not touch it
+        except httpx.TimeoutException as error:
+            if self._stopped_early():
+                return
             if deadline is not None and time.monotonic() >= deadline - 0.05:
                 raise DeadlinePassed("the answer's deadline passed while generating") from None
-            raise GeneratorUnavailable(f"{url} did not answer within the timeout") from None
+            if isinstance(error, httpx.ConnectTimeout):
+                raise _unavailable(
+                    "the generator cannot be reached (ConnectTimeout)",
+                    f"cannot connect to {_masked(url)} within {min(wait, 1.0):g} s",
+                ) from None
+            raise _unavailable(
+                f"the generator sent nothing for {wait:g} s",
+                f"{_masked(url)} sent nothing for {wait:g} s",
+            ) from None
         except httpx.HTTPError as error:
-            raise GeneratorUnavailable(f"cannot reach {url}: {type(error).__name__}") from None
+            if self._stopped_early():  # the shut-down socket ends the read with an error
+                return
+            name = type(error).__name__
+            if started:
+                raise _unavailable(
+                    f"the generator broke off its answer ({name})",
+                    f"{_masked(url)} broke off its answer: {name}: {error}",
+                ) from None
+            raise _unavailable(
+                f"the generator cannot be reached ({name})",
+                f"cannot reach {_masked(url)}: {name}: {error}",
+            ) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _split_lines(self, response: httpx.Response, url: str) -> Iterator[str]:
+        """The body's lines, read chunk by chunk: the deadline and a stop are seen on every
+        chunk, not only at line ends, and no line grows past MAX_LINE_BYTES."""
+        pending = bytearray()  # the unfinished line; only new chunks are searched
+        for chunk in response.iter_bytes():
+            if self._stopped_early():
+                return
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                raise DeadlinePassed("the answer's deadline passed while generating")
+            *lines, rest = chunk.split(b"\n")
+            if lines:
+                lines[0] = bytes(pending) + lines[0]
+                pending = bytearray(rest)
+            else:
+                pending += rest
+            if len(pending) > MAX_LINE_BYTES or any(len(line) > MAX_LINE_BYTES for line in lines):
+                raise _unavailable(
+                    "the generator sent a line longer than 64 KB",
+                    f"{_masked(url)} sent a line longer than {MAX_LINE_BYTES} bytes",
+                )
+            for line in lines:
+                yield _text(line)
+        if self._stopped_early():
+            return
+        if pending:
+            yield _text(pending)
+
+
+# An upstream that sends an endless line is broken; this bounds what it can make us hold.
+MAX_LINE_BYTES = 64 * 1024
+# How much of an upstream's error body the server log shows.
+LOGGED_BODY_BYTES = 500
+
+
+def _text(line: bytes) -> str:
+    return line.removesuffix(b"\r").decode("utf-8", errors="replace")
+
+
+def _body_start(response: httpx.Response) -> str:
+    """The first LOGGED_BODY_BYTES of an error body (for the log), however long it is."""
+    body = b""
+    try:
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) >= LOGGED_BODY_BYTES:
+                break
+    except httpx.HTTPError:
+        pass
+    return body[:LOGGED_BODY_BYTES].decode("utf-8", errors="replace")
+
+
+def _unavailable(message: str, detail: str) -> GeneratorUnavailable:
+    """The error a client may see (`message`: what happened, in general terms); `detail`,
+    which may name the URL or quote the upstream, goes to the server log only."""
+    logger.warning("generator unavailable: %s", detail)
+    return GeneratorUnavailable(message)
+
+
+def _masked(url: str) -> str:
+    """`url` with the password (or a lone user name, often a token) masked, for the log."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "<an invalid URL>"
+    if parsed.password:
+        return str(parsed.copy_with(username=parsed.username, password="***"))
+    if parsed.username:
+        return str(parsed.copy_with(username="***"))
+    return url
+
+
+def _shut_down(sock: socket.socket) -> None:
+    """Ends both directions of `sock`: a read blocked on it returns at once, from any
+    thread. The plain socket's call, also for TLS, whose own would drop its state under the
+    reading thread."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
 
 
 class OllamaGenerator(_HttpGenerator):
     """Ollama's /api/chat, streamed as one JSON object per line."""
 
-    def stream(
-        self, messages: Messages, max_new_tokens: int, deadline: float | None = None
-    ) -> Iterator[str]:
-        payload = {
+    path = "/api/chat"
+
+    def _payload(self, messages: Messages, max_new_tokens: int) -> dict:
+        return {
             "model": self.model_name,
             "messages": messages,
             "stream": True,
             "options": {"temperature": 0, "num_predict": max_new_tokens},
         }
-        for line in self._stream_lines("/api/chat", payload, deadline):
+
+    def _parse(self, lines: Iterator[str]) -> Iterator[str]:
+        for line in lines:
             if not line.strip():
                 continue
             try:
@@ -388,7 +596,10 @@ class OllamaGenerator(_HttpGenerator):
             except json.JSONDecodeError:
                 raise GeneratorUnavailable("Ollama sent a line that is not JSON") from None
             if "error" in event:
-                raise GeneratorUnavailable(f"Ollama: {event['error']}")
+                said = str(event["error"])[:LOGGED_BODY_BYTES]
+                raise _unavailable(
+                    "Ollama reported an error", f"Ollama at {_masked(self.base_url)}: {said!r}"
+                )
             if piece := event.get("message", {}).get("content"):
                 yield piece
             if event.get("done"):
@@ -398,17 +609,19 @@ class OllamaGenerator(_HttpGenerator):
 class OpenAICompatibleGenerator(_HttpGenerator):
     """/v1/chat/completions with server-sent events (vLLM, llama.cpp server, TGI, ...)."""
 
-    def stream(
-        self, messages: Messages, max_new_tokens: int, deadline: float | None = None
-    ) -> Iterator[str]:
-        payload = {
+    path = "/v1/chat/completions"
+
+    def _payload(self, messages: Messages, max_new_tokens: int) -> dict:
+        return {
             "model": self.model_name,
             "messages": messages,
             "stream": True,
             "temperature": 0,
             "max_tokens": max_new_tokens,
         }
-        for line in self._stream_lines("/v1/chat/completions", payload, deadline):
+
+    def _parse(self, lines: Iterator[str]) -> Iterator[str]:
+        for line in lines:
             if not line.startswith("data:"):
                 continue
             data = line.removeprefix("data:").strip()
@@ -416,7 +629,7 @@ class OpenAICompatibleGenerator(_HttpGenerator):
                 return
             try:
                 choice = json.loads(data)["choices"][0]
-            except (json.JSONDecodeError, KeyError, IndexError):
+            except (json.JSONDecodeError, KeyError, IndexError, TypeError):
                 raise GeneratorUnavailable(
                     "the server sent an event that is not a chat chunk"
                 ) from None

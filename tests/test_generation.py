@@ -1,13 +1,22 @@
 """Generators: the real local model, and the two HTTP protocols against servers on 127.0.0.1
-that speak them (streaming), are down (a closed port) or hang (accept and never answer)."""
+that speak them (streaming), are down (a closed port), hang (accept and never answer), stall
+(trickle bytes that never end a line, or fall silent) or fail (HTTP 500 with a body that must
+not reach clients)."""
 
 from __future__ import annotations
 
+import json
+import select
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import StreamingChatHandler
+import sqlalchemy as sa
+from conftest import StreamingChatHandler, ingest_into, service_client
 
+from qpbot_serving.answer_log import answers as answers_table
+from qpbot_serving.app import GENERATION_POOL
 from qpbot_serving.generation import (
     AnswerGuard,
     DeadlinePassed,
@@ -17,6 +26,7 @@ from qpbot_serving.generation import (
     OpenAICompatibleGenerator,
     guarded,
 )
+from qpbot_serving.settings import QpbotSettings
 
 MESSAGES = [
     {"role": "system", "content": "Answer only from the context. Be brief."},
@@ -44,7 +54,7 @@ def test_http_generators_stream_pieces(streaming_server, kind, path):
 @pytest.mark.parametrize("kind", [OllamaGenerator, OpenAICompatibleGenerator])
 def test_a_generator_that_is_down_fails_fast(closed_port, kind):
     started = time.monotonic()
-    with pytest.raises(GeneratorUnavailable, match="cannot reach"):
+    with pytest.raises(GeneratorUnavailable, match=r"cannot be reached \(ConnectError\)"):
         "".join(kind(f"http://127.0.0.1:{closed_port}", "m", timeout_s=1.5).stream(MESSAGES, 20))
     assert time.monotonic() - started < 2
 
@@ -52,7 +62,7 @@ def test_a_generator_that_is_down_fails_fast(closed_port, kind):
 @pytest.mark.parametrize("kind", [OllamaGenerator, OpenAICompatibleGenerator])
 def test_a_generator_that_hangs_times_out_within_two_seconds(hanging_port, kind):
     started = time.monotonic()
-    with pytest.raises(GeneratorUnavailable, match="timeout"):
+    with pytest.raises(GeneratorUnavailable, match="sent nothing for 1.5 s"):
         "".join(kind(f"http://127.0.0.1:{hanging_port}", "m", timeout_s=1.5).stream(MESSAGES, 20))
     assert time.monotonic() - started < 2.5
 
@@ -173,9 +183,11 @@ def test_the_local_generator_stops_at_the_deadline_and_when_closed(local_generat
     next(local_generator.stream(MESSAGES, max_new_tokens=1))
     first_token = time.monotonic() - started  # the machine's own pace, loaded or not
     started = time.monotonic()
+    # Sooner than its first token: a warm model on a fast CPU can finish a short answer
+    # within half a second, and then no deadline passes.
     with pytest.raises(DeadlinePassed):
-        list(local_generator.stream(MESSAGES, max_new_tokens=2000, deadline=started + 0.5))
-    assert time.monotonic() - started < max(0.5, first_token) + 1.5
+        list(local_generator.stream(MESSAGES, max_new_tokens=2000, deadline=started + 0.02))
+    assert time.monotonic() - started < first_token + 1.5
 
     before = threading.active_count()
     stream = local_generator.stream(MESSAGES, max_new_tokens=2000)
@@ -185,3 +197,252 @@ def test_the_local_generator_stops_at_the_deadline_and_when_closed(local_generat
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert threading.active_count() <= before
+
+
+# --- upstreams that misbehave: trickle bytes, fall silent, answer 500 -------------------------
+class MisbehavingChatHandler(BaseHTTPRequestHandler):
+    """An upstream on 127.0.0.1 scripted by its server's attributes: `status`, then `head`
+    (bytes, or a list of parts sent as chunks of their own), then `trickle` bytes every
+    `tick` seconds for `trickle_s` seconds, then silence, never a newline, until the client
+    hangs up (or 30 s pass). `server.answers_started` counts the requests, and
+    `server.open_streams` the answers it is still sending; a hang-up is seen at the next
+    write or, in silence, as the socket's end."""
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        server = self.server
+        self.rfile.read(int(self.headers["Content-Length"]))
+        with server.lock:
+            server.open_streams += 1
+            server.answers_started += 1
+        try:
+            self.send_response(server.status)
+            self.end_headers()
+            head = server.head[self.path]
+            for part in [head] if isinstance(head, bytes) else head:
+                self.wfile.write(part)
+                self.wfile.flush()
+                time.sleep(0.05)  # each part its own chunk
+            if server.status != 200:
+                return
+            started = time.monotonic()
+            while time.monotonic() - started < 30:
+                if time.monotonic() - started < server.trickle_s:
+                    self.wfile.write(server.trickle)
+                    self.wfile.flush()
+                readable, _, _ = select.select([self.connection], [], [], server.tick)
+                if readable and not self.connection.recv(1):
+                    return  # the client closed the connection
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            with server.lock:
+                server.open_streams -= 1
+
+    def log_message(self, *args):
+        pass
+
+
+STALLED_HEAD = {  # an answer that starts, and whose first line never ends
+    "/api/chat": b'{"message": {"content": "The',
+    "/v1/chat/completions": b'data: {"choices": [{"delta": {"content": "The',
+}
+LEAKED = b'{"error":"internal: /srv/secret/path key=sk-LEAKED-123 at worker 7"}'
+SECRETS = ("sk-LEAKED-123", "/srv/secret", "s3cret", "/v1/chat/completions", "/api/chat")
+
+
+@pytest.fixture
+def misbehaving_chat():
+    """`misbehaving_chat(**attributes)` starts a MisbehavingChatHandler server (its URL is
+    `server.url`): by default one that trickles a space a second into an unfinished line."""
+    servers = []
+
+    def start(**attributes):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), MisbehavingChatHandler)
+        server.daemon_threads = True
+        server.lock, server.open_streams, server.answers_started = threading.Lock(), 0, 0
+        settings = {"status": 200, "head": STALLED_HEAD, "trickle": b" ", "tick": 1.0}
+        for name, value in {**settings, "trickle_s": 30.0, **attributes}.items():
+            setattr(server, name, value)
+        server.url = f"http://127.0.0.1:{server.server_address[1]}"
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def wait_until_closed(server, seconds: float = 2.0) -> None:
+    """The upstream saw every connection to it closed within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while server.open_streams and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.open_streams == 0
+
+
+KINDS = [OllamaGenerator, OpenAICompatibleGenerator]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("upstream", ["trickling", "silent", "silent after trickling"])
+def test_a_stalled_upstream_is_dropped_at_the_deadline(misbehaving_chat, kind, upstream):
+    """A space a second resets the read timeout every time; the deadline still holds, and
+    the upstream's connection is closed with it (red-team finding: 8 connections, the
+    generation pool's size, were held 30 s after the answers had finished)."""
+    trickle_s = {"trickling": 30.0, "silent": 0.0, "silent after trickling": 2.5}[upstream]
+    server = misbehaving_chat(tick=0.5, trickle_s=trickle_s)
+    generator = kind(server.url, "m", timeout_s=10)  # the timeout is not what ends it
+    started = time.monotonic()
+    with pytest.raises(DeadlinePassed):
+        list(generator.stream(MESSAGES, 64, deadline=started + 3.0))
+    assert time.monotonic() - started < 3.0 + 1.0
+    wait_until_closed(server)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("upstream", ["trickling", "silent"])
+def test_cancelling_the_guard_frees_the_thread_at_once(misbehaving_chat, kind, upstream):
+    """The service cancels the guard when the client goes away or the deadline passes (on the
+    event loop's thread); the generation thread, blocked on the upstream, is free at once."""
+    server = misbehaving_chat(trickle_s=30.0 if upstream == "trickling" else 0.0)
+    generator = kind(server.url, "m", timeout_s=30)
+    guard = AnswerGuard()
+    pieces = guarded(generator.stream(MESSAGES, 64, deadline=time.monotonic() + 30), guard)
+    reader = threading.Thread(target=list, args=(pieces,))
+    reader.start()
+    deadline = time.monotonic() + 5
+    while not server.open_streams and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # the reader waits on the upstream now
+    cancelled = time.monotonic()
+    guard.cancel("the client went away")
+    reader.join(timeout=1.0)
+    assert not reader.is_alive() and time.monotonic() - cancelled < 1.0
+    wait_until_closed(server)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_endless_line_is_refused_at_64_kb(misbehaving_chat, kind):
+    server = misbehaving_chat(trickle=b"x" * 4096, tick=0.001)
+    generator = kind(server.url, "m", timeout_s=5)
+    started = time.monotonic()
+    with pytest.raises(GeneratorUnavailable, match="longer than 64 KB"):
+        list(generator.stream(MESSAGES, 64, deadline=started + 10))
+    assert time.monotonic() - started < 2
+    wait_until_closed(server)
+
+
+def test_lines_split_across_chunks_and_crlf_endings_are_read_whole(misbehaving_chat):
+    event = b'data: {"choices": [{"delta": {"content": "The answer is 42."}}]}\r\n\r\n'
+    head = {"/v1/chat/completions": [event[:9], event[9:30], event[30:] + b"data: [DONE]\r\n"]}
+    server = misbehaving_chat(head=head, trickle_s=0.0)
+    generator = OpenAICompatibleGenerator(server.url, "m", timeout_s=5)
+    assert list(generator.stream(MESSAGES, 64, deadline=time.monotonic() + 5)) == [
+        "The answer is 42."
+    ]
+
+
+# --- what a failing upstream may tell a client: what happened, not where or what it said -------
+def credentialed(url: str) -> str:
+    return url.replace("http://", "http://admin:s3cret@")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_upstream_error_body_and_the_urls_password_stay_in_the_server_log(
+    misbehaving_chat, kind, caplog
+):
+    server = misbehaving_chat(status=500, head={path: LEAKED for path in STALLED_HEAD})
+    with pytest.raises(GeneratorUnavailable) as failure:
+        list(kind(credentialed(server.url), "m", timeout_s=5).stream(MESSAGES, 64))
+    assert str(failure.value) == "the generator answered HTTP 500"
+    logged = caplog.text
+    assert "sk-LEAKED-123" in logged and "admin:***@127.0.0.1" in logged  # for the operator
+    assert "s3cret" not in logged
+
+
+def test_an_unreachable_generator_names_no_url(closed_port, caplog):
+    url = credentialed(f"http://127.0.0.1:{closed_port}")
+    with pytest.raises(GeneratorUnavailable) as failure:
+        list(OpenAICompatibleGenerator(url, "m", timeout_s=1.5).stream(MESSAGES, 64))
+    assert str(failure.value) == "the generator cannot be reached (ConnectError)"
+    assert "admin:***@" in caplog.text and "s3cret" not in caplog.text
+
+
+def test_an_ollama_error_event_is_not_quoted_to_clients(misbehaving_chat, caplog):
+    error_event = b'{"error": "model load failed: /srv/secret/path key=sk-LEAKED-123"}\n'
+    server = misbehaving_chat(head={"/api/chat": error_event}, trickle_s=0.0)
+    with pytest.raises(GeneratorUnavailable) as failure:
+        list(OllamaGenerator(server.url, "m", timeout_s=5).stream(MESSAGES, 64))
+    assert str(failure.value) == "Ollama reported an error"
+    assert "sk-LEAKED-123" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def indexed_home(tmp_path_factory, sample_documents):
+    return ingest_into(tmp_path_factory.mktemp("generation-home"), sample_documents)
+
+
+def test_the_service_tells_clients_the_generator_failed_without_its_secrets(
+    indexed_home, misbehaving_chat
+):
+    server = misbehaving_chat(status=500, head={path: LEAKED for path in STALLED_HEAD})
+    generator = OpenAICompatibleGenerator(credentialed(server.url), "m", timeout_s=5)
+    question = {"query": "How long does the battery last?"}
+    with service_client(QpbotSettings(home=indexed_home, answer_mode="auto"), generator) as client:
+        body = client.post("/v1/answer", json=question).json()
+        streamed = client.post("/v1/answer", json={**question, "stream": True}).text
+        client.app.state.answer_log.flush()
+        with client.app.state.answer_log.engine.connect() as connection:
+            logged = [row.error for row in connection.execute(sa.select(answers_table))]
+    assert body["answer_mode"] == "extractive" and "150 minutes" in body["answer"]
+    assert body["error"] == "the answer generator is unavailable: the generator answered HTTP 500"
+    assert "event: error" in streamed and "the generator answered HTTP 500" in streamed
+    assert len(logged) == 2 and all("HTTP 500" in error for error in logged)
+    for text in (json.dumps(body), streamed, *logged):
+        assert not [secret for secret in SECRETS if secret in text]
+
+
+def test_the_service_drops_a_stalled_upstream_when_the_client_goes_away(
+    indexed_home, misbehaving_chat
+):
+    """The guard's cancellation from app.py reaches the generation thread that waits on the
+    upstream: the upstream's connection is closed long before the deadline or the timeout."""
+    server = misbehaving_chat(tick=0.5)
+    generator = OpenAICompatibleGenerator(server.url, "m", timeout_s=30)
+    settings = QpbotSettings(home=indexed_home, answer_mode="auto", answer_deadline_s=30.0)
+    question = {"query": "How long does the battery last?", "stream": True}
+    with service_client(settings, generator) as client:
+        started = time.monotonic()
+        with client.stream("POST", "/v1/answer", json=question) as response:
+            lines = response.iter_lines()
+            assert next(lines) == "event: sources"
+            deadline = time.monotonic() + 5
+            while not server.open_streams and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert server.open_streams == 1  # the generation thread waits on the upstream
+        # The client hung up.
+        wait_until_closed(server, seconds=3.0)
+        assert time.monotonic() - started < 10  # neither the 30 s deadline nor the timeout
+
+
+def test_answers_on_a_stalled_upstream_leave_the_generation_pool_free(
+    indexed_home, misbehaving_chat
+):
+    """The red-team run: one answer after another on an upstream that trickles a space a
+    second (here four: more often than the deadline's second, so that each read succeeds).
+    Each ends at its deadline and frees its thread, so the answer after the pool's size
+    still reaches the generator (it used to find every thread stuck)."""
+    server = misbehaving_chat(tick=0.25)
+    generator = OpenAICompatibleGenerator(server.url, "m", timeout_s=30)
+    settings = QpbotSettings(home=indexed_home, answer_mode="auto", answer_deadline_s=1.0)
+    answers = GENERATION_POOL._max_workers + 1
+    with service_client(settings, generator) as client:
+        for _ in range(answers):
+            started = time.monotonic()
+            body = client.post("/v1/answer", json={"query": "How long does the battery last?"})
+            assert time.monotonic() - started < 1.0 + 1.5
+            assert "deadline" in body.json()["error"] and body.json()["answer_mode"] == "extractive"
+        assert server.answers_started == answers
+        wait_until_closed(server)
