@@ -68,6 +68,7 @@ FilterText = Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00]
 DocumentId = Annotated[str, Field(pattern=r"^[a-z0-9._-]{1,100}$")]
 # Requests are taken as they are: no coercion ("5" is no number) and no unknown fields.
 STRICT = ConfigDict(extra="forbid", strict=True)
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 
 # --- request and response models ---------------------------------------------------------
@@ -170,12 +171,18 @@ class FeedbackRequest(BaseModel):
     model_config = STRICT
 
     answer_id: str = Field(
-        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
-        description="The answer_id of a /v1/answer response.",
+        pattern=UUID_PATTERN, description="The answer_id of a /v1/answer response."
     )
     rating: Literal["up", "down"]
     comment: str | None = Field(default=None, max_length=4000)
     source_judgments: dict[str, Literal["relevant", "irrelevant"]] | None = None
+    feedback_id: str | None = Field(
+        default=None,
+        pattern=UUID_PATTERN,
+        description="A UUID the client makes once for this feedback and sends with every "
+        "retry of it, so that it is written once (the first one sent is kept). The server "
+        "makes one when it is absent.",
+    )
 
 
 # --- errors: domain exceptions to status codes, in one place -------------------------------
@@ -481,11 +488,13 @@ def create_app(
     )
     async def feedback(body: FeedbackRequest, request: Request) -> dict:
         log: AnswerLog = request.app.state.answer_log
-        row = {"feedback_id": str(uuid.uuid4()), **body.model_dump()}
+        # A retry with the client's feedback_id is written once (on conflict, do nothing).
+        row = {**body.model_dump(), "feedback_id": body.feedback_id or str(uuid.uuid4())}
         log.validate("feedback", row)  # InvalidRow: 422, before it could be spooled
-        if await asyncio.to_thread(log.answer_exists, body.answer_id) is False:
+        # On the log's own threads, for at most 2 s: a frozen database holds no request.
+        if await log.answer_known(body.answer_id) is False:
             raise NotFound(f"no answer with id {body.answer_id}")
-        # Unknown while the database is away (None): accepted, and set aside on replay.
+        # Unknown (None: the database is away or slow): accepted, set aside on replay.
         log.record_feedback(row)
         request.app.state.metrics.feedback.labels(body.rating).inc()
         return {"feedback_id": row["feedback_id"]}

@@ -72,7 +72,8 @@ class ServiceMetrics:
 
 
 class AnswerLogCollector:
-    """The answer log's backlog, dead letters and writer, read when /metrics is scraped."""
+    """The answer log's backlog, dead letters, lost rows, spool and writer, read when /metrics
+    is scraped."""
 
     def __init__(self, answer_log: AnswerLog) -> None:
         self.answer_log = answer_log
@@ -88,6 +89,22 @@ class AnswerLogCollector:
             "qpbot_answer_log_spooled_rows",
             "Rows in the spool file, waiting for the feedback database.",
             value=status.spooled_rows,
+        )
+        yield GaugeMetricFamily(
+            "qpbot_answer_log_held_rows",
+            "Rows held in memory, waiting for the spool (it cannot be written) or the database.",
+            value=status.held_rows,
+        )
+        yield GaugeMetricFamily(
+            "qpbot_answer_log_spool_failing",
+            "1 while rows wait on a spool file that cannot be written (see /readyz spool_error).",
+            value=int(status.spool_error is not None),
+        )
+        yield CounterMetricFamily(
+            "qpbot_answer_log_lost_rows",
+            "Rows dropped: more than the memory holds while the spool failed, or a dead letter"
+            " that could not be written.",
+            value=status.lost_rows,
         )
         yield GaugeMetricFamily(
             "qpbot_answer_log_dead_letters",

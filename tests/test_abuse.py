@@ -21,6 +21,7 @@ import httpx
 import hypothesis
 import pytest
 import schemathesis
+import sqlalchemy as sa
 import uvicorn
 from conftest import ingest_into, service_client
 from fastapi.testclient import TestClient
@@ -31,6 +32,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from qpbot_serving.answer_log import feedback as feedback_table
 from qpbot_serving.app import create_app
 from qpbot_serving.documents import upload_name
 from qpbot_serving.server import uvicorn_config
@@ -517,3 +519,22 @@ def test_upload_names_that_deceive_or_hide_are_cleaned():
     assert upload_name("~$report.md") == "report.md"  # the inbox sensor skips "~$" names
     assert upload_name("..hidden.md") == "hidden.md"
     assert upload_name("文档.md") == "文档.md"
+
+
+def test_a_retried_feedback_with_its_id_is_written_once(evil_home):
+    with service_client(QpbotSettings(home=evil_home)) as client:
+        answer = client.post("/v1/answer", json={"query": "When does the office close?"}).json()
+        rating = {
+            "answer_id": answer["answer_id"],
+            "rating": "up",
+            "feedback_id": "11111111-2222-4333-8444-555555555555",
+        }
+        for _ in range(3):  # the client timed out and tried again
+            assert client.post("/v1/feedback", json=rating).status_code == 202
+        log = client.app.state.answer_log
+        log.flush()
+        with log.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(feedback_table).where(feedback_table.c.answer_id == rating["answer_id"])
+            ).all()
+        assert len(rows) == 1 and log.status().dead_letters == 0
