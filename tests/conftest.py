@@ -197,6 +197,18 @@ def streaming_server():
     server.shutdown()
 
 
+def loopback_server(handler, **attributes) -> ThreadingHTTPServer:
+    """An HTTP server on 127.0.0.1 with `handler`, serving from a thread; `attributes` are
+    set on it (the handler's script) and `url` is where it listens."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    for name, value in attributes.items():
+        setattr(server, name, value)
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 @pytest.fixture
 def scripted_chat():
     """Starts chat servers that stream given pieces, each after `delay` seconds:
@@ -204,11 +216,9 @@ def scripted_chat():
     servers = []
 
     def start(pieces: list[str], delay: float = 0.0):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), StreamingChatHandler)
-        server.requests, server.pieces, server.delay = [], list(pieces), delay
-        server.client_gone = False
-        server.url = f"http://127.0.0.1:{server.server_address[1]}"
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        server = loopback_server(
+            StreamingChatHandler, requests=[], pieces=list(pieces), delay=delay, client_gone=False
+        )
         servers.append(server)
         return server
 

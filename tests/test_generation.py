@@ -9,11 +9,11 @@ import json
 import select
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import sqlalchemy as sa
-from conftest import StreamingChatHandler, ingest_into, service_client
+from conftest import StreamingChatHandler, ingest_into, loopback_server, service_client
 
 from qpbot_serving.answer_log import answers as answers_table
 from qpbot_serving.app import GENERATION_POOL
@@ -257,14 +257,14 @@ def misbehaving_chat():
     servers = []
 
     def start(**attributes):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), MisbehavingChatHandler)
-        server.daemon_threads = True
-        server.lock, server.open_streams, server.answers_started = threading.Lock(), 0, 0
-        settings = {"status": 200, "head": STALLED_HEAD, "trickle": b" ", "tick": 1.0}
-        for name, value in {**settings, "trickle_s": 30.0, **attributes}.items():
-            setattr(server, name, value)
-        server.url = f"http://127.0.0.1:{server.server_address[1]}"
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        script = {"status": 200, "head": STALLED_HEAD, "trickle": b" ", "tick": 1.0}
+        server = loopback_server(
+            MisbehavingChatHandler,
+            lock=threading.Lock(),
+            open_streams=0,
+            answers_started=0,
+            **{**script, "trickle_s": 30.0, **attributes},
+        )
         servers.append(server)
         return server
 
