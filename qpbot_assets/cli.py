@@ -316,6 +316,12 @@ def _serve(settings: QpbotSettings, host: str, port: int) -> int:
     print(
         f"Answer service: http://{host}:{port}  (API docs: http://{host}:{port}/docs)", flush=True
     )
+    if "*" not in settings.allowed_hosts:
+        print(
+            f"It answers to {', '.join(settings.allowed_hosts)} only (QPBOT_ALLOWED_HOSTS): "
+            "add the names clients use to reach it.",
+            flush=True,
+        )
     serve(settings, host, port)
     return 0
 
