@@ -17,6 +17,7 @@ import re
 import socket
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -342,7 +343,7 @@ def _convert_packaged_gguf(target: Path) -> None:
     partial.replace(target)
 
 
-class _HttpGenerator:
+class _HttpGenerator(ABC):
     """Shared HTTP plumbing: a short connect timeout, a read timeout for silence, and the
     answer's deadline checked on every chunk the upstream sends. `stream()` gives an
     `_UpstreamAnswer`, which another thread can stop at once (see there). The subclasses
@@ -368,11 +369,13 @@ class _HttpGenerator:
     ) -> Iterator[str]:
         return _UpstreamAnswer(self, self._payload(messages, max_new_tokens), deadline)
 
+    @abstractmethod
     def _payload(self, messages: Messages, max_new_tokens: int) -> dict:
-        raise NotImplementedError
+        """The request body for the upstream's chat endpoint."""
 
+    @abstractmethod
     def _parse(self, lines: Iterator[str]) -> Iterator[str]:
-        raise NotImplementedError
+        """The answer's pieces from the upstream's response lines."""
 
 
 class _UpstreamAnswer:
