@@ -185,6 +185,29 @@ class FeedbackRequest(BaseModel):
     )
 
 
+# The upload's body as OpenAPI shows it (the endpoint parses it itself, after the token).
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "One of " + ", ".join(sorted(ACCEPTED_SUFFIXES)),
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+
+
 # --- errors: domain exceptions to status codes, in one place -------------------------------
 class BadRequest(Exception):
     pass
@@ -556,29 +579,6 @@ def create_app(
         )
 
     return app
-
-
-# The upload's body as OpenAPI shows it (the endpoint parses it itself, after the token).
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "One of " + ", ".join(sorted(ACCEPTED_SUFFIXES)),
-                        }
-                    },
-                }
-            }
-        },
-    }
-}
 
 
 # --- helpers -------------------------------------------------------------------------------
