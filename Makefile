@@ -8,7 +8,7 @@ export QPBOT_HOME
 # else PyTorch's CPU index. An unpinned or CUDA torch would pull several GB.
 TORCH_SOURCE := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 
-.PHONY: demo test install samples browser
+.PHONY: demo test install samples browser prometheus dashboards
 
 install: $(VENV)/.installed
 
@@ -37,5 +37,17 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
 	  echo "Chromium not installed: the browser test will skip (or fail with QPBOT_REQUIRE_SERVICES=1)"
 
-test: install browser
+# Prometheus and promtool for the monitoring tests (alert rules, dashboards), from Debian's
+# prometheus package when we may install it.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } || \
+	  echo "Prometheus not installed: the monitoring tests will skip (or fail with QPBOT_REQUIRE_SERVICES=1)"
+
+# The Grafana dashboards' JSON, from deploy/grafana/make_dashboards.py.
+dashboards: install
+	$(BIN)/python deploy/grafana/make_dashboards.py
+
+test: install browser prometheus
 	$(BIN)/pytest

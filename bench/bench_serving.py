@@ -2,9 +2,12 @@
 HTTP; /v1/search throughput with 16 concurrent clients; /v1/answer time to first token.
 
     .venv/bin/python bench/bench_serving.py --home /tmp/scifact_home [--queries 200]
+        [--backend torch|onnx|onnx-int8] [--big-only]
 
 `--home` is a QPBOT_HOME holding the SciFact corpus (5,183 abstracts), as built by
-`qpbot eval retrieval --home DIR ...`. The 100k index is made from it by repeating each
+`qpbot eval retrieval --home DIR ...` (with QPBOT_EMBEDDING_BACKEND=onnx-int8 for the int8
+backend, whose vectors are its own). `--backend` embeds the queries with that backend, in
+this process and in the service. The 100k index is made from it by repeating each
 row 20 times with its vector slightly perturbed (and renormalized): real texts and a
 realistic vector distribution, without encoding 100k chunks on a CPU. It is then compacted
 and given its vector index as `search_index` would (`ensure_vector_index`), and the indexed
@@ -91,12 +94,15 @@ def scaled_copy(source_home: Path, target_home: Path, factor: int) -> dict:
     return vector_index
 
 
+BACKEND: dict = {}  # Retriever.open's backend and exports_dir, from the command line
+
+
 def versus_flat(home: Path, texts: list[str]) -> dict:
     """The indexed search against the exact one on the same table: the share of the flat
     dense top 100 found, and of queries whose hybrid top 10 (ids and order) is the same."""
     from bench_retrieval import dense_recall_vs_flat
 
-    indexed = Retriever.open(home / "index")
+    indexed = Retriever.open(home / "index", **BACKEND)
     flat = Retriever.open(home / "index", embedder=indexed.embedder)
     flat.vector_index = None
     same_top10 = sum(
@@ -112,7 +118,7 @@ def versus_flat(home: Path, texts: list[str]) -> dict:
 
 
 def in_process(home: Path, texts: list[str]) -> dict:
-    retriever = Retriever.open(home / "index")
+    retriever = Retriever.open(home / "index", **BACKEND)
     retriever.search("warm up", 10, "hybrid")
     results = {}
     for mode in MODES:
@@ -131,6 +137,9 @@ def start_service(home: Path) -> tuple[subprocess.Popen, str]:
         port = sock.getsockname()[1]
     # auto: the generator's first token is what the answer figures measure (quotes need none).
     env = {**os.environ, "QPBOT_HOME": str(home), "QPBOT_ANSWER_MODE": "auto"}
+    if BACKEND:
+        env["QPBOT_EMBEDDING_BACKEND"] = BACKEND["backend"]
+        env["QPBOT_EMBEDDING_EXPORT_DIR"] = str(BACKEND["exports_dir"])
     process = subprocess.Popen(
         [Path(sys.executable).parent / "qpbot", "serve", "--port", str(port)],
         env=env,
@@ -218,15 +227,21 @@ def main() -> None:
     parser.add_argument(
         "--scale", type=int, default=20, help="copies of each row for the big index"
     )
+    parser.add_argument("--backend", choices=contract.EMBEDDING_BACKENDS, default=None)
+    parser.add_argument("--big-only", action="store_true", help="skip the ~5k chunk index")
     args = parser.parse_args()
     texts = queries(args.queries)
     report: dict = {"load_average_before": [round(x, 2) for x in os.getloadavg()]}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.backend:
+            BACKEND.update(backend=args.backend, exports_dir=Path(tmp) / "onnx")
+            report["backend"] = args.backend
         big = Path(tmp) / "big"
         started = time.perf_counter()
         vector_index = scaled_copy(args.home, big, args.scale)
         build_seconds = round(time.perf_counter() - started, 1)
-        for label, home in (("small", args.home), ("big", big)):
+        homes = (("small", args.home), ("big", big))
+        for label, home in homes[1:] if args.big_only else homes:
             chunks = contract.read_promoted(home / "index").chunks
             process, url = start_service(home)
             try:

@@ -68,7 +68,11 @@ def index_beir_corpus(
     docs = list(read_beir_corpus(corpus_path))
     texts = [indexed_text(d.get("title") or "", d["text"], include_title) for d in docs]
     vectors = embedder.encode(texts, show_progress_bar=len(texts) > 64)
-    info = contract.IndexInfo(embedding_model=model_name, dimension=int(vectors.shape[1]))
+    info = contract.IndexInfo(
+        embedding_model=model_name,
+        dimension=int(vectors.shape[1]),
+        embedding_backend=embedder.backend,
+    )
     schema = contract.chunk_schema(info)
     rows = []
     for doc, text, vector in zip(docs, texts, vectors, strict=True):
@@ -91,7 +95,7 @@ def index_beir_corpus(
 
     db = contract.connect(index_dir)
     table = db.create_table(
-        contract.table_name_for(model_name),
+        contract.table_name_for(info.vectors_key),
         data=pa.Table.from_pylist(rows, schema=schema),
         schema=schema,
         mode="overwrite",
@@ -104,20 +108,29 @@ def index_beir_corpus(
         version=table.version,
         embedding_model=model_name,
         dimension=info.dimension,
+        embedding_backend=info.embedding_backend,
         chunks=len(rows),
         documents=len(rows),
     )
     contract.atomic_write_json(
         index_dir / CORPUS_MARKER,
-        {"digest": corpus_digest(corpus_path, model_name, include_title), "index": promoted.label},
+        {
+            "digest": corpus_digest(corpus_path, info.vectors_key, include_title),
+            "index": promoted.label,
+        },
     )
     return promoted
 
 
 def indexed_corpus(
-    corpus_path: Path, home: Path, model_name: str, include_title: bool = True
+    corpus_path: Path,
+    home: Path,
+    model_name: str,
+    include_title: bool = True,
+    backend: str = "torch",
 ) -> contract.PromotedIndex | None:
-    """The promoted index in `home` if it already holds this corpus for this model, else None."""
+    """The promoted index in `home` if it already holds this corpus for this model and
+    backend's vectors, else None."""
     index_dir = Path(home) / "index"
     promoted = contract.read_promoted(index_dir)
     marker = index_dir / CORPUS_MARKER
@@ -125,7 +138,7 @@ def indexed_corpus(
         return None
     recorded = json.loads(marker.read_text())
     if recorded.get("index") != promoted.label or recorded.get("digest") != corpus_digest(
-        corpus_path, model_name, include_title
+        corpus_path, contract.vectors_key(model_name, backend), include_title
     ):
         return None
     return promoted

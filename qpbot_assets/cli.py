@@ -19,9 +19,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qpbot", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    ingest = commands.add_parser("ingest", help="ingest files or folders into the index")
-    ingest.add_argument("paths", nargs="+", type=Path)
+    ingest = commands.add_parser(
+        "ingest", help="ingest files or folders, or the rows of a database table, into the index"
+    )
+    ingest.add_argument("paths", nargs="*", type=Path)
     ingest.add_argument("--json", action="store_true", help="print one JSON object")
+    table = ingest.add_argument_group(
+        "a database table instead of paths",
+        "one document per row; new and changed rows are ingested, deleted rows removed",
+    )
+    table.add_argument("--sql", metavar="URL", help="SQLAlchemy URL of the database")
+    table.add_argument("--table", help="table (or view) name, optionally schema.table")
+    table.add_argument("--id-column", help="a unique id per row")
+    table.add_argument("--text-column", help="the document's text (read as Markdown)")
+    table.add_argument("--title-column")
+    table.add_argument("--updated-column", help="changes whenever the row does (updated_at)")
+    table.add_argument(
+        "--metadata-columns", nargs="+", default=[], metavar="C", help="front matter columns"
+    )
 
     status = commands.add_parser("status", help="documents, chunks, quarantine, index version")
     status.add_argument("--json", action="store_true", help="print one JSON object")
@@ -60,6 +75,23 @@ def main(argv: list[str] | None = None) -> int:
     qa.add_argument("--details", type=Path, help="write one JSON line per question here")
     qa.add_argument("--json", action="store_true", help="print one JSON object")
 
+    gate = commands.add_parser(
+        "gate",
+        help="compare what would be deployed with the champion on the evaluation sets; "
+        "exit 0 passed, 1 refused (worse beyond noise), 2 cannot run as configured",
+    )
+    gate.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    gate.add_argument(
+        "--accept",
+        action="store_true",
+        help="when it passes, record it as the champion (QPBOT_GATE_CHAMPION)",
+    )
+    gate.add_argument(
+        "--require-champion",
+        action="store_true",
+        help="refuse when there is no champion record (instead of passing as the baseline)",
+    )
+
     rollback = commands.add_parser(
         "rollback", help="undo the last promotion of a fine-tuned embedder and its index"
     )
@@ -75,33 +107,87 @@ def main(argv: list[str] | None = None) -> int:
         return _eval_qa(settings, args)
     if args.command == "eval":
         return _eval_retrieval(settings, args)
+    if args.command == "ingest" and (args.sql is None) == (not args.paths):
+        ingest.error("give either paths or --sql URL (with --table, --id-column, --text-column)")
+    if args.command == "ingest" and args.sql:
+        return _ingest_table(settings, args)
     if args.command == "ingest":
         return _ingest(settings, args.paths, as_json=args.json)
     if args.command == "status":
         return _status(settings, as_json=args.json)
     if args.command == "serve":
         return _serve(settings, args.host, args.port)
+    if args.command == "gate":
+        return _gate(settings, args)
     if args.command == "rollback":
         return _rollback(settings, as_json=args.json)
     return _dev(settings, args.host, args.port, daemon_only=args.daemon_only)
 
 
 def _ingest(settings: QpbotSettings, paths: list[Path], as_json: bool) -> int:
-    from qpbot_assets.ingest import index_status, ingest_paths
+    from qpbot_assets.ingest import ingest_paths
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         print(f"qpbot ingest: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return 2
     summary = ingest_paths(settings, paths, quiet=as_json)
+    what = f"{summary['documents']} documents from {len(paths)} path(s)"
+    return _report_ingest(settings, summary, what, as_json)
+
+
+# The flag behind each field of a SqlSource, for error messages.
+TABLE_FLAGS = {"url": "--sql", "metadata_columns": "--metadata-columns"}
+
+
+def _ingest_table(settings: QpbotSettings, args: argparse.Namespace) -> int:
+    """Ingests the rows of one table (`--sql URL --table ...`), as the SQL sensor would."""
+    from qpbot_assets.documents.sql_source import SqlSourceError
+    from qpbot_assets.ingest import ingest_sql
+    from qpbot_serving.settings import SqlSource
+
+    required = {
+        "--table": args.table,
+        "--id-column": args.id_column,
+        "--text-column": args.text_column,
+    }
+    missing = [flag for flag, value in required.items() if not value]
+    if missing:
+        print(f"qpbot ingest --sql: also give {', '.join(missing)}", file=sys.stderr)
+        return 2
+    source = SqlSource(
+        url=args.sql,
+        table=args.table,
+        id_column=args.id_column,
+        text_column=args.text_column,
+        title_column=args.title_column,
+        updated_column=args.updated_column,
+        metadata_columns=args.metadata_columns,
+    )
+    try:
+        summary = ingest_sql(
+            settings,
+            source,
+            quiet=args.json,
+            setting=lambda field: TABLE_FLAGS.get(field, "--" + field.replace("_", "-")),
+        )
+    except SqlSourceError as problem:
+        print(f"qpbot ingest: {problem}", file=sys.stderr)
+        return 2
+    what = f"{summary['documents']} rows of {args.table}"
+    return _report_ingest(settings, summary, what, args.json)
+
+
+def _report_ingest(settings: QpbotSettings, summary: dict, what: str, as_json: bool) -> int:
+    from qpbot_assets.ingest import index_status
+
     status = index_status(settings)
     if as_json:
         print(json.dumps({**status, "ingest": summary}))
     else:
         print(
-            f"{summary['documents']} documents from {len(paths)} path(s): {summary['new']} new, "
-            f"{summary['removed']} removed, {summary['runs']} run(s) "
-            f"({'succeeded' if summary['success'] else 'FAILED'})"
+            f"{what}: {summary['new']} new, {summary['removed']} removed, "
+            f"{summary['runs']} run(s) ({'succeeded' if summary['success'] else 'FAILED'})"
         )
         _print_status(status)
     return 0 if summary["success"] else 1
@@ -160,12 +246,51 @@ def _rollback(settings: QpbotSettings, as_json: bool) -> int:
     return 0
 
 
+def _gate(settings: QpbotSettings, args: argparse.Namespace) -> int:
+    """Scores what would be deployed and compares it with the champion's record
+    (qpbot_assets.deployment_gate). Exit 0: passed (or the first baseline); 1: refused; 2:
+    the gate cannot run (a setting is missing or wrong, or the evaluation failed)."""
+    from qpbot_assets.deployment_gate import (
+        GateMisconfigured,
+        compare_with_champion,
+        evaluate_deployment,
+        format_verdict,
+        load_champion,
+    )
+    from qpbot_assets.evaluation_record import write_record
+
+    try:
+        champion = load_champion(settings)
+        candidate = evaluate_deployment(settings)
+    except Exception as problem:  # exit 1 must mean "refused", never a crash
+        message = str(problem)
+        if not isinstance(problem, GateMisconfigured):
+            message = f"the evaluation failed: {type(problem).__name__}: {problem}"
+        print(f"qpbot gate: {message}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"passed": False, "error": message}))
+        return 2
+    verdict = compare_with_champion(candidate, champion, args.require_champion)
+    verdict["champion_record"] = str(settings.gate_champion_path)
+    verdict["accepted"] = bool(args.accept and verdict["passed"])
+    if verdict["accepted"]:
+        write_record(settings.gate_champion_path, candidate)
+    if args.json:
+        print(json.dumps(verdict))
+    else:
+        print(format_verdict(verdict))
+        if verdict["accepted"]:
+            print(f"recorded as the champion: {settings.gate_champion_path}")
+    return 0 if verdict["passed"] else 1
+
+
 def _eval_retrieval(settings: QpbotSettings, args: argparse.Namespace) -> int:
     """Indexes the corpus (one row per document) with the configured embedding model into
     --home or a throw-away home, then runs the queries through the serving retriever."""
     import tempfile
 
     from qpbot_assets.beir import CORPUS_MARKER, index_beir_corpus, indexed_corpus
+    from qpbot_serving.embedding import Embedder, resolve_backend
     from qpbot_serving.evaluation import evaluate_retriever
     from qpbot_serving.index import read_promoted
     from qpbot_serving.retrieval import Retriever
@@ -177,7 +302,9 @@ def _eval_retrieval(settings: QpbotSettings, args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="qpbot-eval-") as scratch:
         home = args.home.expanduser().resolve() if args.home else Path(scratch)
         model = settings.embedding_model
-        promoted = indexed_corpus(args.corpus, home, model)
+        backend = resolve_backend(settings.embedding_backend)
+        exports = settings.embedding_exports_dir
+        promoted = indexed_corpus(args.corpus, home, model, backend=backend)
         reused = promoted is not None
         if (
             not reused
@@ -192,14 +319,16 @@ def _eval_retrieval(settings: QpbotSettings, args: argparse.Namespace) -> int:
             )
             return 2
         if not reused:
-            promoted = index_beir_corpus(args.corpus, home, model)
-        retriever = Retriever.open(home / "index")
+            embedder = Embedder(model, backend=backend, cache_dir=exports)
+            promoted = index_beir_corpus(args.corpus, home, model, embedder)
+        retriever = Retriever.open(home / "index", backend=backend, exports_dir=exports)
         result = {
             **evaluate_retriever(retriever, args.queries, args.qrels, mode=args.mode),
             "mode": args.mode,
             "index": promoted.label,
             "documents": promoted.documents,
             "embedding_model": model,
+            "embedding_backend": backend,
             "reused_index": reused,
         }
     if args.json:
@@ -229,7 +358,7 @@ def _eval_qa(settings: QpbotSettings, args: argparse.Namespace) -> int:
         print(f"qpbot eval qa: no such file: {args.questions}", file=sys.stderr)
         return 2
     try:
-        retriever = Retriever.open(settings.index_dir)
+        retriever = Retriever.from_settings(settings)
     except IndexNotReady as problem:
         print(f"qpbot eval qa: {problem}", file=sys.stderr)
         return 2

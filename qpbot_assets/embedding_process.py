@@ -19,30 +19,37 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
 
+from qpbot_serving import index as contract
 from qpbot_serving.embedding import Embedder
 
 MAX_CHILDREN = 2  # a base model and its fine-tune; each holds torch and a model in memory
 
-_children: dict[str, ChildProcessEmbedder] = {}
+_children: dict[tuple[str, str], ChildProcessEmbedder] = {}
 _embedder: Embedder | None = None  # the child's model
 
 
 class ChildProcessEmbedder:
     """An `Embedder` whose model lives in a child process that starts loading at once."""
 
-    def __init__(self, model_name: str):
+    def __init__(self, model_name: str, backend: str = "torch", cache_dir: Path | None = None):
         self.model_name = model_name
+        self.backend = backend
         self.broken = False
         self._pool = ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),  # no fork of a threaded process
             initializer=_exit_with_parent,
         )
-        self._loaded = self._pool.submit(_load, model_name)
+        self._loaded = self._pool.submit(_load, model_name, backend, cache_dir)
+
+    @property
+    def vectors_key(self) -> str:
+        return contract.vectors_key(self.model_name, self.backend)
 
     @cached_property
     def _model_info(self) -> dict:
@@ -83,12 +90,15 @@ class ChildProcessEmbedder:
             ) from None
 
 
-def child_embedder(model_name: str) -> ChildProcessEmbedder:
-    """This process's child for `model_name`, started on first request and then reused."""
-    child = _children.pop(model_name, None)
+def child_embedder(
+    model_name: str, backend: str = "torch", cache_dir: Path | None = None
+) -> ChildProcessEmbedder:
+    """This process's child for `model_name` and `backend`, started on first request and then
+    reused."""
+    child = _children.pop((model_name, backend), None)
     if child is None or child.broken:
-        child = ChildProcessEmbedder(model_name)
-    _children[model_name] = child  # the most recently asked for is last
+        child = ChildProcessEmbedder(model_name, backend, cache_dir)
+    _children[(model_name, backend)] = child  # the most recently asked for is last
     while len(_children) > MAX_CHILDREN:
         _children.pop(next(iter(_children))).close()
     return child
@@ -114,9 +124,9 @@ def _exit_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _load(model_name: str) -> dict:
+def _load(model_name: str, backend: str, cache_dir: Path | None) -> dict:
     global _embedder
-    _embedder = Embedder(model_name)
+    _embedder = Embedder(model_name, backend=backend, cache_dir=cache_dir)
     return {
         "max_tokens": _embedder.max_tokens,
         "dimension": _embedder.dimension,

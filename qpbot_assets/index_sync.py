@@ -54,7 +54,7 @@ def embed_documents(
     """
     import time
 
-    model = embedder.model_name
+    model = embedder.vectors_key
     stage = embedding_stage(model)
     # A document whose chunks stage has not run yet has nothing to embed.
     document_ids = [d for d in document_ids if store.read_stage(d, "chunks") is not None]
@@ -134,19 +134,23 @@ def document_rows(store: DocumentStore, document_id: str, model: str) -> list[di
     ]
 
 
-def open_or_create_table(db, model: str, dimension: int):
-    """The table of `model`'s vectors, created empty (with its IndexInfo) if missing."""
-    name = contract.table_name_for(model)
+def open_or_create_table(db, embedder: Embedder):
+    """The table of `embedder`'s vectors, created empty (with its IndexInfo) if missing."""
+    name = contract.table_name_for(embedder.vectors_key)
     if name in db.list_tables().tables:
         table = db.open_table(name)
         info = contract.IndexInfo.from_schema(table.schema)
-        if info.embedding_model != model:
+        if info.vectors_key != embedder.vectors_key:
             raise ValueError(
-                f"table {name} holds vectors of {info.embedding_model}, not {model}; "
-                "remove the index folder or pick another model"
+                f"table {name} holds vectors of {info.vectors_key}, not "
+                f"{embedder.vectors_key}; remove the index folder or pick another model"
             )
         return table
-    info = contract.IndexInfo(embedding_model=model, dimension=dimension)
+    info = contract.IndexInfo(
+        embedding_model=embedder.model_name,
+        dimension=embedder.dimension,
+        embedding_backend=embedder.backend,
+    )
     return db.create_table(name, schema=contract.chunk_schema(info))
 
 
@@ -190,7 +194,7 @@ def sync_table(
     """
     from lancedb.index import FTS
 
-    model = embedder.model_name
+    model = embedder.vectors_key
     stage = indexed_stage(table.name)
     changed = [
         document_id
@@ -243,6 +247,7 @@ def snapshot(table, documents: int) -> dict:
         "table": table.name,
         "version": table.version,
         "embedding_model": info.embedding_model,
+        "embedding_backend": info.embedding_backend,
         "dimension": info.dimension,
         "chunks": table.count_rows(),
         "documents": documents,
@@ -255,10 +260,10 @@ def reembed_table(source, db, embedder: Embedder, batch_size: int = 32, rows_per
     Returns the new table, with its full-text index (and vector index, when large enough)."""
     from lancedb.index import FTS
 
-    name = contract.table_name_for(embedder.model_name)
+    name = contract.table_name_for(embedder.vectors_key)
     if name in db.list_tables().tables:
         db.drop_table(name)  # a half-built candidate from an interrupted run
-    table = open_or_create_table(db, embedder.model_name, embedder.dimension)
+    table = open_or_create_table(db, embedder)
     columns = [field.name for field in contract.CHUNK_COLUMNS]
     rows = scan(source, columns)
     progress = tqdm(total=rows.num_rows, desc=f"re-embed into {name}", unit="chunk")
@@ -283,7 +288,7 @@ def adopt_table_vectors(store: DocumentStore, table, record: Callable[[str], dic
     table is promoted, ingestion finds them current and embeds nothing again. Returns
     the number of documents adopted."""
     info = contract.IndexInfo.from_schema(table.schema)
-    model = info.embedding_model
+    model = info.vectors_key
     rows = table.search().select(["document_id", "chunk_id", "vector"]).limit(None).to_arrow()
     by_document: dict[str, list[int]] = {}
     for position, document_id in enumerate(rows.column("document_id").to_pylist()):

@@ -1,8 +1,10 @@
-"""Ingestion from the command line: register files, sync their partitions, run in-process."""
+"""Ingestion from the command line: register files or table rows, sync their partitions, run
+in-process."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from qpbot_assets.documents.sources import (
@@ -18,7 +20,8 @@ from qpbot_assets.index_sync import indexed_stage
 from qpbot_assets.instance import fail_runs_of_dead_processes, get_instance, process_tags
 from qpbot_assets.partitions import documents_partitions, partition_range_tags
 from qpbot_serving import index as contract
-from qpbot_serving.settings import QpbotSettings
+from qpbot_serving.embedding import resolve_backend
+from qpbot_serving.settings import QpbotSettings, SqlSource
 
 
 def load_definitions():
@@ -33,7 +36,6 @@ def ingest_paths(settings: QpbotSettings, paths: list[Path], quiet: bool = False
 
     Runs the ingest job in this process over as few partition ranges as possible.
     """
-    instance = get_instance(settings)
     store = DocumentStore(settings.home)
     objects: list[SourceObject] = []
     folders: list[Path] = []
@@ -46,12 +48,52 @@ def ingest_paths(settings: QpbotSettings, paths: list[Path], quiet: bool = False
     wanted = list(dict.fromkeys(obj.document_id for obj in objects))
     for obj in objects:
         store.register(obj.document_id, obj.uri)
+    return _ingest_documents(settings, store, wanted, lambda d: _is_under(store, d, folders), quiet)
 
+
+def ingest_sql(
+    settings: QpbotSettings,
+    source: SqlSource,
+    quiet: bool = False,
+    setting: Callable[[str], str] = str,
+) -> dict:
+    """Makes the index hold exactly the rows of a table: new and changed rows are fetched
+    (only those) and ingested, rows gone from it are removed. `setting` names the flag or
+    setting behind a field of `source` in errors (SqlSourceError)."""
+    from qpbot_assets.documents.sql_source import SqlTable  # SQLAlchemy only when asked for
+
+    store = DocumentStore(settings.home)
+    with SqlTable(source, setting) as table:
+        rows = table.list_rows()
+        table.stage(store, rows)
+    for row in rows:
+        store.register(row.document_id, row.uri)
+    return _ingest_documents(
+        settings,
+        store,
+        [row.document_id for row in rows],
+        lambda d: _source_starts_with(store, d, table.uri_prefix),
+        quiet,
+    )
+
+
+def _ingest_documents(
+    settings: QpbotSettings,
+    store: DocumentStore,
+    wanted: list[str],
+    owned: Callable[[str], bool],
+    quiet: bool,
+) -> dict:
+    """Adds partitions for the `wanted` documents, deletes those of live documents that
+    `owned` claims for this source but are no longer wanted, and runs the ingest job over
+    the documents not indexed from their current version."""
+    instance = get_instance(settings)
     partitions = documents_partitions.name
     live = instance.get_dynamic_partitions(partitions)
     live_set = set(live)
+    wanted_set = set(wanted)
     new = [d for d in wanted if d not in live_set]
-    removed = [d for d in live if d not in set(wanted) and _is_under(store, d, folders)]
+    removed = [d for d in live if d not in wanted_set and owned(d)]
     if new:
         instance.add_dynamic_partitions(partitions, new)
     for document_id in removed:
@@ -59,14 +101,15 @@ def ingest_paths(settings: QpbotSettings, paths: list[Path], quiet: bool = False
 
     # Only documents whose source or pipeline changed since they were indexed need a run.
     model = contract.serving_embedding_model(settings.index_dir, settings.embedding_model)
-    table_name = contract.table_name_for(model)
+    backend = resolve_backend(settings.embedding_backend)
+    table_name = contract.table_name_for(contract.vectors_key(model, backend))
     stale = [d for d in wanted if not is_up_to_date(store, d, table_name)]
     ordered = instance.get_dynamic_partitions(partitions)
     ranges = contiguous_ranges(ordered, stale)
     # A run killed after writing the index but before promoting it left nothing stale.
     unpromoted = not ranges and bool(wanted) and _promotion_pending(settings.index_dir)
     if ranges:  # the run's model starts loading now, beside the definitions and first stages
-        child_embedder(model)
+        child_embedder(model, backend, settings.embedding_exports_dir)
     # Loading the asset definitions imports every extractor: only when there is work.
     defs = load_definitions() if ranges or removed or unpromoted else None
     # Progress bars show the work; the run's event log is in the Dagster UI.
@@ -121,7 +164,14 @@ def is_up_to_date(store: DocumentStore, document_id: str, table_name: str) -> bo
     uri = store.source_uri(document_id)
     if uri.startswith("s3://"):
         return False  # checking an S3 object needs a client; the run itself skips unchanged ones
-    return indexed["raw_fingerprint"] == raw_fingerprint(uri, source_version(uri))
+    return indexed["raw_fingerprint"] == raw_fingerprint(uri, source_version(uri, store=store))
+
+
+def _source_starts_with(store: DocumentStore, document_id: str, prefix: str) -> bool:
+    try:
+        return store.source_uri(document_id).startswith(prefix)
+    except KeyError:
+        return False
 
 
 def _is_under(store: DocumentStore, document_id: str, folders: list[Path]) -> bool:

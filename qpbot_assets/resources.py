@@ -4,11 +4,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
+from pydantic import TypeAdapter
 
 from qpbot_assets.documents.store import DocumentStore
 from qpbot_assets.embedding_process import ChildProcessEmbedder, child_embedder
 from qpbot_serving import index as search_index
-from qpbot_serving.settings import QpbotSettings
+from qpbot_serving.embedding import Embedder, index_embedder, resolve_backend
+from qpbot_serving.retrieval import Retriever
+from qpbot_serving.settings import QpbotSettings, SqlSource
 
 if TYPE_CHECKING:
     from qpbot_assets.documents.extraction import DocumentLimits
@@ -105,11 +108,45 @@ class EmbeddingModelResource(dg.ConfigurableResource):
 
     configured_model: str
     index_dir: str
+    backend: str  # QpbotSettings.embedding_backend, resolved (`embedding.resolve_backend`)
+    exports_dir: str  # QpbotSettings.embedding_exports_dir
     batch_size: int = 32
+
+    @classmethod
+    def from_settings(cls, settings: QpbotSettings) -> "EmbeddingModelResource":
+        return cls(
+            configured_model=settings.embedding_model,
+            index_dir=str(settings.index_dir),
+            backend=resolve_backend(settings.embedding_backend),
+            exports_dir=str(settings.embedding_exports_dir),
+        )
 
     @property
     def embedder(self) -> ChildProcessEmbedder:
-        return child_embedder(self.model_name)
+        return child_embedder(self.model_name, self.backend, Path(self.exports_dir))
+
+    def embedder_for(self, model_name: str) -> Embedder:
+        """An embedder of another model (a challenger) in this process, with this backend."""
+        return Embedder(model_name, backend=self.backend, cache_dir=Path(self.exports_dir))
+
+    def index_embedder(self, promoted: search_index.PromotedIndex) -> Embedder:
+        """An embedder (in this process) of the vectors of `promoted`'s index, with this
+        backend where it makes them."""
+        return index_embedder(
+            promoted.embedding_model,
+            promoted.embedding_backend,
+            self.backend,
+            Path(self.exports_dir),
+        )
+
+    def retriever(self, pointer: search_index.PromotedIndex | None = None) -> Retriever:
+        """A retriever of the promoted index (or of `pointer`'s table and version) whose
+        queries are embedded with this backend where the index's vectors allow it. Raises
+        IndexNotReady before the first promotion."""
+        options = {"backend": self.backend, "exports_dir": Path(self.exports_dir)}
+        if pointer is None:
+            return Retriever.open(Path(self.index_dir), **options)
+        return Retriever.at(Path(self.index_dir), pointer, **options)
 
     @property
     def model_name(self) -> str:
@@ -121,6 +158,18 @@ class S3SourceResource(dg.ConfigurableResource):
 
     bucket: str | None = None
     prefix: str = ""
+
+
+class SqlSourcesResource(dg.ConfigurableResource):
+    """The tables the SQL source sensor watches: QPBOT_SQL_SOURCES, a JSON list of SqlSource.
+    It comes in as the variable's text through dg.EnvVar, so the URLs (and passwords) in it
+    never show in the Dagster UI; no tables means the source is off."""
+
+    sources_json: str = "[]"
+
+    @property
+    def sources(self) -> list[SqlSource]:
+        return TypeAdapter(list[SqlSource]).validate_json(self.sources_json)
 
 
 class FeedbackDatabaseResource(dg.ConfigurableResource):

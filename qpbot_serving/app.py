@@ -316,6 +316,7 @@ def create_app(
             settings.feedback_database_url, settings.home / "spool" / "answer_log.jsonl"
         )
         state.metrics.watch_answer_log(state.answer_log)
+        state.metrics.watch_platform(settings, ready=lambda: state.retriever is not None)
         state.generator = generator or build_generator(settings)
         state.answer_policy = AnswerPolicy.from_settings(settings)
         # Quoting needs no model.
@@ -792,11 +793,13 @@ async def _refresh_index(app: FastAPI) -> None:
             current = None
     embedder = (
         current.embedder
-        if current and current.info.embedding_model == promoted.embedding_model
+        if current
+        and current.info.embedding_model == promoted.embedding_model
+        and contract.same_vectors(current.embedder.backend, promoted.embedding_backend)
         else None
     )
     try:
-        retriever = await asyncio.to_thread(Retriever.open, state.settings.index_dir, embedder)
+        retriever = await asyncio.to_thread(Retriever.from_settings, state.settings, embedder)
         await asyncio.to_thread(retriever.search, "warm up", 1, "hybrid")  # loads the model now
     except IndexNotReady as problem:
         state.not_ready_reason = str(problem)

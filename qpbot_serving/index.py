@@ -43,12 +43,45 @@ CHUNK_COLUMNS: list[pa.Field] = [
 ]
 
 
+# How vectors are computed (qpbot_serving.embedding); backends of one family make
+# interchangeable vectors, so an index is searched with any backend of its own family.
+EMBEDDING_BACKENDS = ("torch", "onnx", "onnx-int8")
+_VECTOR_FAMILY = {"torch": "float32", "onnx": "float32", "onnx-int8": "int8"}
+
+
+def vector_family(backend: str) -> str:
+    """ "float32" or "int8"."""
+    if backend not in _VECTOR_FAMILY:
+        raise ValueError(
+            f"unknown embedding backend {backend!r}: use one of {', '.join(EMBEDDING_BACKENDS)}"
+        )
+    return _VECTOR_FAMILY[backend]
+
+
+def same_vectors(backend: str, other: str) -> bool:
+    """Whether two backends make interchangeable vectors."""
+    return vector_family(backend) == vector_family(other)
+
+
+def vectors_key(embedding_model: str, backend: str) -> str:
+    """Names the vectors a model makes with a backend: the model's name for float32 (as
+    before backends existed), `<model>@int8` for int8. Tables, stored vectors and store
+    stages are per key, so int8 vectors never mix with float32 ones."""
+    family = vector_family(backend)
+    return embedding_model if family == "float32" else f"{embedding_model}@{family}"
+
+
 @dataclass(frozen=True)
 class IndexInfo:
     """How the vectors of a table were made; stored in the table's schema metadata."""
 
     embedding_model: str
     dimension: int
+    embedding_backend: str = "torch"  # tables written before backends existed: torch
+
+    @property
+    def vectors_key(self) -> str:
+        return vectors_key(self.embedding_model, self.embedding_backend)
 
     def to_metadata(self) -> dict[bytes, bytes]:
         return {b"qpbot.index": json.dumps(asdict(self)).encode()}
@@ -74,9 +107,10 @@ def model_slug(embedding_model: str) -> str:
     return slug or "model"
 
 
-def table_name_for(embedding_model: str) -> str:
-    """A table per embedding model, so a new model builds beside the live one."""
-    return f"chunks__{model_slug(embedding_model)}"
+def table_name_for(vectors: str) -> str:
+    """A table per embedding model (a `vectors_key`), so a new model builds beside the live
+    one."""
+    return f"chunks__{model_slug(vectors)}"
 
 
 def serving_embedding_model(index_dir: Path, configured_model: str) -> str:
@@ -108,6 +142,7 @@ class PromotedIndex:
     chunks: int
     documents: int
     promoted_at: str
+    embedding_backend: str = "torch"  # pointers written before backends existed: torch
 
     @property
     def label(self) -> str:

@@ -1,15 +1,21 @@
-"""Prometheus metrics of the answer service, on a registry of its own per app."""
+"""Prometheus metrics of the answer service, on a registry of its own per app, and of the
+asset graph: the platform snapshot its sensor writes under QPBOT_HOME, read at scrape time.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from qpbot_serving.answer_log import AnswerLog
+from qpbot_serving.answering import FALLBACK_KINDS
 from qpbot_serving.index import PromotedIndex
+from qpbot_serving.settings import QpbotSettings
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.08, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 
@@ -49,6 +55,12 @@ class ServiceMetrics:
         self.feedback = Counter(
             "qpbot_feedback", "Feedback received, by rating.", ["rating"], registry=self.registry
         )
+        # Known label values start at zero, so that the first fallback or rating already
+        # shows as an increase (a series that appears at 1 has no increase to rate).
+        for reason in FALLBACK_KINDS:
+            self.fallbacks.labels(reason)
+        for rating in ("up", "down"):
+            self.feedback.labels(rating)
         self.index_info = Gauge(
             "qpbot_index_version",
             "The served index (1 for the current one).",
@@ -60,15 +72,28 @@ class ServiceMetrics:
             "When the served index was promoted (age = time() - this).",
             registry=self.registry,
         )
+        self.index_documents = Gauge(
+            "qpbot_index_documents", "Documents in the served index.", registry=self.registry
+        )
+        self.index_chunks = Gauge(
+            "qpbot_index_chunks", "Chunks in the served index.", registry=self.registry
+        )
 
     def watch_answer_log(self, answer_log: AnswerLog) -> None:
         """Reports `answer_log.status()` at every scrape (call once per app)."""
         self.registry.register(AnswerLogCollector(answer_log))
 
+    def watch_platform(self, settings: QpbotSettings, ready: Callable[[], bool]) -> None:
+        """Reports readiness (`ready()`) and the asset graph's snapshot at every scrape (call
+        once per app)."""
+        self.registry.register(PlatformCollector(settings, ready))
+
     def set_index(self, promoted: PromotedIndex) -> None:
         self.index_info.clear()
         self.index_info.labels(promoted.table, str(promoted.version)).set(1)
         self.index_promoted_at.set(datetime.fromisoformat(promoted.promoted_at).timestamp())
+        self.index_documents.set(promoted.documents)
+        self.index_chunks.set(promoted.chunks)
 
 
 class AnswerLogCollector:
@@ -120,4 +145,171 @@ class AnswerLogCollector:
             "qpbot_answer_log_writer_restarts",
             "Times the answer log's writer failed or was gone and was started again.",
             value=status.writer_restarts,
+        )
+
+
+# The asset graph's numbers, written by its `platform_metrics_sensor` (the write side) and
+# read here: the service's /metrics is the one place Prometheus scrapes. The format:
+#   written_at          unix seconds of the sensor's last tick
+#   runs                {job: {status: finished runs}} (success, failure, canceled)
+#   ingested_documents, quarantined_documents
+#                       documents through ingestion runs and those of them quarantined, summed
+#   last_ingest         {run_id, ended_at, documents, quarantined}: the latest ingestion run
+#   documents           {"live": partitions, "quarantined": {kind: live documents}}
+#   drift               {side: {"share", "at"}}: the latest drift share computed per side
+#   gates               {gate: {"passed", "refused", "refused_in_a_row", "last_at"}}
+#   feedback            {"ratings", "up_rate"}: over the last QPBOT_FEEDBACK_WINDOW rated answers
+PLATFORM_METRICS_FILE = Path("monitoring") / "platform_metrics.json"  # under QPBOT_HOME
+GATES = ("embedder", "llm_adapter")
+RUN_STATUSES = ("success", "failure", "canceled")
+
+
+def read_platform_metrics(home: Path) -> dict | None:
+    """The snapshot the asset graph last wrote, or None (no sensor has run, or a torn file)."""
+    try:
+        return json.loads((Path(home) / PLATFORM_METRICS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+class PlatformCollector:
+    """Readiness, the thresholds the learning loop acts on, and the asset graph's snapshot
+    (runs, ingestion, quarantine, drift, gates, feedback), read when /metrics is scraped.
+    Without a snapshot its timestamp is 0, so that staleness alerts fire."""
+
+    def __init__(self, settings: QpbotSettings, ready: Callable[[], bool]) -> None:
+        self.settings = settings
+        self.ready = ready
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "qpbot_ready", "1 while the service is ready (/readyz 200).", value=int(self.ready())
+        )
+        yield GaugeMetricFamily(
+            "qpbot_drift_threshold",
+            "Drift share that starts retraining (QPBOT_DRIFT_THRESHOLD).",
+            value=self.settings.drift_threshold,
+        )
+        yield GaugeMetricFamily(
+            "qpbot_feedback_min_up_rate",
+            "Thumbs-up rate below which retraining starts (QPBOT_FEEDBACK_MIN_UP_RATE).",
+            value=self.settings.feedback_min_up_rate,
+        )
+        snapshot = read_platform_metrics(self.settings.home) or {}
+        yield GaugeMetricFamily(
+            "qpbot_platform_metrics_timestamp_seconds",
+            "When the asset graph's sensor last wrote its snapshot (0: never).",
+            value=snapshot.get("written_at", 0),
+        )
+        if not snapshot:
+            return
+        yield from _run_metrics(snapshot)
+        yield from _document_metrics(snapshot)
+        yield from _learning_metrics(snapshot)
+
+
+def _run_metrics(snapshot: dict) -> Iterator[Metric]:
+    # `dagster_job`, not `job`: Prometheus's own `job` label names the scrape target.
+    runs = CounterMetricFamily(
+        "qpbot_dagster_runs",
+        "Finished Dagster runs by job and status.",
+        labels=["dagster_job", "status"],
+    )
+    for job, counts in sorted(snapshot.get("runs", {}).items()):
+        for status in RUN_STATUSES:
+            runs.add_metric([job, status], counts.get(status, 0))
+    yield runs
+    yield CounterMetricFamily(
+        "qpbot_ingested_documents",
+        "Documents that ingestion runs processed (each run counts its documents).",
+        value=snapshot.get("ingested_documents", 0),
+    )
+    yield CounterMetricFamily(
+        "qpbot_ingest_quarantined_documents",
+        "Documents that ingestion runs left quarantined.",
+        value=snapshot.get("quarantined_documents", 0),
+    )
+    last = snapshot.get("last_ingest") or {}
+    if last:
+        for name, help_text, key in (
+            ("qpbot_last_ingest_documents", "Documents of the latest ingestion run.", "documents"),
+            (
+                "qpbot_last_ingest_quarantined",
+                "Documents the latest ingestion run left quarantined.",
+                "quarantined",
+            ),
+            (
+                "qpbot_last_ingest_timestamp_seconds",
+                "When the latest ingestion run ended.",
+                "ended_at",
+            ),
+        ):
+            yield GaugeMetricFamily(name, help_text, value=last.get(key) or 0)
+
+
+def _document_metrics(snapshot: dict) -> Iterator[Metric]:
+    documents = snapshot.get("documents", {})
+    yield GaugeMetricFamily(
+        "qpbot_documents_live",
+        "Documents known to the asset graph (partitions).",
+        value=documents.get("live", 0),
+    )
+    quarantined = GaugeMetricFamily(
+        "qpbot_documents_quarantined",
+        "Live documents quarantined now, by kind of problem.",
+        labels=["kind"],
+    )
+    # A zero series when none is, so that the quarantine can be graphed and compared.
+    for kind, count in sorted((documents.get("quarantined") or {"none": 0}).items()):
+        quarantined.add_metric([kind], count)
+    yield quarantined
+
+
+def _learning_metrics(snapshot: dict) -> Iterator[Metric]:
+    drift = snapshot.get("drift", {})
+    if drift:
+        share = GaugeMetricFamily(
+            "qpbot_drift_share",
+            "Share of embedding dimensions that drifted in the latest report, by side.",
+            labels=["side"],
+        )
+        at = GaugeMetricFamily(
+            "qpbot_drift_report_timestamp_seconds",
+            "When the drift share of a side was last computed.",
+            labels=["side"],
+        )
+        for side, report in sorted(drift.items()):
+            share.add_metric([side], report["share"])
+            at.add_metric([side], report["at"])
+        yield share
+        yield at
+    gates = snapshot.get("gates", {})
+    decisions = CounterMetricFamily(
+        "qpbot_gate_decisions",
+        "Evaluation gate decisions on candidates, by gate and decision.",
+        labels=["gate", "decision"],
+    )
+    in_a_row = GaugeMetricFamily(
+        "qpbot_gate_refusals_in_a_row",
+        "Candidates the gate refused since it last passed one.",
+        labels=["gate"],
+    )
+    for gate in GATES:
+        counts = gates.get(gate, {})
+        decisions.add_metric([gate, "passed"], counts.get("passed", 0))
+        decisions.add_metric([gate, "refused"], counts.get("refused", 0))
+        in_a_row.add_metric([gate], counts.get("refused_in_a_row", 0))
+    yield decisions
+    yield in_a_row
+    feedback = snapshot.get("feedback", {})
+    yield GaugeMetricFamily(
+        "qpbot_feedback_window_ratings",
+        "Rated answers the thumbs-up rate is taken over (at most QPBOT_FEEDBACK_WINDOW).",
+        value=feedback.get("ratings", 0),
+    )
+    if feedback.get("up_rate") is not None:
+        yield GaugeMetricFamily(
+            "qpbot_feedback_up_rate",
+            "Thumbs-up rate over the last rated answers (an answer's latest rating counts).",
+            value=feedback["up_rate"],
         )

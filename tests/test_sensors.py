@@ -6,25 +6,13 @@ import shutil
 
 import boto3
 import dagster as dg
+from conftest import tick
 from dagster_aws.s3 import S3Resource
 
 from qpbot_assets.defs.ingestion.assets import raw_document
 from qpbot_assets.defs.ingestion.sensors import inbox_sensor, s3_sensor
 from qpbot_assets.documents.sources import document_id_for
 from qpbot_assets.resources import DocumentStoreResource, S3SourceResource
-
-
-def tick(sensor, instance, cursor, **resources):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
-    result = sensor(context)
-    if isinstance(result, dg.SensorResult):
-        for request in result.dynamic_partitions_requests:
-            if isinstance(request, dg.AddDynamicPartitionsRequest):
-                instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-            else:
-                for key in request.partition_keys:
-                    instance.delete_dynamic_partition(request.partitions_def_name, key)
-    return result
 
 
 def test_inbox_sensor_adds_edits_and_deletes(tmp_path, sample_documents):

@@ -14,6 +14,7 @@ from qpbot_assets.resources import (
     RetrainingPolicyResource,
     S3SourceResource,
     SearchIndexResource,
+    SqlSourcesResource,
 )
 from qpbot_serving.settings import QpbotSettings
 
@@ -33,12 +34,14 @@ def resources() -> dg.Definitions:
                 max_chunks_per_document=settings.max_chunks_per_document,
             ),
             "index": SearchIndexResource(home=home),
-            "embedding_model": EmbeddingModelResource(
-                configured_model=settings.embedding_model, index_dir=str(settings.index_dir)
-            ),
+            "embedding_model": EmbeddingModelResource.from_settings(settings),
             # Credentials come from the standard AWS environment variables.
             "s3": S3Resource(endpoint_url=settings.s3_endpoint_url),
             "s3_source": S3SourceResource(bucket=settings.s3_bucket, prefix=settings.s3_prefix),
+            # Read by the sensor from the variable itself: its URLs may hold passwords.
+            "sql_sources": SqlSourcesResource(
+                sources_json=dg.EnvVar("QPBOT_SQL_SOURCES") if settings.sql_sources else "[]"
+            ),
             "feedback_db": FeedbackDatabaseResource(
                 database_url=settings.feedback_database_url,
                 feedback_dir=str(settings.feedback_dir),

@@ -1,7 +1,11 @@
-"""Where documents come from: folders and S3 prefixes, listed as (uri, version) pairs.
+"""Where documents come from: folders, S3 prefixes and database tables, listed as (uri,
+version) pairs.
 
 A document's id is its partition key: a readable slug of the file name plus a hash of the
-full source URI, so it is stable across runs, unique per source and safe in any path.
+full source URI, so it is stable across runs, unique per source and safe in any path. A
+database row (`sql://<source>/<table>/<id>`, see `sql_source`) is a Markdown document whose
+content its lister keeps as a snapshot in the document store; from there on it goes the way
+a file goes.
 """
 
 from __future__ import annotations
@@ -13,7 +17,11 @@ from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from typing import TYPE_CHECKING
+from urllib.parse import quote, unquote, urlparse
+
+if TYPE_CHECKING:
+    from qpbot_assets.documents.store import DocumentStore
 
 # Editors' lock files and partial downloads are not documents.
 _IGNORED = re.compile(r"^(\.|~\$)|\.(tmp|part|crdownload|swp)$", re.IGNORECASE)
@@ -22,7 +30,7 @@ _IGNORED = re.compile(r"^(\.|~\$)|\.(tmp|part|crdownload|swp)$", re.IGNORECASE)
 @dataclass(frozen=True)
 class SourceObject:
     uri: str
-    version: str  # mtime and size for files, the ETag for S3 objects
+    version: str  # mtime and size for files, the ETag for S3 objects, see sql_source for rows
 
     @property
     def document_id(self) -> str:
@@ -30,7 +38,7 @@ class SourceObject:
 
 
 def document_id_for(uri: str) -> str:
-    name = Path(unquote(urlparse(uri).path)).name.lower()
+    name = display_name(uri).lower()
     slug = re.sub(r"[^a-z0-9._-]+", "-", name)
     slug = re.sub(r"-+\.", ".", slug).strip("-.")[:60] or "document"
     return f"{slug}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
@@ -101,12 +109,34 @@ def contiguous_ranges(ordered_keys: Sequence[str], wanted: Iterable[str]) -> lis
     return ranges
 
 
+# A row's document: its text read as Markdown, its title a heading and front matter.
+ROW_DOCUMENT_SUFFIX = ".md"
+
+
+def row_uri(source_name: str, table: str, row_id: object) -> str:
+    """The URI of a database row: `sql://<source>/<table>/<id>`, the id percent-encoded."""
+    return f"sql://{source_name}/{quote(table, safe='.')}/{quote(str(row_id), safe='')}"
+
+
+def _row_parts(uri: str) -> tuple[str, str, str]:
+    """(source name, table, row id) of a `sql://` URI."""
+    parsed = urlparse(uri)
+    _, table, row_id = parsed.path.split("/", 2)
+    return parsed.netloc, unquote(table), unquote(row_id)
+
+
 @contextmanager
-def local_copy(uri: str, s3_client=None):
-    """Yields a local path for a source URI (S3 objects are downloaded to a temp file)."""
+def local_copy(uri: str, s3_client=None, store: DocumentStore | None = None):
+    """Yields a local path for a source URI (S3 objects are downloaded to a temp file; a
+    database row is the snapshot its lister put in `store`)."""
     parsed = urlparse(uri)
     if parsed.scheme == "file":
         yield Path(unquote(parsed.path))
+    elif parsed.scheme == "sql":
+        snapshot = store.snapshot(document_id_for(uri)) if store else None
+        if snapshot is None:
+            raise ValueError(f"{uri} has no snapshot: list its table first (`qpbot ingest --sql`)")
+        yield store.blob_path(snapshot["sha256"], snapshot["suffix"])
     elif parsed.scheme == "s3":
         if s3_client is None:
             raise ValueError(f"{uri} needs an S3 client: configure QPBOT_S3_* settings")
@@ -118,10 +148,16 @@ def local_copy(uri: str, s3_client=None):
         raise ValueError(f"unsupported source URI scheme {parsed.scheme!r} in {uri}")
 
 
-def source_version(uri: str, s3_client=None) -> dict | None:
+def source_version(uri: str, s3_client=None, store: DocumentStore | None = None) -> dict | None:
     """What tells a changed source apart, read without fetching the content: modified time
-    and size of a file, the ETag and size of an S3 object. None when it no longer exists."""
+    and size of a file, the ETag and size of an S3 object, the version and size of a database
+    row's snapshot in `store`. None when it no longer exists."""
     parsed = urlparse(uri)
+    if parsed.scheme == "sql":
+        snapshot = store.snapshot(document_id_for(uri)) if store else None
+        if snapshot is None:
+            return None
+        return {"row_version": snapshot["version"], "size": snapshot["size"]}
     if parsed.scheme == "s3":
         try:
             head = s3_client.head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
@@ -136,4 +172,9 @@ def source_version(uri: str, s3_client=None) -> dict | None:
 
 
 def display_name(uri: str) -> str:
+    """The file name a document is known by: a file's or object's name, `<table>-<id>.md`
+    for a database row."""
+    if uri.startswith("sql://"):
+        _, table, row_id = _row_parts(uri)
+        return f"{table}-{row_id.replace('/', '-')}{ROW_DOCUMENT_SUFFIX}"
     return Path(unquote(urlparse(uri).path)).name

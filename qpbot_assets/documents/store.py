@@ -3,6 +3,7 @@
 Layout under `root`:
     blobs/<sha256[:2]>/<sha256>         raw bytes, written once
     sources/<document_id>.json          where a document comes from (kept after deletion)
+    snapshots/<document_id>.json        content a source keeps here (a database row's document)
     documents/<document_id>/<stage>.json each stage's output with the fingerprint of its input
 
 A stage whose input fingerprint has not changed is not recomputed and nothing is written;
@@ -97,6 +98,28 @@ class DocumentStore:
         record = {"document_id": document_id, "uri": source_uri}
         if not path.exists() or json.loads(path.read_text()) != record:
             atomic_write_bytes(path, json.dumps(record).encode())
+
+    def put_snapshot(self, document_id: str, content: bytes, suffix: str, version: str) -> bool:
+        """Keeps a document's content for a source that has no file of its own (a database
+        row, rendered as a document), with the version its source listed; raw_document reads
+        it from here. Returns whether it changed; an unchanged snapshot is not written."""
+        sha256 = hashlib.sha256(content).hexdigest()
+        blob = self.blob_path(sha256, suffix)
+        if not blob.exists():
+            atomic_write_bytes(blob, content)
+        record = {"sha256": sha256, "suffix": suffix, "size": len(content), "version": version}
+        if self.snapshot(document_id) == record:
+            return False
+        atomic_write_bytes(self._snapshot_path(document_id), json.dumps(record).encode())
+        return True
+
+    def snapshot(self, document_id: str) -> dict | None:
+        """{"sha256", "suffix", "size", "version"} of the document's snapshot, if it has one."""
+        path = self._snapshot_path(document_id)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _snapshot_path(self, document_id: str) -> Path:
+        return self.root / "snapshots" / f"{document_id}.json"
 
     def source_uri(self, document_id: str) -> str:
         path = self.root / "sources" / f"{document_id}.json"

@@ -47,18 +47,33 @@ def answer_coverage(reference: str, context: str) -> float:
     return len(wanted & content_words(context)) / len(wanted)
 
 
-def read_qa_set(path: Path) -> list[dict]:
-    """{"question", "answer"} per JSONL line (other fields are kept); blank lines skipped."""
+def read_qa_set(path: Path, allow_unanswerable: bool = False) -> list[dict]:
+    """{"question", "answer"} per JSONL line (other fields are kept); blank lines skipped.
+    With `allow_unanswerable`, a question whose answer is null or missing is kept as one the
+    documents do not answer (its "answer" None)."""
     items = []
     with open(path, encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             item = json.loads(line)
-            if not str(item.get("question", "")).strip() or not str(item.get("answer", "")).strip():
-                raise ValueError(f"{path}:{number}: needs a non-empty question and answer")
+            if allow_unanswerable and item.get("answer") is None:
+                item["answer"] = None
+            elif not str(item.get("answer", "")).strip():
+                raise ValueError(f"{path}:{number}: needs a non-empty answer")
+            if not str(item.get("question", "")).strip():
+                raise ValueError(f"{path}:{number}: needs a non-empty question")
             items.append(item)
     return items
+
+
+def answer_is_right(answer: str, reference: str | None) -> bool:
+    """How the answer benchmark (bench/bench_answers.py) counts an answer: a question with a
+    reference is answered right when the answer contains it (SQuAD-normalized); one the
+    documents do not answer (reference None) when the answer declines (NO_ANSWER)."""
+    if reference is None:
+        return answer == NO_ANSWER
+    return contains_answer(answer, reference)
 
 
 @dataclass(frozen=True)

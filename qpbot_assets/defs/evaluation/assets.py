@@ -23,10 +23,10 @@ from qpbot_assets.learning.plots import daily_answers_and_rating, grouped_bars, 
 from qpbot_assets.learning.qa_eval import evaluate_qa, read_qa_set, result_rows
 from qpbot_assets.resources import (
     AnswerGeneratorResource,
+    EmbeddingModelResource,
     EvaluationResource,
     FeedbackDatabaseResource,
     MlflowResource,
-    SearchIndexResource,
 )
 from qpbot_serving.evaluation import evaluate_queries, read_qrels, read_queries
 from qpbot_serving.index import atomic_write_json
@@ -38,9 +38,9 @@ FEEDBACK_SET = "feedback-golden"
 RETRIEVAL_METRICS = ("ndcg@10", "recall@100", "mrr@10")
 
 
-def _open_promoted(index: SearchIndexResource) -> Retriever | None:
+def _open_promoted(embedding_model: EmbeddingModelResource) -> Retriever | None:
     try:
-        return Retriever.open(index.index_dir)
+        return embedding_model.retriever()
     except IndexNotReady:
         return None
 
@@ -66,7 +66,7 @@ def _skipped(reason: str) -> dg.MaterializeResult:
 )
 def retrieval_evaluation(
     context: dg.AssetExecutionContext,
-    index: SearchIndexResource,
+    embedding_model: EmbeddingModelResource,
     evaluation: EvaluationResource,
     feedback_db: FeedbackDatabaseResource,
     mlflow: MlflowResource,
@@ -75,7 +75,7 @@ def retrieval_evaluation(
     keyword, hybrid), on every configured BEIR set (QPBOT_EVAL_BEIR_SETS) and on the golden
     set of judged queries from feedback. A bar plot of nDCG@10 goes into the metadata and
     `$QPBOT_HOME/evaluation/`; every figure is logged to MLflow, tagged with the index version."""
-    retriever = _open_promoted(index)
+    retriever = _open_promoted(embedding_model)
     if retriever is None:
         return _skipped("no promoted index yet: nothing to evaluate")
     sets = {
@@ -190,7 +190,7 @@ class AnswerEvaluationConfig(dg.Config):
 def answer_evaluation(
     context: dg.AssetExecutionContext,
     config: AnswerEvaluationConfig,
-    index: SearchIndexResource,
+    embedding_model: EmbeddingModelResource,
     evaluation: EvaluationResource,
     answer_generator: AnswerGeneratorResource,
     mlflow: MlflowResource,
@@ -200,7 +200,7 @@ def answer_evaluation(
     (cosine of their embeddings, token F1); see `qpbot_assets.learning.qa_eval`. Per-question
     results go to `$QPBOT_HOME/evaluation/`, figures to the metadata (with a plot) and MLflow.
     Not automated: generation is slow on a CPU, so run it from the UI or `qpbot eval qa`."""
-    retriever = _open_promoted(index)
+    retriever = _open_promoted(embedding_model)
     if retriever is None:
         return _skipped("no promoted index yet: nothing to evaluate")
     if not evaluation.qa_sets:
@@ -211,7 +211,9 @@ def answer_evaluation(
     samples: list[str] = []
     evaluation.folder.mkdir(parents=True, exist_ok=True)
     for path in map(Path, evaluation.qa_sets):
-        items = read_qa_set(path)[: config.max_questions]
+        # Questions the documents do not answer (for `qpbot gate`) have no reference to score.
+        answerable = [i for i in read_qa_set(path, allow_unanswerable=True) if i["answer"]]
+        items = answerable[: config.max_questions]
         summary, results = evaluate_qa(
             retriever,
             items,

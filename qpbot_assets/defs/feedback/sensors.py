@@ -13,6 +13,27 @@ from qpbot_serving.answer_log import feedback as feedback_table
 from qpbot_serving.answer_log import metadata
 
 
+def recent_ratings(connection: sa.Connection, window: int) -> list[str]:
+    """The ratings ("up"/"down") of the last `window` rated answers, oldest first; an
+    answer's latest feedback row is the one that counts (feedback.latest_feedback)."""
+    newest_first = (feedback_table.c.created_at.desc(), feedback_table.c.feedback_id.desc())
+    ranked = sa.select(
+        feedback_table.c.rating,
+        feedback_table.c.created_at,
+        feedback_table.c.feedback_id,
+        sa.func.row_number()
+        .over(partition_by=feedback_table.c.answer_id, order_by=newest_first)
+        .label("newness"),
+    ).subquery()
+    recent = connection.execute(
+        sa.select(ranked.c.rating)
+        .where(ranked.c.newness == 1)
+        .order_by(ranked.c.created_at.desc(), ranked.c.feedback_id.desc())
+        .limit(window)
+    )
+    return list(recent.scalars())[::-1]
+
+
 @dg.sensor(
     job_name=RETRAIN_JOB_NAME,
     minimum_interval_seconds=30,
@@ -30,26 +51,10 @@ def feedback_sensor(
     cursor = json.loads(context.cursor) if context.cursor else {}
     policy = retraining.feedback_policy
     engine = feedback_db.engine()
-    # An answer's latest feedback row is the one that counts (feedback.latest_feedback).
-    newest_first = (feedback_table.c.created_at.desc(), feedback_table.c.feedback_id.desc())
-    ranked = sa.select(
-        feedback_table.c.rating,
-        feedback_table.c.created_at,
-        feedback_table.c.feedback_id,
-        sa.func.row_number()
-        .over(partition_by=feedback_table.c.answer_id, order_by=newest_first)
-        .label("newness"),
-    ).subquery()
     try:
         metadata.create_all(engine)
         with engine.connect() as connection:
-            recent = connection.execute(
-                sa.select(ranked.c.rating)
-                .where(ranked.c.newness == 1)
-                .order_by(ranked.c.created_at.desc(), ranked.c.feedback_id.desc())
-                .limit(policy.window)
-            )
-            recent_ratings = list(recent.scalars())[::-1]
+            recent = recent_ratings(connection, policy.window)
             query = sa.select(
                 feedback_table.c.feedback_id,
                 feedback_table.c.answer_id,
@@ -66,7 +71,7 @@ def feedback_sensor(
     # An answer's latest row is always among the new rows when any of its rows is.
     latest_new = {row.answer_id: row for row in new_rows}.values()
     reason = retraining_reason(
-        recent_ratings, [(row.rating, row.source_judgments) for row in latest_new], policy
+        recent, [(row.rating, row.source_judgments) for row in latest_new], policy
     )
     if reason is None:
         return dg.SkipReason(

@@ -80,11 +80,13 @@ def embedding_dimension_matches_model(
     model_width = embedding_model.embedder.dimension
     return dg.AssetCheckResult(
         passed=vector_width == info.dimension == model_width
-        and info.embedding_model == embedding_model.model_name,
+        and info.vectors_key == embedding_model.embedder.vectors_key,
         metadata={
             "vector_width": vector_width,
             "model_dimension": model_width,
             "index_model": info.embedding_model,
+            "index_backend": info.embedding_backend,
             "configured_model": embedding_model.model_name,
+            "configured_backend": embedding_model.backend,
         },
     )

@@ -78,7 +78,7 @@ def search_index(
     are not touched. The version it ends at is the candidate that the checks examine."""
     store = documents.store
     embedder = embedding_model.embedder
-    table = open_or_create_table(index.connect(), embedder.model_name, embedder.dimension)
+    table = open_or_create_table(index.connect(), embedder)
     live = live_document_ids(context)
     # Until the new snapshot is written, the table may hold writes nobody checked: a run
     # killed in between leaves no snapshot, and `qpbot ingest` then refreshes the index.

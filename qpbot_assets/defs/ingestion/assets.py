@@ -68,7 +68,8 @@ def raw_document(
     context: dg.AssetExecutionContext, documents: DocumentStoreResource, s3: S3Resource
 ) -> dg.MaterializeResult:
     """The document's bytes in a content-addressed store, with sha256, source URI, size and
-    modified time (files) or ETag (S3). An unchanged source is not read again."""
+    modified time (files), ETag (S3) or row version (database rows, read from the snapshot
+    their source sensor or `qpbot ingest --sql` took). An unchanged source is not read again."""
     store = documents.store
     clients = {}
 
@@ -77,7 +78,7 @@ def raw_document(
 
     def step(document_id: str):
         uri = store.source_uri(document_id)
-        version = source_version(uri, s3_client() if uri.startswith("s3://") else None)
+        version = source_version(uri, s3_client() if uri.startswith("s3://") else None, store)
 
         def fetch() -> dict:
             if version is None:
@@ -89,7 +90,7 @@ def raw_document(
                     "too_large",
                 )
             suffix = Path(display_name(uri)).suffix
-            with local_copy(uri, s3_client() if uri.startswith("s3://") else None) as path:
+            with local_copy(uri, s3_client() if uri.startswith("s3://") else None, store) as path:
                 sha256, size = store.put_blob(path, suffix=suffix)
             return {
                 "uri": uri,

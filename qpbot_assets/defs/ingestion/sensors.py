@@ -1,4 +1,4 @@
-"""Source sensors: a watched folder and an S3 prefix.
+"""Source sensors: a watched folder, an S3 prefix and database tables.
 
 Each lists its source, compares the listing with the one in its cursor, registers new
 documents, adds and deletes their partitions, and asks for the runs that bring the index up
@@ -20,9 +20,14 @@ from qpbot_assets.documents.sources import (
     list_s3,
     scan_folder,
 )
+from qpbot_assets.documents.sql_source import SqlTable
 from qpbot_assets.documents.store import DocumentStore
 from qpbot_assets.partitions import documents_partitions, partition_range_tags
-from qpbot_assets.resources import DocumentStoreResource, S3SourceResource
+from qpbot_assets.resources import DocumentStoreResource, S3SourceResource, SqlSourcesResource
+
+# Rows whose documents one tick fetches: a large table's first listing is taken in over
+# several ticks, each well within the sensor's time limit; the rest wait for the next.
+SQL_ROWS_PER_TICK = 2000
 
 
 def range_run_request(first: str, last: str, run_key: str) -> dg.RunRequest:
@@ -123,3 +128,51 @@ def s3_sensor(
     return sync_source(
         context, documents.store, f"s3://{s3_source.bucket}/{s3_source.prefix}", listing
     )
+
+
+@dg.sensor(
+    jobs=[ingest_documents_job, refresh_index_job],
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Watches the tables of $QPBOT_SQL_SOURCES for new, changed and deleted rows.",
+)
+def sql_sensor(
+    context: dg.SensorEvaluationContext,
+    documents: DocumentStoreResource,
+    sql_sources: SqlSourcesResource,
+) -> dg.SensorResult | dg.SkipReason:
+    """Lists each table's ids and versions, fetches the documents of new and changed rows
+    (SQL_ROWS_PER_TICK at most) into the store, then syncs partitions like any source. A
+    table that cannot be read fails the tick, naming its setting: the cursor stays as it
+    was and no document is removed."""
+    sources = sql_sources.sources
+    if not sources:
+        return dg.SkipReason("no tables configured: set QPBOT_SQL_SOURCES")
+    previous: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    store = documents.store
+    listing: list[SourceObject] = []
+    budget = SQL_ROWS_PER_TICK
+    for position, source in enumerate(sources):
+
+        def setting(field: str, position=position) -> str:
+            return f"QPBOT_SQL_SOURCES[{position}].{field}"
+
+        with SqlTable(source, setting) as table:
+            rows = table.list_rows()
+            seen = {uri: v for uri, v in previous.items() if uri.startswith(table.uri_prefix)}
+            changes = diff_listing(seen, rows)
+            pending = changes.added + changes.changed
+            fetched = table.stage(store, pending[:budget])
+            deferred = {obj.uri for obj in pending[budget:]}
+        budget = max(0, budget - len(pending))
+        context.log.info(
+            f"{table.uri_prefix}: {len(rows)} rows, {fetched} fetched, "
+            f"{len(deferred)} left for the next tick"
+        )
+        # Deferred rows stay as the cursor knew them: absent when new, at their old version.
+        listing += [
+            obj if obj.uri not in deferred else SourceObject(obj.uri, previous[obj.uri])
+            for obj in rows
+            if obj.uri not in deferred or obj.uri in previous
+        ]
+    return sync_source(context, store, f"{len(sources)} table(s)", listing)

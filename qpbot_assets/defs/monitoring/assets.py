@@ -24,6 +24,7 @@ from qpbot_assets.learning.drift import (
 from qpbot_assets.learning.feedback import read_table
 from qpbot_assets.resources import (
     DocumentStoreResource,
+    EmbeddingModelResource,
     FeedbackDatabaseResource,
     SearchIndexResource,
 )
@@ -71,6 +72,7 @@ def drift_report(
     config: DriftReportConfig,
     documents: DocumentStoreResource,
     index: SearchIndexResource,
+    embedding_model: EmbeddingModelResource,
     feedback_db: FeedbackDatabaseResource,
 ) -> dg.MaterializeResult:
     """evidently's comparison of recent embeddings with a reference window, for the chunks of
@@ -93,7 +95,7 @@ def drift_report(
     table.checkout(promoted.version)
     sides = {
         "documents": DocumentRows(table, documents.store),
-        "queries": QueryRows(feedback_db.folder, promoted.embedding_model),
+        "queries": QueryRows(feedback_db.folder, embedding_model.index_embedder(promoted)),
     }
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     report_dir = folder / f"{stamp}-{context.run_id[:8]}"
@@ -224,12 +226,12 @@ class QueryRows:
     """The questions of the copied answer log (`feedback_events`), each at the time it was
     asked, embedded on demand with the promoted index's model."""
 
-    def __init__(self, feedback_dir: Path, model_name: str):
+    def __init__(self, feedback_dir: Path, embedder: Embedder):
         answers = read_table(feedback_dir, "answers", parse_json=False)
         answers = answers[answers["query"].fillna("").str.strip() != ""]
         self.queries = answers["query"].tolist()
         self.times = answers["created_at"].tolist()
-        self.embedder = Embedder(model_name)  # loads the model on first use only
+        self.embedder = embedder  # loads the model on first use only
 
     def vectors(self, positions: np.ndarray) -> np.ndarray:
         return self.embedder.encode([self.queries[i] for i in positions])

@@ -12,6 +12,7 @@ from qpbot_assets.defs.training.assets import (
 from qpbot_assets.learning.feedback import rated_answers
 from qpbot_assets.learning.gate import GateSet, compare_retrievers
 from qpbot_assets.resources import (
+    EmbeddingModelResource,
     EvaluationResource,
     FeedbackDatabaseResource,
     MlflowResource,
@@ -19,12 +20,12 @@ from qpbot_assets.resources import (
 )
 from qpbot_serving import index as contract
 from qpbot_serving.evaluation import read_qrels, read_queries
-from qpbot_serving.retrieval import Retriever
 
 
 @dg.asset_check(asset=candidate_index, blocking=True)
 def candidate_at_least_as_good_as_champion(
     index: SearchIndexResource,
+    embedding_model: EmbeddingModelResource,
     evaluation: EvaluationResource,
     feedback_db: FeedbackDatabaseResource,
     mlflow: MlflowResource,
@@ -35,9 +36,9 @@ def candidate_at_least_as_good_as_champion(
     it refuses, since nothing shows the candidate is good."""
     candidate = read_json(index.index_dir / CANDIDATE_FILE)
     champion_pointer = contract.read_promoted(index.index_dir)
-    champion = Retriever.at(index.index_dir, champion_pointer)
+    champion = embedding_model.retriever(champion_pointer)
     challenger_pointer = contract.PromotedIndex(promoted_at="", **candidate["snapshot"])
-    challenger = Retriever.at(index.index_dir, challenger_pointer)
+    challenger = embedding_model.retriever(challenger_pointer)
 
     sets = [
         GateSet(item.name, read_queries(item.queries), read_qrels(item.qrels))

@@ -26,7 +26,6 @@ from qpbot_assets.resources import (
     SearchIndexResource,
 )
 from qpbot_serving import index as contract
-from qpbot_serving.embedding import Embedder
 
 TRAINING = {"group_name": "training"}
 REGISTERED_EMBEDDER = "qpbot-embedder"
@@ -125,6 +124,7 @@ def candidate_index(
     context: dg.AssetExecutionContext,
     documents: DocumentStoreResource,
     index: SearchIndexResource,
+    embedding_model: EmbeddingModelResource,
 ) -> dg.MaterializeResult:
     """The promoted index's chunks embedded again with the challenger, in a table of its
     own beside the live one. The service does not see it until the gate passes."""
@@ -132,7 +132,7 @@ def candidate_index(
     champion = index.promoted_table()
     if champion is None:
         raise dg.Failure("no promoted index to build a candidate from: ingest documents first")
-    embedder = Embedder(challenger["model"])
+    embedder = embedding_model.embedder_for(challenger["model"])
     table = reembed_table(champion, index.connect(), embedder)
     from qpbot_assets.defs.indexing.assets import index_record  # the record ingestion keeps
 

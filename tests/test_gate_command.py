@@ -1,0 +1,220 @@
+"""`qpbot gate`: what would be deployed against the champion's evaluation record, on the
+sample documents and sample questions, with the real embedding model and the extractive
+answers the service gives by default (no generator needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from contextlib import redirect_stdout
+from dataclasses import replace
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from conftest import REPO, ingest_into
+
+from qpbot_assets.cli import main
+from qpbot_assets.deployment_gate import compare_with_champion
+from qpbot_assets.evaluation_record import Deployment, EvaluationRecord, read_record
+
+SAMPLE_QUESTIONS = REPO / "examples" / "sample_questions.jsonl"
+
+
+@pytest.fixture(scope="module")
+def gate_home(tmp_path_factory, sample_documents) -> dict[str, str]:
+    """The sample documents ingested, the sample questions (all answerable, each naming its
+    file) and the ten unanswerable ones of more_sample_questions.jsonl configured; returns
+    the environment that `qpbot gate` runs with."""
+    root = tmp_path_factory.mktemp("gate")
+    home = ingest_into(root / "home", sample_documents)
+    unanswerable = root / "unanswerable.jsonl"
+    lines = (REPO / "examples" / "more_sample_questions.jsonl").read_text().splitlines()
+    unanswerable.write_text(
+        "".join(
+            f"{line}\n" for line in lines if line.strip() and json.loads(line)["answer"] is None
+        )
+    )
+    return {
+        "QPBOT_HOME": str(home),
+        "QPBOT_EVAL_QA_SETS": json.dumps([str(SAMPLE_QUESTIONS), str(unanswerable)]),
+        "QPBOT_GATE_CHAMPION": str(root / "champion.json"),
+    }
+
+
+def use_gate_environment(patch: pytest.MonkeyPatch, gate_home: dict[str, str]) -> None:
+    """Only the gate's own settings: nothing from the caller's QPBOT_* variables."""
+    for name in [v for v in os.environ if v.startswith("QPBOT_")]:
+        patch.delenv(name)
+    patch.delenv("DAGSTER_HOME", raising=False)
+    for name, value in gate_home.items():
+        patch.setenv(name, value)
+
+
+@pytest.fixture
+def gate_env(gate_home, monkeypatch):
+    use_gate_environment(monkeypatch, gate_home)
+    return gate_home
+
+
+def run_gate(capsys, *options: str) -> tuple[int, dict]:
+    code = main(["gate", "--json", *options])
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def champion(gate_home) -> tuple[int, dict, EvaluationRecord]:
+    """The first gate of this home, with --accept: (exit code, verdict, the record written)."""
+    out = StringIO()
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(out):
+        use_gate_environment(patch, gate_home)
+        code = main(["gate", "--json", "--accept"])
+    return code, json.loads(out.getvalue()), read_record(Path(gate_home["QPBOT_GATE_CHAMPION"]))
+
+
+def test_first_gate_passes_as_the_baseline_and_records_itself(champion):
+    code, verdict, record = champion
+    assert code == 0 and verdict["passed"] and verdict["baseline"] and verdict["accepted"]
+    assert verdict["reason"].startswith("passed: no champion record")
+    assert set(verdict["metrics"]) == {
+        "retrieval/hybrid/ndcg@10",
+        "retrieval/dense/ndcg@10",
+        "answers/answerable_correct",
+        "answers/unanswerable_declined",
+    }
+    # Retrieval: the 20 sample questions name their file; answers: those and 10 unanswerable.
+    assert verdict["metrics"]["retrieval/hybrid/ndcg@10"]["items"] == 20
+    assert verdict["metrics"]["answers/answerable_correct"]["items"] == 20
+    assert verdict["metrics"]["answers/unanswerable_declined"]["items"] == 10
+    # Extractive quotes answer nearly every sample question (BENCHMARKS.md, "Answers").
+    assert verdict["metrics"]["answers/answerable_correct"]["candidate"] >= 0.8
+    assert verdict["metrics"]["retrieval/hybrid/ndcg@10"]["candidate"] >= 0.8
+    deployment = verdict["candidate"]
+    assert deployment["embedding_model"] == "all-MiniLM-L6-v2"
+    assert deployment["embedding_backend"] in ("torch", "onnx", "onnx-int8")
+    assert deployment["index"].startswith("chunks__all-minilm-l6-v2@v")
+    assert deployment["answer_mode"] == "extractive" and deployment["generator"] is None
+    assert deployment["prompt_version"] and len(deployment["prompt_sha256"]) == 16
+    # The record holds every item's score, keyed by set and question id, not by path.
+    assert record.deployment.index == deployment["index"]
+    scores = record.scores["answers/answerable_correct"]
+    assert len(scores) == 20 and all(key.startswith("sample_questions/") for key in scores)
+    assert set(scores.values()) <= {0.0, 1.0}
+
+
+def test_the_same_configuration_passes_against_its_own_record(champion, gate_env, capsys):
+    code, verdict = run_gate(capsys)
+    assert code == 0 and verdict["passed"] and not verdict["baseline"]
+    assert not verdict["accepted"]
+    assert verdict["reason"].startswith("passed")
+    for metric in verdict["metrics"].values():
+        assert metric["gated"] and metric["difference"] == 0.0 and metric["passed"]
+    assert verdict["items"] == 30
+    assert verdict["champion"]["index"] == verdict["candidate"]["index"]
+
+
+def test_a_candidate_that_declines_everything_is_refused(champion, gate_env, capsys, monkeypatch):
+    """A decline threshold no evidence reaches: every answerable question goes unanswered."""
+    monkeypatch.setenv("QPBOT_ANSWER_MIN_EVIDENCE_SCORE", "5")
+    path = Path(gate_env["QPBOT_GATE_CHAMPION"])
+    before = path.read_bytes()
+    code, verdict = run_gate(capsys, "--accept")
+    assert code == 1 and not verdict["passed"] and not verdict["accepted"]
+    answers = verdict["metrics"]["answers/answerable_correct"]
+    assert not answers["passed"] and answers["candidate"] == 0.0
+    assert answers["difference"] < -answers["allowed_drop"]
+    assert answers["regressions"] and answers["regressions"][0]["question"]
+    assert "answers/answerable_correct" in verdict["reason"]
+    assert verdict["reason"].startswith("refused")
+    # Retrieval did not change, and declining is right for the unanswerable questions.
+    assert verdict["metrics"]["retrieval/hybrid/ndcg@10"]["passed"]
+    assert verdict["metrics"]["answers/unanswerable_declined"]["candidate"] == 1.0
+    assert verdict["candidate"]["answer_policy"]["min_evidence_score"] == 5.0
+    assert path.read_bytes() == before  # a refused candidate never becomes the champion
+
+
+def test_a_champion_better_beyond_noise_refuses_the_candidate(
+    champion, gate_env, capsys, tmp_path, monkeypatch
+):
+    """A champion that declined every unanswerable question (quoting, the candidate declines
+    only some): the candidate is worse beyond noise there, and the table says so."""
+    _, _, record = champion
+    better = replace(
+        record,
+        scores={
+            **record.scores,
+            "answers/unanswerable_declined": dict.fromkeys(
+                record.scores["answers/unanswerable_declined"], 1.0
+            ),
+        },
+    )
+    path = tmp_path / "better.json"
+    path.write_text(json.dumps(better.to_json()))
+    monkeypatch.setenv("QPBOT_GATE_CHAMPION", str(path))
+    assert main(["gate"]) == 1
+    table = capsys.readouterr().out
+    assert table.startswith("gate refused: worse beyond noise: answers/unanswerable_declined")
+    assert "retrieval/hybrid/ndcg@10" in table and "allowed drop" in table
+    assert "candidate: code" in table and "champion: code" in table
+
+
+def test_misconfiguration_exits_2_naming_the_setting(gate_env, capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("QPBOT_EVAL_QA_SETS")
+    assert main(["gate"]) == 2
+    assert "QPBOT_EVAL_QA_SETS" in capsys.readouterr().err
+
+    monkeypatch.setenv("QPBOT_EVAL_QA_SETS", json.dumps([str(tmp_path / "missing.jsonl")]))
+    code, verdict = run_gate(capsys)
+    assert code == 2 and not verdict["passed"]
+    assert "QPBOT_EVAL_QA_SETS" in verdict["error"] and "missing.jsonl" in verdict["error"]
+
+    monkeypatch.setenv("QPBOT_EVAL_QA_SETS", gate_env["QPBOT_EVAL_QA_SETS"])
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    monkeypatch.setenv("QPBOT_GATE_CHAMPION", str(broken))
+    assert main(["gate"]) == 2
+    assert "QPBOT_GATE_CHAMPION" in capsys.readouterr().err
+
+    # The console script itself, on a home where nothing was ingested.
+    environment = {**os.environ, "QPBOT_HOME": str(tmp_path / "empty-home")}
+    environment.pop("QPBOT_GATE_CHAMPION")
+    finished = subprocess.run(
+        [str(Path(sys.executable).parent / "qpbot"), "gate", "--json"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+    )
+    assert finished.returncode == 2, finished.stderr
+    assert "qpbot ingest" in json.loads(finished.stdout)["error"]
+
+
+def record_of(scores: dict[str, dict[str, float]]) -> EvaluationRecord:
+    deployment = Deployment("abc", "model", "t@v1", 1, 1, "v", "h", "extractive", None)
+    return EvaluationRecord("2026-01-01T00:00:00+00:00", deployment, scores, {}, {})
+
+
+def test_verdict_rules_without_a_model():
+    """Only metrics both records scored are gated; nothing in common, or a metric the
+    candidate was not measured on, refuses; a CI that demands a champion refuses without
+    one."""
+    candidate = record_of({"answers/a": {"s/1": 1.0, "s/2": 1.0}, "retrieval/x": {"s/1": 0.5}})
+    champion = record_of({"answers/a": {"s/1": 1.0, "s/2": 1.0, "s/3": 0.0}})
+    verdict = compare_with_champion(candidate, champion)
+    assert verdict["passed"] and verdict["items"] == 2
+    assert not verdict["metrics"]["retrieval/x"]["gated"]
+    assert verdict["metrics"]["answers/a"]["champion_only"] == 1
+
+    elsewhere = record_of({"answers/a": {"t/9": 1.0}})
+    refused = compare_with_champion(candidate, elsewhere)
+    assert not refused["passed"] and "no evaluation item in common" in refused["reason"]
+
+    narrower = record_of({"retrieval/x": {"s/1": 0.5}})  # its answer set was dropped
+    dropped = compare_with_champion(narrower, champion)
+    assert not dropped["passed"] and "answers/a" in dropped["reason"]
+
+    assert compare_with_champion(candidate, None)["passed"]
+    demanded = compare_with_champion(candidate, None, require_champion=True)
+    assert not demanded["passed"] and demanded["baseline"]
