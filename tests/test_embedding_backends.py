@@ -99,15 +99,13 @@ def test_an_onnx_backend_never_imports_torch(embedding_exports):
     assert out.stdout.split() == ["384", "False", "False"]
 
 
-def test_unknown_backends_and_missing_cache_are_refused():
+def test_unknown_backends_are_refused_and_auto_is_int8():
     with pytest.raises(ValueError, match="unknown embedding backend 'cuda'"):
         Embedder(MODEL, backend="cuda")
-    with pytest.raises(ValueError, match="needs a cache_dir"):
-        Embedder(MODEL, backend="onnx")
     with pytest.raises(ValueError, match="unknown embedding backend"):
         resolve_backend("fast")
     assert resolve_backend("onnx") == "onnx"
-    assert resolve_backend("auto") in contract.EMBEDDING_BACKENDS
+    assert resolve_backend("auto") == "onnx-int8"  # measured: BENCHMARKS.md
 
 
 def test_the_index_records_its_backend_and_queries_match_it(
