@@ -180,6 +180,7 @@ class OnnxModel:
     def __init__(self, folder: Path, quantized: bool):
         self.folder = folder
         self.export = json.loads((folder / "export.json").read_text())
+        self.quantized = quantized
         self.file = folder / ("model.int8.onnx" if quantized else "model.onnx")
         self.dimension = int(self.export["dimension"])
         self.max_tokens = int(self.export["max_seq_length"]) - int(self.export["special_tokens"])
@@ -192,6 +193,13 @@ class OnnxModel:
         self._lock = threading.Lock()
 
     def encode(self, texts: list[str], threads: int | None = None) -> np.ndarray:
+        if self.quantized and len(texts) > 1:
+            # Dynamic quantization scales each activation over the whole batch, padding
+            # included: in a batch, a text's int8 vector would depend on its neighbours (0.993
+            # cosine between batchings of the same SciFact texts, as far as int8 is from
+            # float32). One text per run makes it a function of the text alone, at the same
+            # speed (bench/bench_encoders.py).
+            return np.vstack([self.encode([text], threads) for text in texts])
         # As sentence-transformers tokenizes: stripped texts, padded to the longest.
         encodings = self.tokenizer.encode_batch([text.strip() for text in texts])
         feeds = {

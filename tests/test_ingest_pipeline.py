@@ -11,6 +11,7 @@ import docx
 
 from qpbot_assets.documents.sources import document_id_for
 from qpbot_assets.documents.store import DocumentStore
+from qpbot_assets.index_sync import embedding_stage
 from qpbot_assets.ingest import index_status, ingest_paths, load_definitions
 from qpbot_serving import index as contract
 from qpbot_serving.settings import QpbotSettings
@@ -75,7 +76,9 @@ def test_edit_delete_and_metadata_only_change(qpbot_home, sample_documents, tmp_
     document.save(warranty)
 
     warranty_id = document_id_for(warranty.resolve().as_uri())
-    vectors_file = store.document_dir(warranty_id) / "vectors" / "all-minilm-l6-v2.npz"
+    promoted = contract.read_promoted(settings.index_dir)
+    vectors_key = contract.vectors_key(promoted.embedding_model, promoted.embedding_backend)
+    vectors_file = store._vectors_path(warranty_id, vectors_key)
     vectors_written = vectors_file.stat().st_mtime_ns
 
     summary = ingest_paths(settings, [folder], quiet=True)
@@ -98,7 +101,7 @@ def test_edit_delete_and_metadata_only_change(qpbot_home, sample_documents, tmp_
         "Warranty Policy (2027 edition)"
     }
     policy_id = document_id_for(policy.resolve().as_uri())
-    policy_embeddings = store.stage_output(policy_id, "embeddings.all-minilm-l6-v2")
+    policy_embeddings = store.stage_output(policy_id, embedding_stage(vectors_key))
     assert (
         1 <= policy_embeddings["embedded"] < policy_embeddings["chunks"]
         or policy_embeddings["chunks"] == 1

@@ -187,7 +187,12 @@ def test_evaluate_retriever_on_small_corpus(retriever, rankings, small_beir):
 def test_cli_eval_retrieval_json(small_beir, small_home):
     """`qpbot eval retrieval --json` reusing the index that --home already holds."""
     qpbot = Path(sys.executable).parent / "qpbot"
-    env = {**os.environ, "QPBOT_HOME": str(small_home / "unused")}
+    # small_home was indexed with torch: the same backend finds it and reuses it.
+    env = {
+        **os.environ,
+        "QPBOT_HOME": str(small_home / "unused"),
+        "QPBOT_EMBEDDING_BACKEND": "torch",
+    }
     process = subprocess.run(
         [
             qpbot,
