@@ -20,6 +20,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -197,9 +198,12 @@ class OnnxModel:
             # Dynamic quantization scales each activation over the whole batch, padding
             # included: in a batch, a text's int8 vector would depend on its neighbours (0.993
             # cosine between batchings of the same SciFact texts, as far as int8 is from
-            # float32). One text per run makes it a function of the text alone, at the same
-            # speed (bench/bench_encoders.py).
-            return np.vstack([self.encode([text], threads) for text in texts])
+            # float32). One text per run makes it a function of the text alone; one run per
+            # core at once, each on one thread, is as fast as batches (one text on all cores
+            # took twice as long).
+            workers = threads or len(os.sched_getaffinity(0))
+            with ThreadPoolExecutor(workers, thread_name_prefix="qpbot-int8") as pool:
+                return np.vstack(list(pool.map(lambda text: self.encode([text], 1), texts)))
         # As sentence-transformers tokenizes: stripped texts, padded to the longest.
         encodings = self.tokenizer.encode_batch([text.strip() for text in texts])
         feeds = {
