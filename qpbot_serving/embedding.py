@@ -37,8 +37,8 @@ EmbeddingBackend = Literal["torch", "onnx", "onnx-int8"]
 EXPORT_VERSION = 1  # a change to the export below makes new exports
 EXPORT_TOLERANCE = 1e-4  # largest difference of an ONNX float32 vector to torch's
 INT8_MIN_COSINE = 0.97  # an int8 export whose probe vectors fall below this is refused
-# Measured (BENCHMARKS.md, "Encoder backends"): int8 encodes 1.84 times as fast as torch and
-# loses 0.003 / 0.0013 nDCG@10 (dense / hybrid) on SciFact; ONNX float32 is no faster.
+# Measured (BENCHMARKS.md, "Encoder backends"): int8 encodes 1.73 times as fast as torch and
+# loses 0.0035 / 0.0011 nDCG@10 (dense / hybrid) on SciFact; ONNX float32 is no faster.
 AUTO_BACKEND: EmbeddingBackend = "onnx-int8"
 
 
