@@ -147,7 +147,9 @@ class Embedder:
         return vectors
 
     def encode_query(self, text: str) -> np.ndarray:
-        """One text on one thread (a query; the caller runs several at once): ONNX only."""
+        """One text, on one thread with ONNX Runtime (queries run several at once)."""
+        if self.backend == "torch":
+            return self.encode([text])[0]
         return self.onnx.encode([text], threads=1)[0]
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
@@ -199,8 +201,8 @@ class OnnxModel:
             # included: in a batch, a text's int8 vector would depend on its neighbours (0.993
             # cosine between batchings of the same SciFact texts, as far as int8 is from
             # float32). One text per run makes it a function of the text alone; one run per
-            # core at once, each on one thread, is as fast as batches (one text on all cores
-            # took twice as long).
+            # core at once, each on one thread, keeps about the speed of batches (one text
+            # at a time on all cores took twice as long; BENCHMARKS.md).
             workers = threads or len(os.sched_getaffinity(0))
             with ThreadPoolExecutor(workers, thread_name_prefix="qpbot-int8") as pool:
                 return np.vstack(list(pool.map(lambda text: self.encode([text], 1), texts)))

@@ -120,7 +120,7 @@ class QueryEncoder:
             if not self._ready:
                 self._prepare()
             if self.traced is None:
-                vector = self.embedder.encode([query])[0]
+                vector = self.embedder.encode_query(query)
             else:
                 vector = self._traced_encode(query)
         if len(self._recent) >= RECENT_QUERIES:

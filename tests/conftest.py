@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -257,9 +258,38 @@ def scripted_chat():
 
 @pytest.fixture
 def closed_port() -> int:
+    return free_port()  # nothing listens once the probing socket is closed
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (right now)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # nothing listens once the socket is closed
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_service(settings):
+    """`qpbot serve` as it runs (uvicorn with qpbot's protocol) on a free loopback port;
+    yields the port."""
+    import uvicorn
+
+    from qpbot_serving.app import create_app
+    from qpbot_serving.server import uvicorn_config
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings, "127.0.0.1", port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the service did not start"
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -12,18 +12,15 @@ import hashlib
 import json
 import shutil
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import httpx
 import hypothesis
 import pytest
 import schemathesis
 import sqlalchemy as sa
-import uvicorn
-from conftest import ingest_into, service_client
+from conftest import ingest_into, running_service, service_client
 from fastapi.testclient import TestClient
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -33,9 +30,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from qpbot_serving.answer_log import feedback as feedback_table
-from qpbot_serving.app import create_app
 from qpbot_serving.documents import upload_name
-from qpbot_serving.server import uvicorn_config
 from qpbot_serving.settings import QpbotSettings
 
 EVIL_PAGE = (
@@ -64,26 +59,6 @@ def evil_home(tmp_path_factory):
     (folder / "minutes.html").write_bytes(EVIL_PAGE)
     (folder / "notes.md").write_text("# Notes\n\nThe office closes at 18:00 on Fridays.\n")
     return ingest_into(tmp_path_factory.mktemp("evil-home"), folder)
-
-
-@contextmanager
-def running(settings: QpbotSettings):
-    """`qpbot serve` as it runs (uvicorn with qpbot's protocol), on a free loopback port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(create_app(settings), settings, "127.0.0.1", port))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the service did not start"
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def _document_id(client: TestClient, name: str, headers: dict | None = None) -> str:
@@ -149,7 +124,7 @@ def _raw_request(port: int, head: bytes, body: bytes = b"", wait: float = 10.0) 
 
 def test_bodies_are_refused_by_size_and_token_before_they_are_read(tmp_path):
     settings = QpbotSettings(home=tmp_path, api_token=ADMIN_TOKEN, max_upload_mb=1)
-    with running(settings) as port:
+    with running_service(settings) as port:
         boundary = "qpbot"
         part = (
             f"--{boundary}\r\nContent-Disposition: form-data; name=file; filename=big.txt\r\n"
@@ -246,7 +221,7 @@ def test_long_and_foreign_upload_names_are_kept_distinct(tmp_path):
 def test_concurrent_uploads_of_one_name_never_mix(tmp_path):
     settings = QpbotSettings(home=tmp_path)
     contents = [f"# Version {n}\n\n".encode() + bytes([65 + n]) * 400_000 for n in range(6)]
-    with running(settings) as port:
+    with running_service(settings) as port:
 
         def upload(content: bytes) -> httpx.Response:
             return httpx.post(
@@ -270,7 +245,7 @@ def test_concurrent_uploads_of_one_name_never_mix(tmp_path):
 # --- 9. slow clients -----------------------------------------------------------------------
 def test_a_connection_that_sends_its_head_slowly_is_closed(tmp_path):
     settings = QpbotSettings(home=tmp_path, header_timeout_s=1.0)
-    with running(settings) as port:
+    with running_service(settings) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as slow:
             slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             closed = False
@@ -371,7 +346,7 @@ def test_fuzzed_requests_get_no_5xx_and_fit_the_schema(evil_home, mode):
     """Requests generated from the service's own OpenAPI schema, valid ones and ones that
     break it, at every operation: no 5xx, every status documented, every body as declared.
     (schemathesis's pytest plugin cannot take a fixture under pytest 9, hence the loop.)"""
-    with running(QpbotSettings(home=evil_home)) as port:
+    with running_service(QpbotSettings(home=evil_home)) as port:
         base_url = f"http://127.0.0.1:{port}"
         schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
         operations = [result.ok() for result in schema.get_all_operations()]
@@ -438,7 +413,7 @@ def _closed_within(connection: socket.socket, seconds: float, trickle: bytes) ->
 
 def test_a_huge_request_head_and_a_slow_body_are_cut_off(tmp_path):
     settings = QpbotSettings(home=tmp_path, max_header_kb=16, body_timeout_s=1.5)
-    with running(settings) as port:
+    with running_service(settings) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as big:
             big.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
             try:
@@ -458,7 +433,7 @@ def test_a_huge_request_head_and_a_slow_body_are_cut_off(tmp_path):
 
 def test_only_the_services_own_names_are_answered(tmp_path):
     """DNS rebinding: a page whose name now points at this address sends its own Host."""
-    with running(QpbotSettings(home=tmp_path)) as port:
+    with running_service(QpbotSettings(home=tmp_path)) as port:
         base = f"http://127.0.0.1:{port}"
         rebound = {"Host": f"rebind.attacker.example:{port}"}
         note = {"file": ("n.md", b"# N\n", "text/markdown")}

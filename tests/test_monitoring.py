@@ -12,26 +12,20 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import dagster as dg
 import httpx
 import pytest
-import uvicorn
 import yaml
-from conftest import REPO, ingest_into, need
+from conftest import REPO, free_port, ingest_into, need, running_service
 
-from qpbot_serving.app import create_app
 from qpbot_serving.metrics import read_platform_metrics
-from qpbot_serving.server import uvicorn_config
 from qpbot_serving.settings import QpbotSettings
 
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
@@ -118,30 +112,6 @@ def test_the_snapshot_counts_runs_and_a_gates_refusals_in_a_row():
 
 
 # --- a real Prometheus scraping a running service ---------------------------------------------
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextmanager
-def serving(settings: QpbotSettings):
-    """`qpbot serve` as it runs (uvicorn with qpbot's protocol) on a free loopback port."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn_config(create_app(settings), settings, "127.0.0.1", port))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the service did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 @dataclass
 class Monitored:
     service: str  # the answer service's URL
@@ -239,7 +209,8 @@ def monitored(tmp_path_factory, sample_documents):
     workdir = tmp_path_factory.mktemp("prometheus")
     # The rules as they are, but each `for:` 1 s; the example config, but every second.
     (workdir / "qpbot.rules.yml").write_text(re.sub(r"for: \S+", "for: 1s", RULES.read_text()))
-    with serving(settings) as service:
+    with running_service(settings) as service_port:
+        service = f"http://127.0.0.1:{service_port}"
         config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
         config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         config["rule_files"] = [str(workdir / "qpbot.rules.yml")]
