@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,10 +223,10 @@ def main() -> None:
     }
     details = []
     for set_name, (home, items) in sets.items():
-        retriever = Retriever.open(home / "index")
+        retriever = Retriever.open(home)
         retriever.search("warm up", 1)
         for mode in args.modes.split(","):
-            policy = AnswerPolicy.from_settings(settings, mode=mode, **overrides)
+            policy = replace(AnswerPolicy.from_settings(settings), mode=mode, **overrides)
             report["policy"] = {k: v for k, v in policy.__dict__.items() if k != "mode"}
             answerer = Answerer.for_retriever(retriever, generator, policy)
             rows = [run_question(retriever, answerer, item["question"]) for item in items]

@@ -102,7 +102,7 @@ def retrieval_quality(exports: Path, work: Path) -> dict:
         started = time.perf_counter()
         index_beir_corpus(SCIFACT / "corpus.jsonl", home, DEFAULT_EMBEDDING_MODEL, embedder)
         indexed_s = time.perf_counter() - started
-        retriever = Retriever.open(home / "index", embedder=embedder)
+        retriever = Retriever.open(home, embedder=embedder)
         scores = {}
         for mode in ("dense", "hybrid"):
             result = evaluate_retriever(

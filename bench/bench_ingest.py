@@ -27,6 +27,8 @@ from pathlib import Path
 
 import psutil
 
+from qpbot_serving.state import PROMOTED_INDEX, StateStore
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 QPBOT = Path(sys.executable).parent / "qpbot"
@@ -143,7 +145,7 @@ def main() -> None:
             rerun_seconds, _, _, rerun_status = timed_ingest(home, corpus)
             rerun_embedded = vectors_written_since(home, rerun_started)
 
-            promoted = contract.read_promoted(home / "index")
+            promoted = StateStore(home).read(PROMOTED_INDEX)
             table = contract.connect(home / "index").open_table(promoted.table)
             column = table.search().select(["text"]).limit(None).to_arrow().column("text")
             texts = column.to_pylist()

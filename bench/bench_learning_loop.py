@@ -54,7 +54,7 @@ def ndcg(home: Path, queries: dict[str, str], qrels: dict) -> dict[str, float]:
     from qpbot_serving.evaluation import evaluate_rankings
     from qpbot_serving.retrieval import Retriever
 
-    retriever = Retriever.open(home / "index")
+    retriever = Retriever.open(home)
     scores = {"index": retriever.promoted.label}
     for mode in ("dense", "hybrid"):
         rankings = {
@@ -240,9 +240,10 @@ def main() -> None:
     shuffled = {"ops": {"fine_tuned_embedder": {"config": {"shuffle_labels": True, "epochs": 1}}}}
     bad = retrain(shuffled, use_sensor=False)
     print(f"a candidate trained on shuffled pairs: {bad}", flush=True)
-    from qpbot_serving.index import read_promoted
 
-    still = read_promoted(home / "index").label
+    from qpbot_serving.state import PROMOTED_INDEX, StateStore
+
+    still = StateStore(home).read(PROMOTED_INDEX).label
 
     results = {
         "command": "bench/bench_learning_loop.py " + " ".join(sys.argv[1:]),

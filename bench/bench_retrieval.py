@@ -45,6 +45,7 @@ from qpbot_serving.retrieval import (  # noqa: E402
     SearchHit,
     fuse,
 )
+from qpbot_serving.state import PROMOTED_INDEX, StateStore  # noqa: E402
 
 SCIFACT = REPO.parent / "shared" / "data" / "scifact"
 MODEL = "all-MiniLM-L6-v2"
@@ -116,7 +117,7 @@ def indexed_copy(home: Path, target: Path) -> tuple[Path, dict]:
     """A copy of `home`'s index with the vector index built whatever the table's size, and
     the pointer moved to that version; returns it and what `ensure_vector_index` did."""
     shutil.copytree(home / "index", target / "index")
-    promoted = contract.read_promoted(target / "index")
+    promoted = StateStore(target).read(PROMOTED_INDEX)
     table = contract.connect(target / "index").open_table(promoted.table)
     result = contract.ensure_vector_index(table, min_rows=0)
     fields = {k: v for k, v in asdict(promoted).items() if k != "promoted_at"}
@@ -166,7 +167,7 @@ def run(args, tmp: Path) -> None:
     home, vector_index = args.home, None
     if args.vector_index:
         home, vector_index = indexed_copy(args.home, tmp)
-    retriever = Retriever.open(home / "index")
+    retriever = Retriever.open(home)
     queries, qrels = read_queries(queries_path), read_qrels(qrels_path)
     judged = [q for q in queries if any(g > 0 for g in qrels.get(q, {}).values())]
 
@@ -174,10 +175,14 @@ def run(args, tmp: Path) -> None:
     lists, cosines = {}, {}
     for q in judged:
         vector = retriever.embedder.encode([queries[q]])[0]
-        rows = retriever._keyword_rows(queries[q], DEPTH, None, with_vectors=True)
-        keyword = [SearchHit(**{f: r[f] for f in HIT_FIELDS}, score=r["_score"]) for r in rows]
+        # The keyword query the hybrid search makes: hits with their vectors.
+        found = retriever._keyword_candidates(queries[q], DEPTH, None)
+        keyword = [
+            SearchHit(**{f: row[f] for f in HIT_FIELDS}, score=score)
+            for row, score in zip(found["rows"].to_pylist(), found["scores"], strict=True)
+        ]
         lists[q] = (retriever._dense(vector, DEPTH, None), keyword)
-        cosines[q] = {r["chunk_id"]: float(np.dot(r["vector"], vector)) for r in rows}
+        cosines[q] = dict(zip(found["chunk_id"], (found["vectors"] @ vector).tolist(), strict=True))
     seconds_per_query = (time.perf_counter() - started) / len(judged)
 
     def score(rank_fn, subset=judged) -> dict:

@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from qpbot_serving import index as contract  # noqa: E402
 from qpbot_serving.retrieval import Retriever  # noqa: E402
+from qpbot_serving.state import PROMOTED_INDEX, StateStore  # noqa: E402
 
 MODES = ("dense", "keyword", "hybrid")
 SHARED = REPO.parent / "shared" / "data"
@@ -60,7 +61,7 @@ def queries(count: int) -> list[str]:
 def scaled_copy(source_home: Path, target_home: Path, factor: int) -> dict:
     """A home whose promoted table holds every row of the source `factor` times; returns
     what `ensure_vector_index` did."""
-    promoted = contract.read_promoted(source_home / "index")
+    promoted = StateStore(source_home).read(PROMOTED_INDEX)
     table = contract.connect(source_home / "index").open_table(promoted.table)
     table.checkout(promoted.version)
     rows = table.to_arrow()
@@ -102,8 +103,8 @@ def versus_flat(home: Path, texts: list[str]) -> dict:
     dense top 100 found, and of queries whose hybrid top 10 (ids and order) is the same."""
     from bench_retrieval import dense_recall_vs_flat
 
-    indexed = Retriever.open(home / "index", **BACKEND)
-    flat = Retriever.open(home / "index", embedder=indexed.embedder)
+    indexed = Retriever.open(home, **BACKEND)
+    flat = Retriever.open(home, embedder=indexed.embedder)
     flat.vector_index = None
     same_top10 = sum(
         [h.chunk_id for h in indexed.search(text, 10)]
@@ -118,7 +119,7 @@ def versus_flat(home: Path, texts: list[str]) -> dict:
 
 
 def in_process(home: Path, texts: list[str]) -> dict:
-    retriever = Retriever.open(home / "index", **BACKEND)
+    retriever = Retriever.open(home, **BACKEND)
     retriever.search("warm up", 10, "hybrid")
     results = {}
     for mode in MODES:
@@ -242,7 +243,7 @@ def main() -> None:
         build_seconds = round(time.perf_counter() - started, 1)
         homes = (("small", args.home), ("big", big))
         for label, home in homes[1:] if args.big_only else homes:
-            chunks = contract.read_promoted(home / "index").chunks
+            chunks = StateStore(home).read(PROMOTED_INDEX).chunks
             process, url = start_service(home)
             try:
                 report[label] = {

@@ -15,10 +15,17 @@ from pathlib import Path
 import pyarrow as pa
 
 from qpbot_assets.documents.store import fingerprint
+from qpbot_assets.index_sync import snapshot
+from qpbot_assets.promotion import promote_snapshot
 from qpbot_serving import index as contract
 from qpbot_serving.embedding import Embedder
-
-CORPUS_MARKER = "BEIR_CORPUS.json"  # beside PROMOTED.json: which corpus the index holds
+from qpbot_serving.state import (
+    CORPUS_MARKER,
+    PROMOTED_INDEX,
+    CorpusMarker,
+    PromotedIndex,
+    StateStore,
+)
 
 
 def read_beir_corpus(corpus_path: Path) -> Iterator[dict]:
@@ -50,7 +57,7 @@ def index_beir_corpus(
     model_name: str,
     embedder: Embedder | None = None,
     include_title: bool = True,
-) -> contract.PromotedIndex:
+) -> PromotedIndex:
     """Writes one row per corpus document into `home/index/lancedb`, table
     `table_name_for(model_name)` (replaced if it exists), builds the full-text index on
     `text` (and the vector index, above `contract.VECTOR_INDEX_MIN_ROWS` rows) and moves the
@@ -64,7 +71,7 @@ def index_beir_corpus(
     embedder = embedder or Embedder(model_name)
     if embedder.model_name != model_name:
         raise ValueError(f"embedder is {embedder.model_name}, not {model_name}")
-    index_dir = Path(home) / "index"
+    index_dir = StateStore(home).index_dir
     docs = list(read_beir_corpus(corpus_path))
     texts = [indexed_text(d.get("title") or "", d["text"], include_title) for d in docs]
     vectors = embedder.encode(texts, show_progress_bar=len(texts) > 64)
@@ -102,22 +109,14 @@ def index_beir_corpus(
     )
     table.create_index("text", config=FTS())
     contract.ensure_vector_index(table)  # as `search_index` does: none below the threshold
-    promoted = contract.write_promoted(
-        index_dir,
-        table=table.name,
-        version=table.version,
-        embedding_model=model_name,
-        dimension=info.dimension,
-        embedding_backend=info.embedding_backend,
-        chunks=len(rows),
-        documents=len(rows),
-    )
-    contract.atomic_write_json(
-        index_dir / CORPUS_MARKER,
-        {
-            "digest": corpus_digest(corpus_path, info.vectors_key, include_title),
-            "index": promoted.label,
-        },
+    state = StateStore(home)
+    promoted = promote_snapshot(state, snapshot(table, documents=len(rows)), model_name)
+    state.write(
+        CORPUS_MARKER,
+        CorpusMarker(
+            digest=corpus_digest(corpus_path, info.vectors_key, include_title),
+            index=promoted.label,
+        ),
     )
     return promoted
 
@@ -128,16 +127,15 @@ def indexed_corpus(
     model_name: str,
     include_title: bool = True,
     backend: str = "torch",
-) -> contract.PromotedIndex | None:
+) -> PromotedIndex | None:
     """The promoted index in `home` if it already holds this corpus for this model and
     backend's vectors, else None."""
-    index_dir = Path(home) / "index"
-    promoted = contract.read_promoted(index_dir)
-    marker = index_dir / CORPUS_MARKER
-    if promoted is None or not marker.is_file():
+    state = StateStore(home)
+    promoted = state.read(PROMOTED_INDEX)
+    recorded = state.read(CORPUS_MARKER)
+    if promoted is None or recorded is None:
         return None
-    recorded = json.loads(marker.read_text())
-    if recorded.get("index") != promoted.label or recorded.get("digest") != corpus_digest(
+    if recorded.index != promoted.label or recorded.digest != corpus_digest(
         corpus_path, contract.vectors_key(model_name, backend), include_title
     ):
         return None

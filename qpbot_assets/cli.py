@@ -204,38 +204,32 @@ def _status(settings: QpbotSettings, as_json: bool) -> int:
     return 0
 
 
+def _failure_reason(run) -> str:
+    """What failed an in-process run: a dg.Failure's description, else the error's message."""
+    for event in run.all_events:
+        if event.is_step_failure:
+            data = event.step_failure_data
+            if data.user_failure_data and data.user_failure_data.description:
+                return data.user_failure_data.description
+            if data.error:
+                return data.error.message.strip()
+    return "the run failed: see it in the Dagster UI"
+
+
 def _rollback(settings: QpbotSettings, as_json: bool) -> int:
-    """Puts the previous champion back: its embedder, its index pointer, its MLflow alias.
-    The service follows within seconds; documents ingested since are then synced into the
-    restored index by a refresh run."""
-    from qpbot_assets.ingest import refresh_index
-    from qpbot_assets.promotion import rollback
-    from qpbot_assets.resources import MlflowResource
+    """Runs the rollback_embedder job (the previous champion's embedder, index pointer and
+    MLflow alias come back), then a refresh run that syncs documents ingested since into
+    the restored index. The service follows within seconds."""
+    from qpbot_assets.ingest import execute_job, load_definitions, refresh_index
+    from qpbot_assets.instance import get_instance
 
-    try:
-        undone = rollback(settings.index_dir)
-    except LookupError as problem:
-        print(f"qpbot rollback: {problem}", file=sys.stderr)
+    run = execute_job(load_definitions(), "rollback_embedder", get_instance(settings))
+    if not run.success:
+        print(f"qpbot rollback: {_failure_reason(run)}", file=sys.stderr)
         return 1
-    previous = undone["previous_embedder"] or {}
-    mlflow = MlflowResource(
-        tracking_uri=settings.tracking_uri, artifacts_dir=str(settings.home / "mlartifacts")
-    )
-    from qpbot_assets.defs.training.assets import REGISTERED_EMBEDDER
-
-    client = mlflow.client()
-    if previous.get("mlflow_version"):
-        client.set_registered_model_alias(
-            REGISTERED_EMBEDDER, "champion", previous["mlflow_version"]
-        )
-    else:
-        client.delete_registered_model_alias(REGISTERED_EMBEDDER, "champion")
-    refreshed = refresh_index(settings)
-    result = {
-        "rolled_back": undone["embedder"]["model"],
-        "embedding_model": previous.get("model", settings.embedding_model),
-        "index_version": refreshed,
-    }
+    result = run.output_for_node("rollback_promotion")
+    result["embedding_model"] = result["embedding_model"] or settings.embedding_model
+    result["index_version"] = refresh_index(settings)
     if as_json:
         print(json.dumps(result))
     else:
@@ -289,11 +283,11 @@ def _eval_retrieval(settings: QpbotSettings, args: argparse.Namespace) -> int:
     --home or a throw-away home, then runs the queries through the serving retriever."""
     import tempfile
 
-    from qpbot_assets.beir import CORPUS_MARKER, index_beir_corpus, indexed_corpus
+    from qpbot_assets.beir import index_beir_corpus, indexed_corpus
     from qpbot_serving.embedding import Embedder, resolve_backend
     from qpbot_serving.evaluation import evaluate_retriever
-    from qpbot_serving.index import read_promoted
     from qpbot_serving.retrieval import Retriever
+    from qpbot_serving.state import CORPUS_MARKER, PROMOTED_INDEX, StateStore
 
     missing = [str(p) for p in (args.corpus, args.queries, args.qrels) if not p.is_file()]
     if missing:
@@ -306,11 +300,8 @@ def _eval_retrieval(settings: QpbotSettings, args: argparse.Namespace) -> int:
         exports = settings.embedding_exports_dir
         promoted = indexed_corpus(args.corpus, home, model, backend=backend)
         reused = promoted is not None
-        if (
-            not reused
-            and read_promoted(home / "index")
-            and not (home / "index" / CORPUS_MARKER).is_file()
-        ):
+        state = StateStore(home)
+        if not reused and state.read(PROMOTED_INDEX) and state.read(CORPUS_MARKER) is None:
             # never overwrite the index of a real home (documents ingested by `qpbot ingest`)
             print(
                 f"qpbot eval retrieval: {home} holds a document index, not an evaluation index; "
@@ -321,7 +312,7 @@ def _eval_retrieval(settings: QpbotSettings, args: argparse.Namespace) -> int:
         if not reused:
             embedder = Embedder(model, backend=backend, cache_dir=exports)
             promoted = index_beir_corpus(args.corpus, home, model, embedder)
-        retriever = Retriever.open(home / "index", backend=backend, exports_dir=exports)
+        retriever = Retriever.open(home, backend=backend, exports_dir=exports)
         result = {
             **evaluate_retriever(retriever, args.queries, args.qrels, mode=args.mode),
             "mode": args.mode,

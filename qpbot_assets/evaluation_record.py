@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qpbot_serving import index as contract
+from qpbot_serving.state import write_json_atomic
 
 RECORD_FORMAT = 1
 
@@ -70,4 +70,4 @@ def read_record(path: Path) -> EvaluationRecord | None:
 
 
 def write_record(path: Path, record: EvaluationRecord) -> None:
-    contract.atomic_write_json(path, record.to_json())
+    write_json_atomic(path, record.to_json())

@@ -19,7 +19,9 @@ from tqdm import tqdm
 from qpbot_assets.documents.store import DocumentStore, Quarantined, StageResult, fingerprint
 from qpbot_assets.documents.versions import INDEX_ROWS_VERSION
 from qpbot_serving import index as contract
+from qpbot_serving.document_store import indexed_stage
 from qpbot_serving.embedding import Embedder
+from qpbot_serving.state import IndexSnapshot
 
 MERGE_BATCH_DOCUMENTS = 500
 
@@ -27,11 +29,6 @@ MERGE_BATCH_DOCUMENTS = 500
 def embedding_stage(model: str) -> str:
     """The store stage that records a document's vectors for `model`."""
     return f"embeddings.{contract.model_slug(model)}"
-
-
-def indexed_stage(table_name: str) -> str:
-    """The store stage that records what a document last wrote into `table_name`."""
-    return f"indexed.{table_name}"
 
 
 def embedding_fingerprint(store: DocumentStore, document_id: str, model: str) -> str:
@@ -240,18 +237,18 @@ def sync_table(
     }
 
 
-def snapshot(table, documents: int) -> dict:
+def snapshot(table, documents: int) -> IndexSnapshot:
     """What a pointer to this table's current version records."""
     info = contract.IndexInfo.from_schema(table.schema)
-    return {
-        "table": table.name,
-        "version": table.version,
-        "embedding_model": info.embedding_model,
-        "embedding_backend": info.embedding_backend,
-        "dimension": info.dimension,
-        "chunks": table.count_rows(),
-        "documents": documents,
-    }
+    return IndexSnapshot(
+        table=table.name,
+        version=table.version,
+        embedding_model=info.embedding_model,
+        embedding_backend=info.embedding_backend,
+        dimension=info.dimension,
+        chunks=table.count_rows(),
+        documents=documents,
+    )
 
 
 def reembed_table(source, db, embedder: Embedder, batch_size: int = 32, rows_per_write: int = 2048):

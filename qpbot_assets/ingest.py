@@ -16,12 +16,18 @@ from qpbot_assets.documents.sources import (
 from qpbot_assets.documents.store import DocumentStore
 from qpbot_assets.documents.versions import PIPELINE_VERSION, raw_fingerprint
 from qpbot_assets.embedding_process import child_embedder
-from qpbot_assets.index_sync import indexed_stage
 from qpbot_assets.instance import fail_runs_of_dead_processes, get_instance, process_tags
 from qpbot_assets.partitions import documents_partitions, partition_range_tags
 from qpbot_serving import index as contract
+from qpbot_serving.document_store import indexed_stage
 from qpbot_serving.embedding import resolve_backend
 from qpbot_serving.settings import QpbotSettings, SqlSource
+from qpbot_serving.state import (
+    INDEX_SNAPSHOT,
+    PROMOTED_INDEX,
+    StateStore,
+    serving_embedding_model,
+)
 
 
 def load_definitions():
@@ -100,14 +106,15 @@ def _ingest_documents(
         instance.delete_dynamic_partition(partitions, document_id)
 
     # Only documents whose source or pipeline changed since they were indexed need a run.
-    model = contract.serving_embedding_model(settings.index_dir, settings.embedding_model)
+    state = StateStore(settings.home)
+    model = serving_embedding_model(state, settings.embedding_model)
     backend = resolve_backend(settings.embedding_backend)
     table_name = contract.table_name_for(contract.vectors_key(model, backend))
     stale = [d for d in wanted if not is_up_to_date(store, d, table_name)]
     ordered = instance.get_dynamic_partitions(partitions)
     ranges = contiguous_ranges(ordered, stale)
     # A run killed after writing the index but before promoting it left nothing stale.
-    unpromoted = not ranges and bool(wanted) and _promotion_pending(settings.index_dir)
+    unpromoted = not ranges and bool(wanted) and _promotion_pending(state)
     if ranges:  # the run's model starts loading now, beside the definitions and first stages
         child_embedder(model, backend, settings.embedding_exports_dir)
     # Loading the asset definitions imports every extractor: only when there is work.
@@ -146,14 +153,14 @@ def execute_job(defs, job_name: str, instance, run_config=None, tags=None):
     )
 
 
-def _promotion_pending(index_dir: Path) -> bool:
+def _promotion_pending(state: StateStore) -> bool:
     """True when the index may hold writes the promoted pointer does not point at: the
     snapshot search_index writes after its writes is missing or is not the promoted one."""
-    snapshot = contract.read_snapshot(index_dir)
-    promoted = contract.read_promoted(index_dir)
+    snapshot = state.read(INDEX_SNAPSHOT)
+    promoted = state.read(PROMOTED_INDEX)
     if snapshot is None or promoted is None:
         return True
-    return (snapshot["table"], snapshot["version"]) != (promoted.table, promoted.version)
+    return snapshot.label != promoted.label
 
 
 def is_up_to_date(store: DocumentStore, document_id: str, table_name: str) -> bool:
@@ -190,7 +197,7 @@ def index_status(settings: QpbotSettings) -> dict:
     instance = get_instance(settings)
     live = set(instance.get_dynamic_partitions(documents_partitions.name))
     store = DocumentStore(settings.home)
-    promoted = contract.read_promoted(settings.index_dir)
+    promoted = StateStore(settings.home).read(PROMOTED_INDEX)
     quarantined = [
         {
             "source": record["source"],
@@ -220,5 +227,5 @@ def refresh_index(settings: QpbotSettings) -> str | None:
         result = execute_job(load_definitions(), "refresh_index", instance)
         if not result.success:
             raise RuntimeError("the refresh_index run failed: see it in the Dagster UI")
-    promoted = contract.read_promoted(settings.index_dir)
+    promoted = StateStore(settings.home).read(PROMOTED_INDEX)
     return promoted.label if promoted else None

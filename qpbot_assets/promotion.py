@@ -1,63 +1,72 @@
-"""Moving the champion: which embedder and index the service uses, and the way back.
+"""Moving the champion: which index the service reads, which embedder ingestion uses, and
+the way back. The one writer of `state.PROMOTED_INDEX`, `state.CHAMPION_EMBEDDER` and
+`state.PROMOTIONS`. No Dagster here.
 
-The promoted pointer (`PROMOTED.json`) names the table and version the service reads;
-`EMBEDDER.json` names the fine-tuned model that new chunks are embedded with. A promotion
-moves both and appends what they were before to `PROMOTIONS.jsonl`, so a rollback puts
-exactly that back. No Dagster here.
+Two ways in: `promote_snapshot` (a checked index of the serving embedder: after ingestion,
+or a BEIR corpus indexed for evaluation) and `promote_candidate` (a fine-tuned embedder and
+its index, after the gate). A candidate's promotion is remembered, so `rollback` puts back
+exactly what it replaced.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
-from datetime import UTC, datetime
-from pathlib import Path
-
-from qpbot_serving import index as contract
-
-HISTORY_FILE = "PROMOTIONS.jsonl"
+from qpbot_serving import state as st
 
 
-def read_embedder(index_dir: Path) -> dict | None:
-    path = index_dir / contract.EMBEDDER_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+class StaleSnapshot(Exception):
+    """The snapshot is of another model than the one serving: promoting it would undo the
+    promotion of a fine-tuned embedder (a run that started before that promotion)."""
 
 
-def promote_candidate(index_dir: Path, snapshot: dict, embedder: dict) -> contract.PromotedIndex:
+def promote_snapshot(
+    state: st.StateStore, snapshot: st.IndexSnapshot, configured_model: str
+) -> st.PromotedIndex:
+    """Points the service at `snapshot`, an index of the serving embedder (the configured
+    model or its promoted fine-tune). Raises StaleSnapshot for an index of another model."""
+    serving = st.serving_embedding_model(state, configured_model)
+    if snapshot.embedding_model != serving:
+        raise StaleSnapshot(
+            f"the snapshot is of {snapshot.embedding_model}, the serving embedder is {serving}"
+        )
+    return _point_at(state, snapshot)
+
+
+def promote_candidate(
+    state: st.StateStore, snapshot: st.IndexSnapshot, embedder: st.FineTunedEmbedder
+) -> st.PromotedIndex:
     """Points the service at the candidate table (`snapshot`) and ingestion at its model
-    (`embedder`: {"model", "base_model", "mlflow_version", ...}); remembers the previous
-    champion for `rollback`."""
-    previous_pointer = contract.read_promoted(index_dir)
-    entry = {
-        "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "embedder": embedder,
-        "snapshot": snapshot,
-        "previous_embedder": read_embedder(index_dir),
-        "previous_pointer": asdict(previous_pointer) if previous_pointer else None,
-    }
-    with open(index_dir / HISTORY_FILE, "a") as history:
-        history.write(json.dumps(entry) + "\n")
-    contract.atomic_write_json(index_dir / contract.EMBEDDER_FILE, embedder)
-    return contract.write_promoted(index_dir, **snapshot)
+    (`embedder`); remembers the previous champion for `rollback`."""
+    state.append(
+        st.PROMOTIONS,
+        st.Promotion(
+            promoted_at=st.now_iso(),
+            embedder=embedder,
+            snapshot=snapshot,
+            previous_embedder=state.read(st.CHAMPION_EMBEDDER),
+            previous_pointer=state.read(st.PROMOTED_INDEX),
+        ),
+    )
+    state.write(st.CHAMPION_EMBEDDER, embedder)
+    return _point_at(state, snapshot)
 
 
-def rollback(index_dir: Path) -> dict:
+def rollback(state: st.StateStore) -> st.Promotion:
     """Undoes the last promotion: the previous embedder and pointer come back. Returns the
-    history entry undone. Raises LookupError when there is nothing to roll back."""
-    path = index_dir / HISTORY_FILE
-    entries = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    if not entries:
+    promotion undone. Raises LookupError when there is nothing to roll back."""
+    promotions = state.entries(st.PROMOTIONS)
+    if not promotions:
         raise LookupError("nothing to roll back: no candidate has been promoted here")
-    last = entries.pop()
-    embedder_path = index_dir / contract.EMBEDDER_FILE
-    if last["previous_embedder"]:
-        contract.atomic_write_json(embedder_path, last["previous_embedder"])
+    last = promotions.pop()
+    if last.previous_embedder:
+        state.write(st.CHAMPION_EMBEDDER, last.previous_embedder)
     else:
-        embedder_path.unlink(missing_ok=True)  # back to the configured model itself
-    if last["previous_pointer"]:
-        pointer = {k: v for k, v in last["previous_pointer"].items() if k != "promoted_at"}
-        contract.write_promoted(index_dir, **pointer)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
-    tmp.replace(path)
+        state.clear(st.CHAMPION_EMBEDDER)  # back to the configured model itself
+    if last.previous_pointer:
+        _point_at(state, last.previous_pointer.snapshot)
+    state.rewrite(st.PROMOTIONS, promotions)
     return last
+
+
+def _point_at(state: st.StateStore, snapshot: st.IndexSnapshot) -> st.PromotedIndex:
+    promoted = st.PromotedIndex(**snapshot.model_dump(), promoted_at=st.now_iso())
+    return state.write(st.PROMOTED_INDEX, promoted)

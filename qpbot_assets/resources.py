@@ -12,6 +12,7 @@ from qpbot_serving import index as search_index
 from qpbot_serving.embedding import Embedder, index_embedder, resolve_backend
 from qpbot_serving.retrieval import Retriever
 from qpbot_serving.settings import QpbotSettings, SqlSource
+from qpbot_serving.state import PROMOTED_INDEX, PromotedIndex, StateStore, serving_embedding_model
 
 if TYPE_CHECKING:
     from qpbot_assets.documents.extraction import DocumentLimits
@@ -20,6 +21,12 @@ if TYPE_CHECKING:
 def _default(setting: str):
     """A resource field's default is the setting's: QpbotSettings is their one home."""
     return QpbotSettings.model_fields[setting].default
+
+
+def home_paths(home: str | Path) -> QpbotSettings:
+    """The settings of `home` with no other setting read, for the paths they derive from it
+    (`inbox_dir`, `index_dir`, `models_dir`, ...): resources keep only `home`."""
+    return QpbotSettings.model_construct(home=Path(home))
 
 
 class DocumentStoreResource(dg.ConfigurableResource):
@@ -40,7 +47,7 @@ class DocumentStoreResource(dg.ConfigurableResource):
 
     @property
     def inbox_dir(self) -> Path:
-        return Path(self.home) / "inbox"
+        return home_paths(self.home).inbox_dir
 
     @property
     def max_document_bytes(self) -> int:
@@ -65,14 +72,24 @@ class SearchIndexResource(dg.ConfigurableResource):
 
     @property
     def index_dir(self) -> Path:
-        return Path(self.home) / "index"
+        return home_paths(self.home).index_dir
+
+    @property
+    def models_dir(self) -> Path:
+        """Fine-tuned embedders, LoRA adapters and the local generator's model cache."""
+        return home_paths(self.home).models_dir
+
+    @property
+    def state(self) -> StateStore:
+        """The pointers of this home (qpbot_serving.state)."""
+        return StateStore(self.home)
 
     def connect(self):
         return search_index.connect(self.index_dir)
 
     def promoted_table(self):
         """The table and version the service reads, or None before the first promotion."""
-        promoted = search_index.read_promoted(self.index_dir)
+        promoted = self.state.read(PROMOTED_INDEX)
         if promoted is None:
             return None
         table = self.connect().open_table(promoted.table)
@@ -107,7 +124,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     its run, and kept for later runs in this process."""
 
     configured_model: str
-    index_dir: str
+    home: str
     backend: str  # QpbotSettings.embedding_backend, resolved (`embedding.resolve_backend`)
     exports_dir: str  # QpbotSettings.embedding_exports_dir
     batch_size: int = 32
@@ -116,7 +133,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     def from_settings(cls, settings: QpbotSettings) -> "EmbeddingModelResource":
         return cls(
             configured_model=settings.embedding_model,
-            index_dir=str(settings.index_dir),
+            home=str(settings.home),
             backend=resolve_backend(settings.embedding_backend),
             exports_dir=str(settings.embedding_exports_dir),
         )
@@ -129,7 +146,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         """An embedder of another model (a challenger) in this process, with this backend."""
         return Embedder(model_name, backend=self.backend, cache_dir=Path(self.exports_dir))
 
-    def index_embedder(self, promoted: search_index.PromotedIndex) -> Embedder:
+    def index_embedder(self, promoted: PromotedIndex) -> Embedder:
         """An embedder (in this process) of the vectors of `promoted`'s index, with this
         backend where it makes them."""
         return index_embedder(
@@ -139,18 +156,18 @@ class EmbeddingModelResource(dg.ConfigurableResource):
             Path(self.exports_dir),
         )
 
-    def retriever(self, pointer: search_index.PromotedIndex | None = None) -> Retriever:
+    def retriever(self, pointer: PromotedIndex | None = None) -> Retriever:
         """A retriever of the promoted index (or of `pointer`'s table and version) whose
         queries are embedded with this backend where the index's vectors allow it. Raises
         IndexNotReady before the first promotion."""
         options = {"backend": self.backend, "exports_dir": Path(self.exports_dir)}
         if pointer is None:
-            return Retriever.open(Path(self.index_dir), **options)
-        return Retriever.at(Path(self.index_dir), pointer, **options)
+            return Retriever.open(Path(self.home), **options)
+        return Retriever.at(Path(self.home), pointer, **options)
 
     @property
     def model_name(self) -> str:
-        return search_index.serving_embedding_model(Path(self.index_dir), self.configured_model)
+        return serving_embedding_model(StateStore(self.home), self.configured_model)
 
 
 class S3SourceResource(dg.ConfigurableResource):
@@ -215,18 +232,28 @@ class MlflowResource(dg.ConfigurableResource):
 
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
-    def register_version(self, name: str, run_id: str, artifact_path: str):
-        """A new version of registered model `name` from a folder the run logged as
-        artifacts (a plain model folder, not an MLflow flavor)."""
+    def register_challenger(
+        self,
+        name: str,
+        run_id: str,
+        artifact_path: str,
+        description: str = "",
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        """Registers a folder the run logged as artifacts (plain model files, not an MLflow
+        flavor, so by source) as a new version of model `name`, created with `description`
+        on first use, and gives it the alias `challenger`. Returns the version number."""
         from mlflow.exceptions import MlflowException
 
         client = self.client()
         try:
-            client.create_registered_model(name)
+            client.get_registered_model(name)
         except MlflowException:
-            pass  # it exists
+            client.create_registered_model(name, description=description)
         source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
-        return client.create_model_version(name, source=source, run_id=run_id)
+        version = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+        client.set_registered_model_alias(name, "challenger", version.version)
+        return str(version.version)
 
 
 class BeirSetConfig(dg.Config):
@@ -301,9 +328,9 @@ class RetrainingPolicyResource(dg.ConfigurableResource):
     """When feedback starts retraining (QPBOT_FEEDBACK_WINDOW, QPBOT_FEEDBACK_MIN_UP_RATE,
     QPBOT_RETRAIN_MIN_NEW_PAIRS)."""
 
-    feedback_window: int = 50
-    feedback_min_up_rate: float = 0.5
-    retrain_min_new_pairs: int = 200
+    feedback_window: int = _default("feedback_window")
+    feedback_min_up_rate: float = _default("feedback_min_up_rate")
+    retrain_min_new_pairs: int = _default("retrain_min_new_pairs")
 
     @property
     def feedback_policy(self):

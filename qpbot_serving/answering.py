@@ -168,7 +168,11 @@ class Answerer:
             embed=self.embed,
             query_vector=query_vector,
         )
-        declined = not selection.units or selection.best_score < self.policy.min_evidence_score
+        declined = (
+            not selection.units
+            or selection.best_score < self.policy.min_evidence_score
+            or not selection.answer_type_found
+        )
         return PreparedAnswer(
             question=question,
             selection=selection,

@@ -52,6 +52,7 @@ from qpbot_serving.middleware import AllowedHosts, ObserveLatency, RequestGuard
 from qpbot_serving.prompting import PROMPT_VERSION
 from qpbot_serving.retrieval import IndexNotReady, Retriever, SearchHit
 from qpbot_serving.settings import QpbotSettings, Scope
+from qpbot_serving.state import PROMOTED_INDEX, PromotedIndex, StateStore
 
 INDEX_POLL_SECONDS = 2.0
 WEB_DIR = Path(__file__).parent / "web"
@@ -560,6 +561,7 @@ def create_app(
             settings,
             document_id,
             lambda document: retriever.chunks_of(document) if retriever else None,
+            retriever.table.name if retriever else None,
         )
 
     @app.get(
@@ -778,7 +780,7 @@ def _event(name: str, data) -> str:
 async def _refresh_index(app: FastAPI) -> None:
     """Opens the promoted index when it is new; in-flight requests keep the one they have."""
     state = app.state
-    promoted = contract.read_promoted(state.settings.index_dir)
+    promoted = StateStore(state.settings.home).read(PROMOTED_INDEX)
     current = state.retriever
     if promoted is None:
         state.not_ready_reason = "no promoted index yet: run `qpbot ingest PATH...`"
@@ -808,7 +810,7 @@ async def _refresh_index(app: FastAPI) -> None:
     state.metrics.set_index(promoted)
 
 
-def _open_promoted(index_dir: Path, promoted: contract.PromotedIndex) -> None:
+def _open_promoted(index_dir: Path, promoted: PromotedIndex) -> None:
     """Opens the promoted table and version afresh (the open one keeps its files' metadata
     in memory, and would not notice them gone)."""
     contract.connect(index_dir).open_table(promoted.table).checkout(promoted.version)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import tempfile
 import threading
 import unicodedata
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import unquote, urlsplit
 
-from qpbot_assets.documents.sources import document_id_for
-from qpbot_assets.documents.store import DocumentStore
+from qpbot_serving.document_store import (
+    RAW_STAGE,
+    DocumentRecords,
+    display_name,
+    document_id_for,
+    indexed_stage,
+)
 from qpbot_serving.settings import QpbotSettings
 
 ACCEPTED_SUFFIXES = {".pdf", ".docx", ".md", ".markdown", ".txt", ".html", ".htm"}
@@ -99,7 +102,7 @@ def save_upload(settings: QpbotSettings, filename: str, data: BinaryIO) -> dict:
     finally:
         partial.unlink(missing_ok=True)
     document_id = document_id_for(target.resolve().as_uri())
-    replaced = replaced or (settings.home / "sources" / f"{document_id}.json").exists()
+    replaced = replaced or DocumentRecords(settings.home).is_registered(document_id)
     return {
         "document_id": document_id,
         "filename": name,
@@ -110,46 +113,70 @@ def save_upload(settings: QpbotSettings, filename: str, data: BinaryIO) -> dict:
     }
 
 
-def document_status(settings: QpbotSettings, document_id: str, chunks_in_index) -> dict:
+def document_status(
+    settings: QpbotSettings, document_id: str, chunks_in_index, served_table: str | None = None
+) -> dict:
     """queued (waiting for the sensor), processing, indexed or quarantined (with the reason).
 
     `chunks_in_index(document_id)` counts the document's chunks in the promoted index (None
-    when no index is open): a document is indexed when a search can find it.
+    when no index is open), which is the LanceDB table `served_table`: a document is indexed
+    when a search can find its current version. An upload that replaced an indexed file is
+    queued until it is fetched, then processing until its rows are in that table.
     """
-    registered = settings.home / "sources" / f"{document_id}.json"
+    records = DocumentRecords(settings.home)
     in_inbox = (
         [p for p in settings.inbox_dir.glob("*") if p.is_file()]
         if settings.inbox_dir.exists()
         else []
     )
     pending = [p for p in in_inbox if document_id_for(p.resolve().as_uri()) == document_id]
-    if not registered.exists():
+    if not records.is_registered(document_id):
         if pending:
             return {"document_id": document_id, "filename": pending[0].name, "status": "queued"}
         raise DocumentNotFound(f"no document with id {document_id}")
-    uri = json.loads(registered.read_text())["uri"]
     # The name, never the server's path to it.
-    status: dict = {"document_id": document_id, "filename": Path(unquote(urlsplit(uri).path)).name}
-    quarantine = settings.documents_dir / document_id / "quarantine.json"
-    if quarantine.exists():
-        record = json.loads(quarantine.read_text())
+    status: dict = {
+        "document_id": document_id,
+        "filename": display_name(records.source_uri(document_id)),
+    }
+    quarantine = records.quarantine(document_id)
+    if quarantine is not None:
         return {
             **status,
             "status": "quarantined",
-            "stage": record["stage"],
-            "reason": record["reason"],
+            "stage": quarantine["stage"],
+            "reason": quarantine["reason"],
         }
+    raw = records.read_stage(document_id, RAW_STAGE)
+    if pending and not _is_fetched(pending[0], (raw or {}).get("output")):
+        return {**status, "status": "queued"}
+    indexed = records.read_stage(document_id, indexed_stage(served_table)) if served_table else None
+    indexed_from = ((indexed or {}).get("output") or {}).get("raw_fingerprint")
+    # The rows the table holds were made from an earlier version of the document.
+    outdated = raw is None or indexed_from not in (None, raw["fingerprint"])
     chunks = chunks_in_index(document_id)
-    if chunks:
+    if chunks and not outdated:
         return {**status, "status": "indexed", "chunks": chunks}
     return {**status, "status": "processing"}
 
 
+def _is_fetched(path: Path, raw: dict | None) -> bool:
+    """Whether the file's current version is the one the store last fetched."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:  # deleted meanwhile: no newer version waits
+        return True
+    return bool(raw) and (raw.get("modified_ns"), raw.get("size")) == (
+        stat.st_mtime_ns,
+        stat.st_size,
+    )
+
+
 def document_file(settings: QpbotSettings, document_id: str) -> tuple[Path, str]:
     """The stored original of an ingested document: (path, file name)."""
-    store = DocumentStore(settings.home)
-    record = (store.read_stage(document_id, "raw") or {}).get("output")
+    records = DocumentRecords(settings.home)
+    record = (records.read_stage(document_id, RAW_STAGE) or {}).get("output")
     if not record:
         raise DocumentNotFound(f"no ingested document with id {document_id}")
     suffix = Path(record["filename"]).suffix
-    return store.blob_path(record["sha256"], suffix=suffix), record["filename"]
+    return records.blob_path(record["sha256"], suffix=suffix), record["filename"]

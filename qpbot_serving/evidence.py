@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from qpbot_serving.text import content_words, numbers, words
+from qpbot_serving.text import content_words, numbers, stem, words
 
 # How the three signals add up (set by hand, then checked on the sample questions and ARAGOG
 # dev: a lexical weight of 0.25 instead of 0.5 lowered how often ARAGOG's prompt holds the
@@ -35,6 +35,19 @@ RETRIEVAL_WEIGHT = 0.15
 DENSE_CANDIDATES = 8
 # Units scoring below this share of the best one are not worth their prompt tokens.
 RELATIVE_CUTOFF = 0.6
+# Flat scores (the 5th best unit scores nearly as well as the best) mean no unit stands out,
+# as with questions that paraphrase a paper: the budget then grows, up to this many times
+# `budget_tokens` when the 5th unit scores as well as the best; a question one table row
+# answers (the 5th unit at half the best's score or less) keeps the budget as it is.
+FLAT_BUDGET_MAX = 2.0
+FLAT_RANK = 5
+# A unit without the kind of answer the question asks for ("how long": a duration) keeps
+# this share of its score: the scope sentence that names "Kestrel K2" must not outrank the
+# table row that says "2 years".
+MISSING_ANSWER_TYPE_SHARE = 0.5
+# Question and unit words match when one is a prefix of the other this long or longer
+# ("weigh" and "weight"), as well as when they are equal.
+PREFIX_MATCH = 5
 
 _BULLET = re.compile(r"^\s*(?:[-*•‣▪◦–]|\(?\d{1,2}[.)]|\(?[a-z][.)])\s+")
 _TABLE_SEPARATOR = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
@@ -96,6 +109,12 @@ class EvidenceSelection:
     candidates: int
     best_score: float
     prompt_tokens: int
+    # The kind of answer the question asks for ("money", "duration", ...; None when it does
+    # not say), and whether the prompt's units hold one: when they do not, the documents
+    # most likely do not answer the question ("What is the price?" over a policy that
+    # only states a restocking fee in percent).
+    answer_type: str | None = None
+    answer_type_found: bool = True
 
 
 def evidence_unit(row: Mapping) -> EvidenceUnit:
@@ -270,6 +289,7 @@ def select_evidence(
         return EvidenceSelection([], 0, 0.0, 0)
     by_place = {(u.chunk_id, u.position): u for u in scored}
     best = scored[0].score
+    budget_tokens = adapted_budget(budget_tokens, scored)
     chosen: dict[tuple[str, int], EvidenceUnit] = {}
     used = 0
     for unit in scored:
@@ -287,7 +307,24 @@ def select_evidence(
             chosen[(u.chunk_id, u.position)] = u
         used += cost
     numbered = _number_by_source(list(chosen.values()))
-    return EvidenceSelection(numbered, len(candidates), best, used)
+    wanted = answer_type(question)
+    # The answer must also be about what the question names: "It costs 49 EUR" (of the
+    # Care+ plan) does not answer what a replacement HEPA filter costs.
+    subject = asked_terms(question) - _terms(_ANSWER_TYPE_WORDS)
+    found = wanted is None or any(
+        carries_answer_type(u, wanted) and _mentions(u, subject) for u in numbered
+    )
+    return EvidenceSelection(numbered, len(candidates), best, used, wanted[0] if wanted else None, found)
+
+
+def adapted_budget(budget_tokens: int, scored: Sequence[EvidenceUnit]) -> int:
+    """`budget_tokens` grown by how flat the scores of `scored` (best first) are: 1x while
+    the FLAT_RANK-th unit scores at most half the best's score, FLAT_BUDGET_MAX x when it
+    scores as well, linear between."""
+    if len(scored) < FLAT_RANK or scored[0].score <= 0:
+        return budget_tokens
+    flatness = min(1.0, max(0.0, 2 * scored[FLAT_RANK - 1].score / scored[0].score - 1))
+    return round(budget_tokens * (1 + (FLAT_BUDGET_MAX - 1) * flatness))
 
 
 def score_units(
@@ -318,7 +355,14 @@ def score_units(
     chunk_terms: dict[str, set[str]] = {}
     for unit, own, section, title in zip(units, unit_words, sections, titles, strict=True):
         chunk_terms.setdefault(unit.chunk_id, set()).update(own, section, title)
-    frequency = {w: sum(w in found for found in chunk_terms.values()) for w in asked}
+    vocabulary = set().union(*chunk_terms.values())
+    # The candidates' words each question word matches: itself, or where no candidate has
+    # it, the words it is a prefix of or that are a prefix of it ("weigh": "weight").
+    matching = {
+        w: {w} if w in vocabulary else {v for v in vocabulary if _term_matches(w, v)}
+        for w in asked
+    }
+    frequency = {w: sum(bool(matching[w] & found) for found in chunk_terms.values()) for w in asked}
     # A word found nowhere counts as much as the rarest found one: often it is a paraphrase
     # ("weigh" for "Weight"), not proof that the answer is missing.
     weight = {w: math.log(1 + len(chunk_terms) / (frequency[w] or 1)) ** 2 for w in asked}
@@ -326,7 +370,8 @@ def score_units(
 
     def held(w, own, section, title) -> float:
         # A section heading ("Firmware 2.2") is as much the unit's subject as its own words.
-        return 1.0 if w in own or w in section else 0.5 if w in title else 0.0
+        near = matching[w]
+        return 1.0 if near & own or near & section else 0.5 if near & title else 0.0
 
     lexical = np.array(
         [
@@ -338,7 +383,11 @@ def score_units(
         ]
     )
     retrieval = np.array([1.0 / (1.0 + 0.25 * u.chunk_rank) for u in units])
-    cheap = LEXICAL_WEIGHT * lexical + RETRIEVAL_WEIGHT * retrieval
+    wanted = answer_type(question)
+    typed = np.array(
+        [1.0 if wanted is None or carries_answer_type(u, wanted) else MISSING_ANSWER_TYPE_SHARE for u in units]
+    )
+    cheap = (LEXICAL_WEIGHT * lexical + RETRIEVAL_WEIGHT * retrieval) * typed
     order = np.argsort(-cheap, kind="stable")
     dense = np.zeros(len(units))
     dense_weight = 0.0  # words and rank only: scaled below so scores keep the same range
@@ -348,7 +397,9 @@ def score_units(
         dense[top] = np.clip(vectors @ query_vector, 0.0, 1.0)
         dense[order[DENSE_CANDIDATES:]] = dense[top].min()
         dense_weight = DENSE_WEIGHT
-    scores = (cheap + dense_weight * dense) / (LEXICAL_WEIGHT + RETRIEVAL_WEIGHT + dense_weight)
+    scores = (cheap + dense_weight * dense * typed) / (
+        LEXICAL_WEIGHT + RETRIEVAL_WEIGHT + dense_weight
+    )
     ranked = sorted(range(len(units)), key=lambda i: (-scores[i], units[i].chunk_rank, i))
     return [
         replace(
@@ -359,6 +410,99 @@ def score_units(
         )
         for i in ranked
     ]
+
+
+# --- the kind of answer a question asks for ----------------------------------------------
+# Only question forms that name the kind of their answer unambiguously: "how long" wants a
+# duration, "how much does it cost" an amount of money, "how many employees" a number of
+# employees, "in km/h" a number in km/h. Questions that do not ("what", "who", "why") get
+# None, and no unit is preferred or found wanting for them.
+_TIME_UNIT = r"(?:seconds?|secs?|minutes?|mins?|hours?|hrs?|h|days?|weeks?|months?|years?)"
+_CURRENCY = r"(?:eur|euros?|usd|dollars?|gbp|pounds?|chf|cny|jpy|yen|€|\$|£)"
+_MEASURE_UNIT = (
+    r"(?:km/h|mph|m/s|kg|g|mg|lbs?|mm|cm|m|km|ml|l|°c|°f|pa|db|v|w|kw|kwh|mah|wh|hz|khz|mhz"
+    r"|ghz|gb|mb|tb)"
+)
+_NUMBER_WORD = (
+    r"(?:\d[\d.,]*|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|dozen|"
+    r"hundred|thousand|million|billion|several|many)"
+)
+_ASKS_DURATION = re.compile(
+    rf"\bhow (?:long|soon)\b|\bhow many (?:(?:business|working|calendar) )?{_TIME_UNIT}\b"
+)
+_ASKS_MONEY = re.compile(
+    r"\bhow much\b.*\b(?:cost|costs|price|pay|paid|charge|charged)\b"
+    r"|\b(?:price|prices|priced|allowances?|per[- ]diems?)\b"
+)
+_ASKS_COUNT = re.compile(r"\bhow many ([a-z][\w-]*)")
+_ASKS_QUANTITY = re.compile(r"\bhow (?:much|big|large|heavy|high|far|fast|wide|tall|old)\b")
+_ASKS_IN_UNIT = re.compile(rf"\bin ({_MEASURE_UNIT}|{_CURRENCY})(?![\w/])")
+_HAS_DURATION = re.compile(rf"\d\s*(?:business |working |calendar )?{_TIME_UNIT}\b")
+_HAS_MONEY = re.compile(rf"\d\s*{_CURRENCY}(?!\w)|(?<!\w)[€$£]\s*\d")
+_HAS_QUANTITY = re.compile(rf"\d\s*(?:{_MEASURE_UNIT}|{_CURRENCY}|%|percent|x|times)(?![\w/])")
+
+
+def answer_type(question: str) -> tuple[str, str | None] | None:
+    """(kind, detail) of the answer `question` asks for, or None when its form does not say:
+    ("duration", None), ("money", None), ("count", the counted word's term), ("unit", the
+    unit), ("quantity", None: a number with a unit of measure, a currency or percent)."""
+    text = question.lower()
+    if _ASKS_DURATION.search(text):
+        return ("duration", None)
+    if _ASKS_MONEY.search(text):
+        return ("money", None)
+    if match := _ASKS_COUNT.search(text):
+        return ("count", _stem_term(match.group(1)))
+    if match := _ASKS_IN_UNIT.search(text):
+        return ("unit", match.group(1))
+    if _ASKS_QUANTITY.search(text):
+        return ("quantity", None)
+    return None
+
+
+def carries_answer_type(unit: EvidenceUnit, wanted: tuple[str, str | None]) -> bool:
+    """Whether `unit` states an answer of the kind `wanted` (from `answer_type`)."""
+    kind, detail = wanted
+    text = unit.prompt_text.lower()
+    if kind == "duration":
+        return bool(_HAS_DURATION.search(text))
+    if kind == "money":
+        return bool(_HAS_MONEY.search(text))
+    if kind == "unit":
+        return bool(re.search(rf"\d\s*{re.escape(detail)}(?![\w/])", text))
+    if kind == "count":
+        # "up to 7 cleaning schedules", "3 floors", "Floors: 3": a number next to the word
+        # counted, not a number anywhere ("employees only · Version 4.2" is no head count).
+        tokens = re.findall(r"\d[\d.,]*|[^\W\d_][\w-]*", text)
+        counted = [i for i, token in enumerate(tokens) if _term_matches(detail, _stem_term(token))]
+        counts = [i for i, token in enumerate(tokens) if re.fullmatch(_NUMBER_WORD, token)]
+        return any(abs(n - c) <= 3 for n in counted for c in counts)
+    return bool(_HAS_QUANTITY.search(text))
+
+
+# Question words that only say which kind of answer it wants.
+_ANSWER_TYPE_WORDS = "cost costs price prices priced pay paid charge charged km h"
+
+
+def _mentions(unit: EvidenceUnit, subject: set[str]) -> bool:
+    """Whether `unit` (with its section) holds one of the `subject` terms, or the question
+    names nothing else."""
+    if not subject:
+        return True
+    held = _terms(unit.prompt_text) | _terms(unit.section or "")
+    return any(_term_matches(w, v) for w in subject for v in held)
+
+
+def _stem_term(word: str) -> str:
+    return _ENDING.sub("", stem(word.lower()))
+
+
+def _term_matches(asked: str, found: str) -> bool:
+    """Equal, or one a prefix of the other of at least PREFIX_MATCH letters."""
+    if asked == found:
+        return True
+    shorter, longer = sorted((asked, found), key=len)
+    return len(shorter) >= PREFIX_MATCH and longer.startswith(shorter)
 
 
 def asked_terms(question: str) -> set[str]:

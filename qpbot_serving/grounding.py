@@ -145,7 +145,9 @@ def extractive_answer(evidence: Sequence[EvidenceUnit]) -> tuple[str, list[Evide
     if len(ranked) > 1 and ranked[1].score >= SECOND_QUOTE_SHARE * ranked[0].score:
         quoted.append(ranked[1])
     by_source: dict[tuple[str, int | None], list[str]] = {}
-    for unit in quoted:  # two units of one source under one label
+    # Two units of one source under one label, in reading order: "return within 30 days"
+    # before "we refund within 14 days", as the document says them.
+    for unit in sorted(quoted, key=lambda u: (u.number or 0, u.position)):
         by_source.setdefault((source_label(unit), unit.number), []).append(unit.prompt_text)
     lines = [
         f"{label}: " + " … ".join(f"“{text}”" for text in texts) + f" [{number}]"

@@ -3,26 +3,19 @@
 One LanceDB table per embedding model holds every chunk with its vector and a native
 full-text index. The table's schema metadata records how its vectors were made, so a query
 is always embedded with the same model. The service reads only the promoted pointer
-(`PROMOTED.json`): a table name and a LanceDB version, written after the checks pass.
+(`state.PROMOTED_INDEX`): a table name and a LanceDB version, written after the checks pass.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
 
-POINTER_FILE = "PROMOTED.json"
-# The version search_index last wrote, for the checks; absent while it writes.
-SNAPSHOT_FILE = "SNAPSHOT.json"
-EMBEDDER_FILE = "EMBEDDER.json"  # the promoted fine-tune of the configured embedding model
 LANCEDB_DIR = "lancedb"
 PAGED_FORMATS = frozenset({"pdf"})  # formats whose chunks carry page numbers
 
@@ -113,69 +106,10 @@ def table_name_for(vectors: str) -> str:
     return f"chunks__{model_slug(vectors)}"
 
 
-def serving_embedding_model(index_dir: Path, configured_model: str) -> str:
-    """The model new chunks are embedded with: the promoted fine-tune of the configured
-    model, if one was promoted, else the configured model itself (so changing the configured
-    model starts over from it)."""
-    path = Path(index_dir) / EMBEDDER_FILE
-    if path.is_file():
-        champion = json.loads(path.read_text())
-        if champion.get("base_model") == configured_model:
-            return champion["model"]
-    return configured_model
-
-
 def connect(index_dir: Path):
     import lancedb
 
     return lancedb.connect(str(index_dir / LANCEDB_DIR))
-
-
-@dataclass(frozen=True)
-class PromotedIndex:
-    """What the service serves: a table at a fixed version."""
-
-    table: str
-    version: int
-    embedding_model: str
-    dimension: int
-    chunks: int
-    documents: int
-    promoted_at: str
-    embedding_backend: str = "torch"  # pointers written before backends existed: torch
-
-    @property
-    def label(self) -> str:
-        return f"{self.table}@v{self.version}"
-
-
-def read_promoted(index_dir: Path) -> PromotedIndex | None:
-    path = index_dir / POINTER_FILE
-    if not path.is_file():
-        return None
-    return PromotedIndex(**json.loads(path.read_text()))
-
-
-def read_snapshot(index_dir: Path) -> dict | None:
-    """The version search_index last wrote and its checks examine (the fields of a
-    PromotedIndex but `promoted_at`), or None while it writes."""
-    path = index_dir / SNAPSHOT_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def write_promoted(index_dir: Path, **fields) -> PromotedIndex:
-    """Moves the pointer atomically."""
-    promoted = PromotedIndex(promoted_at=datetime.now(UTC).isoformat(timespec="seconds"), **fields)
-    atomic_write_json(index_dir / POINTER_FILE, asdict(promoted))
-    return promoted
-
-
-def atomic_write_json(path: Path, data: dict) -> None:
-    """Writes a temporary file, then renames it over the old one: readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        json.dump(data, tmp, indent=2)
-    os.replace(tmp.name, path)
 
 
 # --- the vector index ------------------------------------------------------------------

@@ -4,7 +4,6 @@ asset graph: the platform snapshot its sensor writes under QPBOT_HOME, read at s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -14,8 +13,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from qpbot_serving.answer_log import AnswerLog
 from qpbot_serving.answering import FALLBACK_KINDS
-from qpbot_serving.index import PromotedIndex
 from qpbot_serving.settings import QpbotSettings
+from qpbot_serving.state import PLATFORM_METRICS, PromotedIndex, StateError, StateStore
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.08, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 
@@ -148,28 +147,21 @@ class AnswerLogCollector:
         )
 
 
-# The asset graph's numbers, written by its `platform_metrics_sensor` (the write side) and
-# read here: the service's /metrics is the one place Prometheus scrapes. The format:
-#   written_at          unix seconds of the sensor's last tick
-#   runs                {job: {status: finished runs}} (success, failure, canceled)
-#   ingested_documents, quarantined_documents
-#                       documents through ingestion runs and those of them quarantined, summed
-#   last_ingest         {run_id, ended_at, documents, quarantined}: the latest ingestion run
-#   documents           {"live": partitions, "quarantined": {kind: live documents}}
-#   drift               {side: {"share", "at"}}: the latest drift share computed per side
-#   gates               {gate: {"passed", "refused", "refused_in_a_row", "last_at"}}
-#   feedback            {"ratings", "up_rate"}: over the last QPBOT_FEEDBACK_WINDOW rated answers
-PLATFORM_METRICS_FILE = Path("monitoring") / "platform_metrics.json"  # under QPBOT_HOME
+# The asset graph's numbers (state.PlatformMetrics), written by its
+# `platform_metrics_sensor` and read here: the service's /metrics is the one place
+# Prometheus scrapes.
 GATES = ("embedder", "llm_adapter")
 RUN_STATUSES = ("success", "failure", "canceled")
 
 
-def read_platform_metrics(home: Path) -> dict | None:
-    """The snapshot the asset graph last wrote, or None (no sensor has run, or a torn file)."""
+def read_platform_metrics(home: Path) -> dict:
+    """The snapshot the asset graph last wrote as a dict; empty when no sensor has run or
+    the file cannot be read (a scrape must not fail for it)."""
     try:
-        return json.loads((Path(home) / PLATFORM_METRICS_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+        snapshot = StateStore(home).read(PLATFORM_METRICS)
+    except StateError:
+        return {}
+    return snapshot.model_dump() if snapshot else {}
 
 
 class PlatformCollector:
@@ -195,7 +187,7 @@ class PlatformCollector:
             "Thumbs-up rate below which retraining starts (QPBOT_FEEDBACK_MIN_UP_RATE).",
             value=self.settings.feedback_min_up_rate,
         )
-        snapshot = read_platform_metrics(self.settings.home) or {}
+        snapshot = read_platform_metrics(self.settings.home)
         yield GaugeMetricFamily(
             "qpbot_platform_metrics_timestamp_seconds",
             "When the asset graph's sensor last wrote its snapshot (0: never).",

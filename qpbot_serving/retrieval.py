@@ -17,13 +17,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from qpbot_serving import index as contract
 from qpbot_serving.embedding import Embedder, index_embedder, mean_pooled, resolve_backend
 from qpbot_serving.settings import QpbotSettings
+from qpbot_serving.state import PROMOTED_INDEX, PromotedIndex, StateStore
 
 log = logging.getLogger(__name__)
 MODES = ("dense", "keyword", "hybrid")
@@ -226,22 +226,14 @@ class SearchHit:
     format: str | None = None  # pdf, docx, markdown, html, text
 
 
-class Reranker(Protocol):
-    """Reorders (and may cut) the hits of a query; scores are the reranker's own."""
-
-    def rerank(self, query: str, hits: list[SearchHit]) -> list[SearchHit]: ...
-
-
 class Retriever:
     """Searches one table at one version with the embedder that made its vectors."""
 
     def __init__(
         self,
         table,
-        promoted: contract.PromotedIndex,
+        promoted: PromotedIndex,
         embedder: Embedder,
-        reranker: Reranker | None = None,
-        rerank_depth: int = 50,
     ):
         self.table = table
         self.promoted = promoted
@@ -255,8 +247,6 @@ class Retriever:
             )
         self.embedder = embedder
         self.query_encoder = query_encoder(embedder)
-        self.reranker = reranker
-        self.rerank_depth = rerank_depth
         # The indexes of this version; loaded into memory now rather than by the first query.
         # With no vector index (a small table; or set to None), dense search is exact (flat).
         vector_index = contract.vector_index_of(table)
@@ -271,13 +261,12 @@ class Retriever:
     @classmethod
     def open(
         cls,
-        index_dir: Path,
+        home: Path,
         embedder: Embedder | None = None,
-        reranker: Reranker | None = None,
         backend: str | None = None,
         exports_dir: Path | None = None,
     ) -> Retriever:
-        """Opens the promoted index under `index_dir` (`$QPBOT_HOME/index`).
+        """Opens the promoted index of `home` (QPBOT_HOME).
 
         The query embedder is built from the index's own metadata: its model, computed with
         `backend` when that makes the index's kind of vectors (`index.vector_family`), else
@@ -286,19 +275,16 @@ class Retriever:
         it, but it must make the same vectors. Raises IndexNotReady when nothing has been
         promoted yet.
         """
-        index_dir = Path(index_dir)
-        promoted = contract.read_promoted(index_dir)
+        promoted = StateStore(home).read(PROMOTED_INDEX)
         if promoted is None:
-            raise IndexNotReady(
-                f"no promoted index in {index_dir}: run `qpbot ingest PATH...` first"
-            )
-        return cls.at(index_dir, promoted, embedder, reranker, backend, exports_dir)
+            raise IndexNotReady(f"no promoted index in {home}: run `qpbot ingest PATH...` first")
+        return cls.at(home, promoted, embedder, backend, exports_dir)
 
     @classmethod
     def from_settings(cls, settings: QpbotSettings, embedder: Embedder | None = None) -> Retriever:
         """`open` on the home's promoted index with the configured embedding backend."""
         return cls.open(
-            settings.index_dir,
+            settings.home,
             embedder,
             backend=resolve_backend(settings.embedding_backend),
             exports_dir=settings.embedding_exports_dir,
@@ -307,16 +293,16 @@ class Retriever:
     @classmethod
     def at(
         cls,
-        index_dir: Path,
-        promoted: contract.PromotedIndex,
+        home: Path,
+        promoted: PromotedIndex,
         embedder: Embedder | None = None,
-        reranker: Reranker | None = None,
         backend: str | None = None,
         exports_dir: Path | None = None,
     ) -> Retriever:
         """Opens the table and version that `promoted` names, promoted or not (a candidate
         index being evaluated, say); the rest as in `open`."""
-        db = contract.connect(Path(index_dir))
+        index_dir = StateStore(home).index_dir
+        db = contract.connect(index_dir)
         try:
             table = db.open_table(promoted.table)
         except (FileNotFoundError, ValueError) as error:
@@ -330,7 +316,7 @@ class Retriever:
             embedder = index_embedder(
                 info.embedding_model, info.embedding_backend, backend, exports_dir
             )
-        return cls(table, promoted, embedder, reranker)
+        return cls(table, promoted, embedder)
 
     def chunks_of(self, document_id: str) -> int:
         """How many chunks of `document_id` this index version holds."""
@@ -355,16 +341,11 @@ class Retriever:
         where = filter_expression(filters)
         if filters and filters.get("document_ids") is not None and not filters["document_ids"]:
             return []  # an empty list of documents matches nothing
-        depth = max(k, self.rerank_depth) if self.reranker else k
         if mode == "dense":
-            hits = self.dense(query, depth, where)
-        elif mode == "keyword":
-            hits = self.keyword(query, depth, where)
-        else:
-            hits = self.hybrid(query, max(depth, HYBRID_CANDIDATES), where, limit=depth)
-        if self.reranker:
-            hits = self.reranker.rerank(query, hits)
-        return hits[:k]
+            return self.dense(query, k, where)
+        if mode == "keyword":
+            return self.keyword(query, k, where)
+        return self.hybrid(query, max(k, HYBRID_CANDIDATES), where, limit=k)
 
     def dense(self, query: str, limit: int, where=None) -> list[SearchHit]:
         """Nearest chunks by cosine similarity (score = cosine similarity)."""
@@ -476,11 +457,10 @@ class Retriever:
         table = self.table.take_row_ids(row_ids).select(_RESULT_COLUMNS).to_arrow()
         return {row["chunk_id"]: row for row in table.to_pylist()}
 
-    def _keyword_rows(self, query: str, limit: int, where, with_vectors: bool = False) -> list:
-        columns = [*_RESULT_COLUMNS, "_score", *(["vector"] if with_vectors else [])]
+    def _keyword_rows(self, query: str, limit: int, where) -> list:
         builder = (
             self.table.search(query, query_type="fts", fts_columns="text")
-            .select(columns)
+            .select([*_RESULT_COLUMNS, "_score"])
             .limit(limit)
         )
         if where is not None:

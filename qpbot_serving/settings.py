@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from qpbot_serving import state
+
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
 
@@ -265,12 +267,8 @@ class QpbotSettings(BaseSettings):
         return self.home / "inbox"
 
     @property
-    def documents_dir(self) -> Path:
-        return self.home / "documents"
-
-    @property
     def index_dir(self) -> Path:
-        return self.home / "index"
+        return self.home / state.INDEX_DIR
 
     @property
     def dagster_storage_dir(self) -> Path:
@@ -283,12 +281,12 @@ class QpbotSettings(BaseSettings):
     @property
     def feedback_dir(self) -> Path:
         """Feedback events, metrics and training pairs read from the feedback database."""
-        return self.home / "feedback"
+        return self.home / state.FEEDBACK_DIR
 
     @property
     def models_dir(self) -> Path:
         """Fine-tuned embedders and LoRA adapters."""
-        return self.home / "models"
+        return self.home / state.MODELS_DIR
 
     @property
     def embedding_exports_dir(self) -> Path:
@@ -299,6 +297,16 @@ class QpbotSettings(BaseSettings):
     def tracking_uri(self) -> str:
         # An absolute SQLite path (four slashes): MLflow resolves relative ones per process.
         return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        """Where MLflow keeps the artifacts of runs (fine-tuned models, adapters, plots)."""
+        return self.home / "mlartifacts"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        """Evaluation reports (plots) of the retrieval and answer evaluations."""
+        return self.home / "evaluation"
 
     @property
     def gate_champion_path(self) -> Path:

@@ -97,3 +97,16 @@ def test_extractive_mode_and_weak_evidence_call_no_generator(embedder):
     assert quoted.mode == "extractive" and "30 days" in quoted.text
     declined = answer(embedder, generator, min_evidence_score=0.99)
     assert declined.mode == "declined" and generator.calls == 0
+
+
+def test_a_question_for_a_kind_of_answer_the_evidence_lacks_is_declined(embedder):
+    """No retrieved text states a price, so the answer declines without a model call,
+    however well "dock" matches."""
+    generator = ScriptedGenerator("unused")
+    answerer = Answerer(
+        generator, AnswerPolicy(mode="auto"), embedder.encode, lambda q: embedder.encode([q])[0]
+    )
+    finished = answerer.answer("How much does the dock cost?", HITS)
+    assert finished.mode == "declined" and finished.text == NO_ANSWER and generator.calls == 0
+    answered = answerer.answer("How long does a full charge take on the dock?", HITS)
+    assert answered.mode != "declined" and generator.calls == 1

@@ -28,6 +28,7 @@ from qpbot_assets.instance import PROCESS_TAG, get_instance, process_tags
 from qpbot_assets.partitions import partition_range_tags
 from qpbot_serving import index as contract
 from qpbot_serving.settings import QpbotSettings
+from qpbot_serving.state import INDEX_SNAPSHOT, PROMOTED_INDEX, StateStore
 
 QPBOT = Path(sys.executable).parent / "qpbot"
 PROMOTED = dg.AssetKey("promoted_index")
@@ -64,7 +65,7 @@ def ingest(home: Path, folder: Path, kill_after: float | None = None) -> float:
 
 
 def chunk_ids(home: Path) -> list[str]:
-    promoted = contract.read_promoted(home / "index")
+    promoted = StateStore(home).read(PROMOTED_INDEX)
     table = contract.connect(home / "index").open_table(promoted.table)
     return table.search().select(["chunk_id"]).limit(None).to_arrow().column("chunk_id").to_pylist()
 
@@ -114,7 +115,7 @@ def test_an_index_written_but_not_promoted_is_promoted_by_the_next_ingest(
     folder.mkdir()
     shutil.copy(sample_documents / "travel-and-expense-policy.md", folder)
     ingest_paths(settings, [folder], quiet=True)
-    before = contract.read_promoted(settings.index_dir)
+    before = StateStore(settings.home).read(PROMOTED_INDEX)
 
     # A run killed between writing the index and promoting it: the new document's chunks
     # are in the table (so nothing is stale any more), the pointer is at the old version.
@@ -130,18 +131,18 @@ def test_an_index_written_but_not_promoted_is_promoted_by_the_next_ingest(
         asset_selection=[k for k in job.asset_layer.executable_asset_keys if k != PROMOTED],
     )
     assert unpromoted.success
-    assert contract.read_promoted(settings.index_dir) == before
+    assert StateStore(settings.home).read(PROMOTED_INDEX) == before
 
     summary = ingest_paths(settings, [folder], quiet=True)
     assert (summary["new"], summary["changed"], summary["runs"]) == (0, 0, 1)
-    after = contract.read_promoted(settings.index_dir)
+    after = StateStore(settings.home).read(PROMOTED_INDEX)
     assert after.version > before.version and after.documents == 2
     assert ingest_paths(settings, [folder], quiet=True)["runs"] == 0
 
     # Killed while writing: search_index removed the snapshot and wrote no new one yet.
-    (settings.index_dir / contract.SNAPSHOT_FILE).unlink()
+    StateStore(settings.home).clear(INDEX_SNAPSHOT)
     assert ingest_paths(settings, [folder], quiet=True)["runs"] == 1
-    assert contract.read_promoted(settings.index_dir).chunks == after.chunks
+    assert StateStore(settings.home).read(PROMOTED_INDEX).chunks == after.chunks
 
 
 @pytest.mark.slow

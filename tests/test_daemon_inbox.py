@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from qpbot_serving import index as contract
+from qpbot_serving.state import PROMOTED_INDEX, StateStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def test_daemon_ingests_and_removes_inbox_files(tmp_path, sample_documents):
         shutil.copy(sample_documents / "travel-and-expense-policy.md", inbox)
 
         def promoted_documents():
-            promoted = contract.read_promoted(home / "index")
+            promoted = StateStore(home).read(PROMOTED_INDEX)
             return promoted and promoted.documents == 2 and promoted
 
         first = wait_for(promoted_documents, 600, "two promoted documents")
@@ -58,7 +58,7 @@ def test_daemon_ingests_and_removes_inbox_files(tmp_path, sample_documents):
         (inbox / "release-notes.html").unlink()
 
         def one_document_left():
-            promoted = contract.read_promoted(home / "index")
+            promoted = StateStore(home).read(PROMOTED_INDEX)
             return promoted.documents == 1 and promoted
 
         second = wait_for(one_document_left, 600, "the deleted file's chunks to go")

@@ -14,9 +14,7 @@ import pyarrow as pa
 import pytest
 
 from qpbot_assets.defs.monitoring.assets import (
-    WINDOWS_FILE,
     DriftReportConfig,
-    drift_folder,
     drift_report,
 )
 from qpbot_assets.defs.monitoring.sensors import DRIFT_REPORT, drift_sensor
@@ -25,6 +23,7 @@ from qpbot_assets.documents.extraction import extract_document
 from qpbot_assets.documents.store import DocumentStore
 from qpbot_assets.learning.drift import embedding_drift, split_windows
 from qpbot_assets.learning.feedback import sync_feedback_events
+from qpbot_assets.promotion import promote_snapshot
 from qpbot_assets.resources import (
     DocumentStoreResource,
     EmbeddingModelResource,
@@ -34,6 +33,7 @@ from qpbot_assets.resources import (
 from qpbot_serving import index as contract
 from qpbot_serving.answer_log import answers, engine_for, metadata
 from qpbot_serving.settings import QpbotSettings
+from qpbot_serving.state import DRIFT_WINDOWS, IndexSnapshot, StateStore
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "all-MiniLM-L6-v2"
@@ -168,8 +168,7 @@ class Home:
         self.table.add(pa.Table.from_pylist(rows, schema=self.table.schema))
 
     def promote(self) -> None:
-        contract.write_promoted(
-            self.index_dir,
+        snapshot = IndexSnapshot(
             table=self.table.name,
             version=self.table.version,
             embedding_model=MODEL,
@@ -177,6 +176,7 @@ class Home:
             chunks=self.table.count_rows(),
             documents=self.documents,
         )
+        promote_snapshot(StateStore(self.root), snapshot, MODEL)
 
     def ask(self, queries: list[str], created_at: str) -> None:
         """Logs answers to `queries` and copies the log, as feedback_events does."""
@@ -252,8 +252,8 @@ def test_drift_report_compares_new_documents_and_queries_and_the_sensor_retrains
         assert first["documents/status"].startswith("first report")
         assert first["documents/reference_rows"] == len(sample_paragraphs)
         assert first["queries/reference_rows"] == len(questions)
-        state = json.loads((drift_folder(home.root) / WINDOWS_FILE).read_text())
-        assert state["documents"]["reference_until"].startswith("2026-03-01T09:00:00")
+        windows = StateStore(home.root).read(DRIFT_WINDOWS)
+        assert windows.documents.reference_until.startswith("2026-03-01T09:00:00")
 
         # New abstracts in the table but not promoted: the report reads the promoted version.
         home.ingest(scifact_abstracts[:ROWS], vectors["scifact"][:ROWS], new)

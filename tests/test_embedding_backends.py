@@ -16,6 +16,7 @@ from qpbot_serving.embedding import (
     onnx_export,
     resolve_backend,
 )
+from qpbot_serving.state import PROMOTED_INDEX, StateStore
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -124,7 +125,7 @@ def test_the_index_records_its_backend_and_queries_match_it(
     monkeypatch.setenv("QPBOT_EMBEDDING_BACKEND", "torch")
     settings = QpbotSettings()
     assert ingest_paths(settings, [sample_documents], quiet=True)["success"]
-    float32 = contract.read_promoted(settings.index_dir)
+    float32 = StateStore(settings.home).read(PROMOTED_INDEX)
     assert float32.embedding_backend == "torch" and float32.table == "chunks__all-minilm-l6-v2"
 
     # ONNX float32 makes the same vectors: the stored ones are reused, nothing is embedded.
@@ -141,7 +142,7 @@ def test_the_index_records_its_backend_and_queries_match_it(
     monkeypatch.setenv("QPBOT_EMBEDDING_BACKEND", "onnx-int8")
     settings = QpbotSettings()
     assert ingest_paths(settings, [sample_documents], quiet=True)["success"]
-    int8 = contract.read_promoted(settings.index_dir)
+    int8 = StateStore(settings.home).read(PROMOTED_INDEX)
     assert int8.table == "chunks__all-minilm-l6-v2-int8" and int8.embedding_backend == "onnx-int8"
     assert int8.chunks == float32.chunks
     db = contract.connect(settings.index_dir)

@@ -46,7 +46,7 @@ def resources_for(
         "index": SearchIndexResource(home=str(settings.home)),
         "embedding_model": EmbeddingModelResource.from_settings(settings),
         "evaluation": EvaluationResource(
-            reports_dir=str(settings.home / "evaluation"),
+            reports_dir=str(settings.evaluation_dir),
             beir_sets=list(beir_sets),
             qa_sets=[str(path) for path in qa_sets],
         ),
@@ -55,7 +55,7 @@ def resources_for(
             feedback_dir=str(feedback_dir or settings.feedback_dir),
         ),
         "mlflow": MlflowResource(
-            tracking_uri=settings.tracking_uri, artifacts_dir=str(settings.home / "mlartifacts")
+            tracking_uri=settings.tracking_uri, artifacts_dir=str(settings.mlflow_artifacts_dir)
         ),
         # An Ollama-style server that always answers "The answer is 42." (conftest).
         "answer_generator": AnswerGeneratorResource(
@@ -85,7 +85,7 @@ def home(tmp_path_factory, sample_documents):
         patch.delenv("QPBOT_DAGSTER_PG_URL", raising=False)
         settings = QpbotSettings()
         assert ingest_paths(settings, [sample_documents], quiet=True)["success"]
-        retriever = Retriever.open(settings.index_dir)
+        retriever = Retriever.open(settings.home)
         questions = [json.loads(line) for line in SAMPLE_QUESTIONS.read_text().splitlines()]
         log = AnswerLog(settings.feedback_database_url, settings.home / "spool.jsonl")
         for number, (question, answer, rating, when) in enumerate(

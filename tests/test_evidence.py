@@ -11,6 +11,8 @@ from qpbot_assets.documents.cleaning import clean_document
 from qpbot_assets.documents.extraction import extract_document
 from qpbot_serving.evidence import (
     EvidenceUnit,
+    adapted_budget,
+    answer_type,
     evidence_unit,
     score_units,
     select_evidence,
@@ -146,3 +148,73 @@ def test_a_logged_unit_comes_back_the_same(chunks):
     unit = units_of(chunks["travel-and-expense-policy.md"])[3]
     logged = {**unit.__dict__, "quote": unit.prompt_text, "cited": True, "highlights": []}
     assert evidence_unit(logged) == unit
+
+
+@pytest.mark.parametrize(
+    ("question", "kind"),
+    [
+        ("How long is the warranty on the Kestrel K2?", ("duration", None)),
+        ("Within how many days can I return it?", ("duration", None)),
+        ("How much does a replacement HEPA filter cost?", ("money", None)),
+        ("What is the daily meal allowance?", ("money", None)),
+        ("How many employees does Northwind Robotics have?", ("count", "employe")),
+        ("What is the maximum driving speed in km/h?", ("unit", "km/h")),
+        ("How much dust does the dustbin hold?", ("quantity", None)),
+        ("Who is the Data Protection Officer?", None),
+        ("How does BERT's architecture facilitate the use of a unified model?", None),
+    ],
+)
+def test_the_kind_of_answer_a_question_asks_for(question, kind):
+    assert answer_type(question) == kind
+
+
+def test_a_unit_with_the_asked_kind_of_answer_outranks_one_without(chunks, embedder):
+    units = [u for name in sorted(chunks) for u in units_of(chunks[name])]
+    cases = {
+        # The scope sentence names "Kestrel K2"; the table rows say how long.
+        "How long is the warranty on the Kestrel K2?": "Component: ",
+        # "shake out dust" holds the rarest word; the amount is in the other sentence.
+        "How much dust does the dustbin of the Kestrel K2 hold?": "Empty the 400 ml dustbin",
+        # "weigh" finds "Weight" (a prefix), as no unit says "weigh".
+        "How much does the Kestrel K2 weigh?": "Item: Weight; Value: 3.6 kg",
+    }
+    for question, expected in cases.items():
+        scored = score_units(question, units, embedder.encode, embedder.encode([question])[0])
+        assert scored[0].prompt_text.startswith(expected), (question, scored[0].prompt_text)
+
+
+@pytest.mark.parametrize(
+    ("question", "found"),
+    [
+        ("How many employees does Northwind Robotics have?", False),  # "employees only"
+        ("How much does a replacement HEPA filter cost?", False),  # only Care+ has a price
+        ("What is the maximum driving speed of the Kestrel K2 in km/h?", False),
+        ("How much does Northwind Care+ cost?", True),
+        ("How many cleaning schedules can I create in the app?", True),
+        ("How long does it take to fully charge the Kestrel K2?", True),
+    ],
+)
+def test_whether_the_prompt_holds_the_kind_of_answer_asked_for(chunks, embedder, question, found):
+    hits = [hit for name in sorted(chunks) for hit in chunks[name]]
+    selection = select_evidence(
+        question,
+        hits,
+        lambda text: len(text.split()),
+        300,
+        embedder.encode,
+        embedder.encode([question])[0],
+    )
+    assert selection.answer_type == answer_type(question)[0]
+    assert selection.answer_type_found is found, [u.prompt_text for u in selection.units]
+
+
+def test_flat_scores_grow_the_budget():
+    def scored(*scores):
+        return [EvidenceUnit("c", "d", None, None, None, "sentence", 0, 1, "x", i, score=s)
+                for i, s in enumerate(scores)]  # fmt: skip
+
+    standing_out = scored(0.9, 0.5, 0.45, 0.4, 0.4, 0.3)  # 5th at less than half the best
+    assert adapted_budget(300, standing_out) == 300
+    assert adapted_budget(300, scored(0.5, 0.5, 0.5, 0.5, 0.5)) == 600  # all alike
+    assert adapted_budget(300, scored(0.8, 0.7, 0.7, 0.6, 0.6)) == 450  # halfway
+    assert adapted_budget(300, scored(0.8, 0.7)) == 300  # too few to tell

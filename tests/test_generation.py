@@ -69,7 +69,7 @@ def test_a_generator_that_hangs_times_out_within_two_seconds(hanging_port, kind)
 
 @pytest.fixture(scope="module")
 def local_generator(tmp_path_factory):
-    generator = LocalGenerator(cache_dir=tmp_path_factory.mktemp("models"))
+    generator = LocalGenerator(home=tmp_path_factory.mktemp("home"))
     generator.load()
     return generator
 
@@ -80,7 +80,7 @@ def test_the_packaged_local_model_answers_from_the_context(local_generator):
     assert len(pieces) > 1  # streamed, not returned at once
     assert "150" in "".join(pieces)
     # The converted copy is reused: a second generator loads without converting again.
-    again = LocalGenerator(cache_dir=generator.cache_dir)
+    again = LocalGenerator(home=generator.cache_dir.parent)
     assert (generator.cache_dir / "smollm2-135m-instruct" / "config.json").is_file()
     assert "150" in "".join(again.stream(MESSAGES, max_new_tokens=30))
 

@@ -100,6 +100,14 @@ def test_the_extractive_answer_quotes_the_best_unit_with_its_source():
     )
 
 
+def test_two_quotes_of_one_source_keep_the_documents_order():
+    refund = unit(1, "We refund the price within 14 days.", 0.9, position=1)
+    returns = unit(1, "You may return a product within 30 days.", 0.85, position=0)
+    text, quoted = extractive_answer([refund, returns])
+    assert quoted == [refund, returns]  # best first
+    assert text.index("30 days") < text.index("14 days")  # as the policy says them
+
+
 def test_highlights_mark_the_answers_words_not_the_questions():
     quote = EVIDENCE[1].prompt_text
     spans = highlights(quote, "The warranty is 12 months [2].", {"warranty", "battery"})

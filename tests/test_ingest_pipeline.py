@@ -15,10 +15,11 @@ from qpbot_assets.index_sync import embedding_stage
 from qpbot_assets.ingest import index_status, ingest_paths, load_definitions
 from qpbot_serving import index as contract
 from qpbot_serving.settings import QpbotSettings
+from qpbot_serving.state import PROMOTED_INDEX, StateStore
 
 
 def index_rows(settings: QpbotSettings) -> list[dict]:
-    promoted = contract.read_promoted(settings.index_dir)
+    promoted = StateStore(settings.home).read(PROMOTED_INDEX)
     table = contract.connect(settings.index_dir).open_table(promoted.table)
     return table.search().select(["chunk_id", "document_id", "title", "text"]).limit(None).to_list()
 
@@ -51,7 +52,7 @@ def test_ingest_indexes_every_sample_and_a_rerun_writes_nothing(qpbot_home, samp
     again = ingest_paths(settings, [sample_documents], quiet=True)
     assert again["success"] and again["new"] == 0
     assert stage_file_times(qpbot_home) == files_before  # no stage output rewritten
-    promoted = contract.read_promoted(settings.index_dir)
+    promoted = StateStore(settings.home).read(PROMOTED_INDEX)
     table = contract.connect(settings.index_dir).open_table(promoted.table)
     # The rerun wrote no rows: only the snapshot's optimize may add a version, never data.
     assert len(index_rows(settings)) == len(rows)
@@ -76,7 +77,7 @@ def test_edit_delete_and_metadata_only_change(qpbot_home, sample_documents, tmp_
     document.save(warranty)
 
     warranty_id = document_id_for(warranty.resolve().as_uri())
-    promoted = contract.read_promoted(settings.index_dir)
+    promoted = StateStore(settings.home).read(PROMOTED_INDEX)
     vectors_key = contract.vectors_key(promoted.embedding_model, promoted.embedding_backend)
     vectors_file = store._vectors_path(warranty_id, vectors_key)
     vectors_written = vectors_file.stat().st_mtime_ns
@@ -173,7 +174,7 @@ def test_a_large_enough_index_gets_a_vector_index(
     assert ingest_paths(settings, [folder], quiet=True)["success"]
 
     def vector_index_stats():
-        promoted = contract.read_promoted(settings.index_dir)
+        promoted = StateStore(settings.home).read(PROMOTED_INDEX)
         table = contract.connect(settings.index_dir).open_table(promoted.table)
         table.checkout(promoted.version)
         return table.index_stats(contract.vector_index_of(table).name)
@@ -186,9 +187,9 @@ def test_a_large_enough_index_gets_a_vector_index(
     assert ingest_paths(settings, [folder], quiet=True)["success"]
     assert vector_index_stats().num_unindexed_rows == 0
 
-    retriever = Retriever.open(settings.index_dir)
+    retriever = Retriever.open(settings.home)
     assert retriever.vector_index == contract.VECTOR_INDEX_NAME
-    flat = Retriever.open(settings.index_dir, embedder=retriever.embedder)
+    flat = Retriever.open(settings.home, embedder=retriever.embedder)
     flat.vector_index = None
     question = "How long is the battery warranty?"
     for mode in ("dense", "hybrid"):

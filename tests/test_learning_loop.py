@@ -19,10 +19,10 @@ from qpbot_assets.documents.sources import document_id_for
 from qpbot_assets.learning.gate import GateSet, compare_retrievers
 from qpbot_assets.learning.pairs import build_training_pairs, pairs_version
 from qpbot_assets.learning.signals import FeedbackPolicy, retraining_reason
-from qpbot_serving import index as contract
 from qpbot_serving.answer_log import AnswerLog
 from qpbot_serving.retrieval import Retriever, SearchHit
 from qpbot_serving.settings import QpbotSettings
+from qpbot_serving.state import CHAMPION_EMBEDDER, INDEX_CANDIDATE, PROMOTED_INDEX, StateStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,7 +153,7 @@ def judged_home(qpbot_home, sample_documents, tmp_path, monkeypatch):
     settings = QpbotSettings()
     assert ingest_paths(settings, [sample_documents], quiet=True)["success"]
 
-    retriever = Retriever.open(settings.index_dir)
+    retriever = Retriever.open(settings.home)
     log = AnswerLog(settings.feedback_database_url, settings.home / "spool.jsonl")
     for question, document_id in expected.items():
         hits = retriever.search(question, k=5)
@@ -214,14 +214,14 @@ def test_feedback_retrains_gates_promotes_and_rolls_back(judged_home, sample_doc
     from mlflow import MlflowClient
 
     settings = judged_home
-    before = contract.read_promoted(settings.index_dir)
+    before = StateStore(settings.home).read(PROMOTED_INDEX)
 
     # An as-good candidate (a learning rate too small to change it) passes the gate.
     result, gate, cursor = retrain(settings, learning_rate=1e-9)
     assert [check.passed for check in gate] == [True], gate
-    promoted = contract.read_promoted(settings.index_dir)
+    promoted = StateStore(settings.home).read(PROMOTED_INDEX)
     assert promoted.table != before.table and "-ft-" in promoted.embedding_model
-    assert Retriever.open(settings.index_dir).embedder.model_name == promoted.embedding_model
+    assert Retriever.open(settings.home).embedder.model_name == promoted.embedding_model
     client = MlflowClient(settings.tracking_uri)
     champion = client.get_model_version_by_alias("qpbot-embedder", "champion")
     assert champion.tags["gate"] == "passed"
@@ -242,25 +242,36 @@ def test_feedback_retrains_gates_promotes_and_rolls_back(judged_home, sample_doc
     shutil.copytree(sample_documents, extra)
     (extra / "extra-note.md").write_text("# Loading dock\n\nThe loading dock opens at 6 am.\n")
     assert ingest_paths(settings, [extra], quiet=True)["success"]
-    after_ingest = contract.read_promoted(settings.index_dir)
+    after_ingest = StateStore(settings.home).read(PROMOTED_INDEX)
     assert after_ingest.table == promoted.table and after_ingest.chunks > promoted.chunks
-    hits = Retriever.open(settings.index_dir).search("When does the loading dock open?", k=1)
+    hits = Retriever.open(settings.home).search("When does the loading dock open?", k=1)
     assert "6 am" in hits[0].text
 
     # Rollback: the base model's table serves again, with the new document synced into it.
     assert qpbot(["rollback", "--json"]) == 0
-    restored = contract.read_promoted(settings.index_dir)
+    restored = StateStore(settings.home).read(PROMOTED_INDEX)
     assert restored.table == before.table and restored.embedding_model == before.embedding_model
     assert restored.chunks == after_ingest.chunks
-    assert not (settings.index_dir / contract.EMBEDDER_FILE).exists()
+    assert StateStore(settings.home).read(CHAMPION_EMBEDDER) is None
+    assert (
+        not MlflowClient(settings.tracking_uri)
+        .get_registered_model("qpbot-embedder")
+        .aliases.get("champion")
+    )
 
 
 def test_the_gate_refuses_a_candidate_trained_on_shuffled_pairs(judged_home):
     settings = judged_home
-    before = contract.read_promoted(settings.index_dir)
+    before = StateStore(settings.home).read(PROMOTED_INDEX)
     # Shuffled pairs at a learning rate high enough to wreck the model in a few steps.
     result, gate, _ = retrain(settings, shuffle_labels=True, learning_rate=1e-2, epochs=2)
     assert [check.passed for check in gate] == [False], gate
-    assert contract.read_promoted(settings.index_dir) == before  # the pointer did not move
-    candidate = json.loads((settings.index_dir / "CANDIDATE.json").read_text())
-    assert candidate["gate"]["reason"].startswith("refused")
+    assert StateStore(settings.home).read(PROMOTED_INDEX) == before  # the pointer did not move
+    from mlflow import MlflowClient
+
+    assert gate[0].description.startswith("refused")
+    candidate = StateStore(settings.home).read(INDEX_CANDIDATE)
+    version = MlflowClient(settings.tracking_uri).get_model_version(
+        "qpbot-embedder", candidate.embedder.mlflow_version
+    )
+    assert version.tags["gate"] == "refused" and version.tags["gate_reason"].startswith("refused")

@@ -18,7 +18,6 @@ from conftest import need
 from qpbot_assets.defs.feedback.assets import feedback_events
 from qpbot_assets.defs.generation.asset_checks import adapter_not_worse_than_serving
 from qpbot_assets.defs.generation.assets import (
-    CANDIDATE_FILE,
     REGISTERED_MODEL,
     LlmAdapterConfig,
     llm_adapter,
@@ -36,10 +35,10 @@ from qpbot_assets.learning.lora import (
 from qpbot_assets.resources import FeedbackDatabaseResource, MlflowResource, SearchIndexResource
 from qpbot_serving.answer_log import AnswerLog
 from qpbot_serving.evidence import EvidenceUnit
-from qpbot_serving.generation import ADAPTER_POINTER, ADAPTERS_DIR, LocalGenerator
-from qpbot_serving.index import atomic_write_json
+from qpbot_serving.generation import LocalGenerator, adapter_dir
 from qpbot_serving.prompting import PROMPT_VERSION, build_messages
 from qpbot_serving.settings import QpbotSettings
+from qpbot_serving.state import ADAPTER_CANDIDATE, PROMOTED_ADAPTER, PromotedAdapter, StateStore
 
 # Settings that make a tiny random model learn visibly in a few steps.
 FAST = {"learning_rate": 1e-2, "epochs": 4, "max_steps": 8, "r": 8, "dropout": 0.0}
@@ -267,7 +266,7 @@ def test_the_adapter_is_trained_registered_gated_and_promoted(qpbot_home, tiny_b
     settings = QpbotSettings()
     questions = queries("train", 8) + queries("validation", 3)
     log_thumbs_up(settings, questions)
-    adapters = settings.models_dir / ADAPTERS_DIR
+    state = StateStore(settings.home)
     client = MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
 
     # First adapter: better than the base model, so it is promoted.
@@ -278,7 +277,7 @@ def test_the_adapter_is_trained_registered_gated_and_promoted(qpbot_home, tiny_b
     first = meta["version"].value
     assert (meta["train_examples"].value, meta["validation_examples"].value) == (8, 3)
     assert meta["adapter_validation_loss"].value < meta["base_validation_loss"].value
-    assert (adapters / first / "adapter_config.json").is_file()
+    assert (adapter_dir(state, first) / "adapter_config.json").is_file()
     assert check_result(result).passed
 
     registered = client.get_model_version_by_alias(REGISTERED_MODEL, "challenger")
@@ -289,8 +288,8 @@ def test_the_adapter_is_trained_registered_gated_and_promoted(qpbot_home, tiny_b
     artifacts = {a.path for a in client.list_artifacts(registered.run_id, "adapter")}
     assert "adapter/adapter_config.json" in artifacts
     assert str(client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version) == "1"
-    pointer = json.loads((adapters / ADAPTER_POINTER).read_text())
-    assert pointer["version"] == first and pointer["registered_version"] == "1"
+    pointer = state.read(PROMOTED_ADAPTER)
+    assert pointer.version == first and pointer.registered_version == "1"
 
     # Second adapter that learns nothing: no worse than the base model, but worse than the
     # champion on the same held-out questions. The blocking check stops the run before
@@ -302,10 +301,10 @@ def test_the_adapter_is_trained_registered_gated_and_promoted(qpbot_home, tiny_b
     assert not result.asset_materializations_for_node("promoted_adapter")
     assert str(client.get_model_version_by_alias(REGISTERED_MODEL, "challenger").version) == "2"
     assert str(client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version) == "1"
-    assert json.loads((adapters / ADAPTER_POINTER).read_text())["version"] == first
+    assert state.read(PROMOTED_ADAPTER).version == first
 
     # The service's generator serves the champion, merged into the weights.
-    generator = LocalGenerator(str(tiny_base), cache_dir=settings.models_dir)
+    generator = LocalGenerator(str(tiny_base), home=settings.home)
     assert generator.model_name == f"{tiny_base}+{first}"
 
 
@@ -321,9 +320,9 @@ def test_too_few_answers_skip_training_without_failing(qpbot_home, tiny_base):
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
     promoted = result.asset_materializations_for_node("promoted_adapter")[0].metadata
     assert promoted["promoted"].value is False
-    assert not (settings.models_dir / ADAPTERS_DIR / ADAPTER_POINTER).exists()
-    candidate = json.loads((settings.models_dir / ADAPTERS_DIR / CANDIDATE_FILE).read_text())
-    assert candidate["version"] is None
+    state = StateStore(settings.home)
+    assert state.read(PROMOTED_ADAPTER) is None
+    assert state.read(ADAPTER_CANDIDATE).version is None
 
 
 # --- serving -----------------------------------------------------------------------------
@@ -332,25 +331,36 @@ def test_the_local_generator_merges_the_promoted_adapter(tiny_base, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    models = tmp_path / "models"
-    adapter_dir = models / ADAPTERS_DIR / "lora-test"
+    state = StateStore(tmp_path)
     examples = [example(q) for q in queries("train", 4)]
-    train_lora(str(tiny_base), examples, LoraParams(**{**FAST, "max_steps": 2}), adapter_dir)
+    train_lora(
+        str(tiny_base),
+        examples,
+        LoraParams(**{**FAST, "max_steps": 2}),
+        adapter_dir(state, "lora-test"),
+    )
 
-    plain = LocalGenerator(str(tiny_base), cache_dir=models)
+    plain = LocalGenerator(str(tiny_base), home=tmp_path)
     assert plain.model_name == str(tiny_base) and plain.adapter is None
-    pointer = {"version": "lora-test", "base_model": str(tiny_base)}
-    atomic_write_json(models / ADAPTERS_DIR / ADAPTER_POINTER, pointer)
+    pointer = PromotedAdapter(
+        version="lora-test",
+        base_model=str(tiny_base),
+        registered_model=REGISTERED_MODEL,
+        registered_version="1",
+        run_id="test",
+        promoted_at="2026-12-01T00:00:00+00:00",
+    )
+    state.write(PROMOTED_ADAPTER, pointer)
     # An adapter of another base model is never applied.
-    assert LocalGenerator("some/other-model", cache_dir=models).adapter is None
+    assert LocalGenerator("some/other-model", home=tmp_path).adapter is None
 
-    generator = LocalGenerator(str(tiny_base), cache_dir=models, dtype="float32")
+    generator = LocalGenerator(str(tiny_base), home=tmp_path, dtype="float32")
     assert generator.model_name == f"{tiny_base}+lora-test"
     generator.load()
     merged, tokenizer = generator._model_and_tokenizer
     assert not isinstance(merged, PeftModel)  # merged: the plain model's speed
     unmerged = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(tiny_base), adapter_dir
+        AutoModelForCausalLM.from_pretrained(tiny_base), adapter_dir(state, "lora-test")
     ).eval()
     base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
     ids = tokenizer("The battery lasts", return_tensors="pt").input_ids

@@ -12,6 +12,7 @@ from qpbot_assets.documents.sources import document_id_for
 from qpbot_assets.ingest import index_status, ingest_paths
 from qpbot_serving import index as contract
 from qpbot_serving.settings import QpbotSettings
+from qpbot_serving.state import PROMOTED_INDEX, StateStore
 
 
 @pytest.mark.slow
@@ -26,7 +27,7 @@ def test_every_corpus_file_is_indexed_or_quarantined_with_a_fitting_reason(qpbot
 
     status = index_status(settings)
     quarantined = {q["document_id"]: q for q in status["quarantined"]}
-    promoted = contract.read_promoted(settings.index_dir)
+    promoted = StateStore(settings.home).read(PROMOTED_INDEX)
     table = contract.connect(settings.index_dir).open_table(promoted.table)
     rows = (
         table.search()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from qpbot_assets.beir import index_beir_corpus, indexed_corpus
+from qpbot_assets.promotion import promote_snapshot
 from qpbot_serving import index as contract
 from qpbot_serving.evaluation import (
     evaluate_rankings,
@@ -20,6 +21,7 @@ from qpbot_serving.evaluation import (
 )
 from qpbot_serving.retrieval import IndexNotReady, Retriever, SearchHit
 from qpbot_serving.settings import resolve_model_path
+from qpbot_serving.state import PROMOTED_INDEX, IndexSnapshot, StateStore
 
 MODEL = "all-MiniLM-L6-v2"
 DOCS = 200
@@ -64,11 +66,11 @@ def small_home(small_beir, embedder, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def retriever(small_home, embedder) -> Retriever:
-    return Retriever.open(small_home / "index", embedder=embedder)
+    return Retriever.open(small_home, embedder=embedder)
 
 
 def test_index_follows_the_contract(small_home, small_beir):
-    promoted = contract.read_promoted(small_home / "index")
+    promoted = StateStore(small_home).read(PROMOTED_INDEX)
     assert promoted.table == contract.table_name_for(MODEL)
     assert promoted.documents == promoted.chunks == DOCS
     table = contract.connect(small_home / "index").open_table(promoted.table)
@@ -149,17 +151,17 @@ def test_query_model_comes_from_the_index(small_beir, tmp_path, monkeypatch, emb
     tiny.write_text("".join(small_beir["corpus"].read_text().splitlines(True)[:5]))
     index_beir_corpus(tiny, tmp_path, model_path)
     monkeypatch.setenv("QPBOT_EMBEDDING_MODEL", "some-other-model")
-    opened = Retriever.open(tmp_path / "index")
+    opened = Retriever.open(tmp_path)
     assert opened.embedder.model_name == model_path
     assert opened.promoted.table == contract.table_name_for(model_path)
     assert len(opened.search("white matter", 3, "dense")) == 3
     with pytest.raises(ValueError, match="was embedded with"):
-        Retriever.open(tmp_path / "index", embedder=embedder)  # same weights, another name
+        Retriever.open(tmp_path, embedder=embedder)  # same weights, another name
 
 
 def test_index_not_ready_without_pointer(tmp_path):
     with pytest.raises(IndexNotReady, match="qpbot ingest"):
-        Retriever.open(tmp_path / "index")
+        Retriever.open(tmp_path)
 
 
 def test_bad_arguments(retriever):
@@ -226,21 +228,16 @@ def test_cli_eval_retrieval_json(small_beir, small_home):
 def test_cli_eval_never_overwrites_a_document_index(small_beir, tmp_path, capsys):
     from qpbot_assets.cli import main
 
-    contract.write_promoted(
-        tmp_path / "index",
-        table="chunks__x",
-        version=1,
-        embedding_model=MODEL,
-        dimension=384,
-        chunks=1,
-        documents=1,
+    snapshot = IndexSnapshot(
+        table="chunks__x", version=1, embedding_model=MODEL, dimension=384, chunks=1, documents=1
     )
+    promote_snapshot(StateStore(tmp_path), snapshot, MODEL)
     argv = ["eval", "retrieval", "--home", str(tmp_path), "--json"]
     for name in ("corpus", "queries", "qrels"):
         argv += [f"--{name}", str(small_beir[name])]
     assert main(argv) == 2
     assert "holds a document index" in capsys.readouterr().err
-    assert contract.read_promoted(tmp_path / "index").table == "chunks__x"
+    assert StateStore(tmp_path).read(PROMOTED_INDEX).table == "chunks__x"
 
 
 # --- the vector index and the fast paths of the search -------------------------------------
@@ -254,7 +251,7 @@ def _scaled_home(source_home: Path, target: Path, copies: int = COPIES) -> Path:
     import pyarrow as pa
     from lancedb.index import FTS
 
-    promoted = contract.read_promoted(source_home / "index")
+    promoted = StateStore(source_home).read(PROMOTED_INDEX)
     source = contract.connect(source_home / "index").open_table(promoted.table)
     source.checkout(promoted.version)
     rows = source.to_arrow()
@@ -275,22 +272,22 @@ def _scaled_home(source_home: Path, target: Path, copies: int = COPIES) -> Path:
         promoted.table, data=pa.concat_tables(batches)
     )
     table.create_index("text", config=FTS())
-    fields = {k: v for k, v in promoted.__dict__.items() if k != "promoted_at"}
-    contract.write_promoted(
-        target / "index", **{**fields, "version": table.version, "chunks": table.count_rows()}
+    moved = promoted.snapshot.model_copy(
+        update={"version": table.version, "chunks": table.count_rows()}
     )
+    promote_snapshot(StateStore(target), moved, promoted.embedding_model)
     return target
 
 
 def _open_table(home: Path):
-    promoted = contract.read_promoted(home / "index")
+    promoted = StateStore(home).read(PROMOTED_INDEX)
     return contract.connect(home / "index").open_table(promoted.table)
 
 
 def _promote_latest(home: Path) -> None:
-    promoted = contract.read_promoted(home / "index")
-    fields = {k: v for k, v in promoted.__dict__.items() if k != "promoted_at"}
-    contract.write_promoted(home / "index", **{**fields, "version": _open_table(home).version})
+    promoted = StateStore(home).read(PROMOTED_INDEX)
+    moved = promoted.snapshot.model_copy(update={"version": _open_table(home).version})
+    promote_snapshot(StateStore(home), moved, promoted.embedding_model)
 
 
 def test_vector_index_only_above_the_threshold(small_home, tmp_path, monkeypatch):
@@ -354,8 +351,8 @@ def indexed_home(small_home, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def indexed_and_flat(indexed_home, embedder) -> tuple[Retriever, Retriever]:
-    indexed = Retriever.open(indexed_home / "index", embedder=embedder)
-    flat = Retriever.open(indexed_home / "index", embedder=embedder)
+    indexed = Retriever.open(indexed_home, embedder=embedder)
+    flat = Retriever.open(indexed_home, embedder=embedder)
     flat.vector_index = None  # the exact search, on the very same table
     return indexed, flat
 
@@ -398,8 +395,8 @@ def test_a_compressed_index_is_rescored_exactly(small_home, tmp_path, embedder):
     home = _scaled_home(small_home, tmp_path)
     _open_table(home).create_index("vector", config=HnswSq(distance_type="cosine"))
     _promote_latest(home)
-    indexed = Retriever.open(home / "index", embedder=embedder)
-    flat = Retriever.open(home / "index", embedder=embedder)
+    indexed = Retriever.open(home, embedder=embedder)
+    flat = Retriever.open(home, embedder=embedder)
     flat.vector_index = None
     assert indexed.vector_index and indexed._refine
     vector = indexed._embed("cerebral white matter development")
@@ -427,6 +424,7 @@ def test_hybrid_equals_fusing_the_full_lists(indexed_and_flat):
     hits, all ~150 of them (keyword-only, dense-only and both), must be what fusing the
     two complete lists gives."""
     import numpy as np
+    from lancedb.expr import col
 
     from qpbot_serving.retrieval import HYBRID_DENSE_WEIGHT, fuse
 
@@ -434,16 +432,20 @@ def test_hybrid_equals_fusing_the_full_lists(indexed_and_flat):
     fields = [f for f in SearchHit.__dataclass_fields__ if f != "score"]
     for text in ("cerebral white matter development in preterm infants", "the of and"):
         vector = indexed._embed(text)  # the encoder itself: test_query_encoder_is_the_embedder
-        rows = indexed._keyword_rows(text, 100, None, with_vectors=True)
-        keyword = [SearchHit(**{f: r[f] for f in fields}, score=r["_score"]) for r in rows]
-        cosines = {r["chunk_id"]: float(np.dot(r["vector"], vector)) for r in rows}
+        keyword = indexed.keyword(text, 100)
+        ids = [h.chunk_id for h in keyword]
+        rows = (
+            indexed.table.search().where(col("chunk_id").isin(ids)).select(["chunk_id", "vector"])
+        )
+        vectors = {r["chunk_id"]: r["vector"] for r in rows.limit(None).to_list()} if ids else {}
+        cosines = {h.chunk_id: float(np.dot(vectors[h.chunk_id], vector)) for h in keyword}
         expected = fuse(indexed._dense(vector, 100, None), keyword, HYBRID_DENSE_WEIGHT, cosines)
         got = indexed.hybrid(text, 100)
         assert [h.chunk_id for h in got] == [h.chunk_id for h in expected]
         for hit, want in zip(got, expected, strict=True):
             assert {f: getattr(hit, f) for f in fields} == {f: getattr(want, f) for f in fields}
             assert hit.score == pytest.approx(want.score, abs=1e-6)
-        dense_only = {h.chunk_id for h in expected} - {r["chunk_id"] for r in rows}
+        dense_only = {h.chunk_id for h in expected} - set(vectors)
         assert dense_only  # so the rows read afterwards were exercised
         assert indexed.hybrid(text, 100, limit=7) == got[:7]
 

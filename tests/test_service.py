@@ -14,12 +14,12 @@ from conftest import ingest_into, service_client
 from fastapi.testclient import TestClient
 
 from qpbot_assets.ingest import ingest_paths
-from qpbot_serving import index as contract
 from qpbot_serving.answer_log import answers as answers_table
 from qpbot_serving.answer_log import feedback as feedback_table
 from qpbot_serving.generation import OpenAICompatibleGenerator
 from qpbot_serving.prompting import NO_ANSWER
 from qpbot_serving.settings import QpbotSettings
+from qpbot_serving.state import PROMOTED_INDEX, StateStore
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +269,7 @@ def test_the_service_switches_to_a_newly_promoted_index(
         extra.mkdir()
         (extra / "canteen.md").write_text("# Canteen\n\nThe canteen serves pancakes on Fridays.")
         assert ingest_paths(QpbotSettings(), [extra], quiet=True)["success"]
-        after = contract.read_promoted(home / "index").label
+        after = StateStore(home).read(PROMOTED_INDEX).label
         assert after != before
         deadline = time.monotonic() + 15
         while (

@@ -15,7 +15,6 @@ from conftest import tick
 from qpbot_assets.cli import main
 from qpbot_assets.defs.ingestion import sensors
 from qpbot_assets.defs.ingestion.sensors import sql_sensor
-from qpbot_assets.documents.sources import display_name, document_id_for, row_uri
 from qpbot_assets.documents.sql_source import (
     SqlSourceError,
     SqlTable,
@@ -25,6 +24,7 @@ from qpbot_assets.documents.sql_source import (
 from qpbot_assets.documents.store import DocumentStore
 from qpbot_assets.resources import DocumentStoreResource, SqlSourcesResource
 from qpbot_serving.answer_log import engine_for
+from qpbot_serving.document_store import display_name, document_id_for, row_uri
 from qpbot_serving.retrieval import Retriever
 from qpbot_serving.settings import QpbotSettings, SqlSource
 
@@ -229,7 +229,7 @@ def test_ingest_insert_update_delete_and_an_unchanged_rerun(postgres_url, qpbot_
 
     def search(query: str) -> list:
         # Keyword search embeds no query: the model loads only in the ingest's own process.
-        return Retriever.open(qpbot_home / "index").search(query, 3, mode="keyword")
+        return Retriever.open(qpbot_home).search(query, 3, mode="keyword")
 
     write_rows(postgres_url, ROWS)
     first = ingest()

@@ -52,10 +52,10 @@ def resources() -> dg.Definitions:
                 retrain_min_new_pairs=settings.retrain_min_new_pairs,
             ),
             "mlflow": MlflowResource(
-                tracking_uri=settings.tracking_uri, artifacts_dir=str(settings.home / "mlartifacts")
+                tracking_uri=settings.tracking_uri, artifacts_dir=str(settings.mlflow_artifacts_dir)
             ),
             "evaluation": EvaluationResource(
-                reports_dir=str(settings.home / "evaluation"),
+                reports_dir=str(settings.evaluation_dir),
                 beir_sets=[
                     BeirSetConfig(name=s.name, queries=str(s.queries), qrels=str(s.qrels))
                     for s in settings.eval_beir_sets

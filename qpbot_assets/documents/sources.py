@@ -1,8 +1,8 @@
 """Where documents come from: folders, S3 prefixes and database tables, listed as (uri,
 version) pairs.
 
-A document's id is its partition key: a readable slug of the file name plus a hash of the
-full source URI, so it is stable across runs, unique per source and safe in any path. A
+A document's id is its partition key (`document_id_for`, in the read side's contract
+`qpbot_serving.document_store`, with the file names and row URIs it is made from). A
 database row (`sql://<source>/<table>/<id>`, see `sql_source`) is a Markdown document whose
 content its lister keeps as a snapshot in the document store; from there on it goes the way
 a file goes.
@@ -10,7 +10,6 @@ a file goes.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -18,7 +17,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import unquote, urlparse
+
+from qpbot_serving.document_store import document_id_for
 
 if TYPE_CHECKING:
     from qpbot_assets.documents.store import DocumentStore
@@ -35,13 +36,6 @@ class SourceObject:
     @property
     def document_id(self) -> str:
         return document_id_for(self.uri)
-
-
-def document_id_for(uri: str) -> str:
-    name = display_name(uri).lower()
-    slug = re.sub(r"[^a-z0-9._-]+", "-", name)
-    slug = re.sub(r"-+\.", ".", slug).strip("-.")[:60] or "document"
-    return f"{slug}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
 
 
 def scan_folder(folder: Path) -> list[SourceObject]:
@@ -109,22 +103,6 @@ def contiguous_ranges(ordered_keys: Sequence[str], wanted: Iterable[str]) -> lis
     return ranges
 
 
-# A row's document: its text read as Markdown, its title a heading and front matter.
-ROW_DOCUMENT_SUFFIX = ".md"
-
-
-def row_uri(source_name: str, table: str, row_id: object) -> str:
-    """The URI of a database row: `sql://<source>/<table>/<id>`, the id percent-encoded."""
-    return f"sql://{source_name}/{quote(table, safe='.')}/{quote(str(row_id), safe='')}"
-
-
-def _row_parts(uri: str) -> tuple[str, str, str]:
-    """(source name, table, row id) of a `sql://` URI."""
-    parsed = urlparse(uri)
-    _, table, row_id = parsed.path.split("/", 2)
-    return parsed.netloc, unquote(table), unquote(row_id)
-
-
 @contextmanager
 def local_copy(uri: str, s3_client=None, store: DocumentStore | None = None):
     """Yields a local path for a source URI (S3 objects are downloaded to a temp file; a
@@ -169,12 +147,3 @@ def source_version(uri: str, s3_client=None, store: DocumentStore | None = None)
         return None
     stat = path.stat()
     return {"modified_ns": stat.st_mtime_ns, "size": stat.st_size}
-
-
-def display_name(uri: str) -> str:
-    """The file name a document is known by: a file's or object's name, `<table>-<id>.md`
-    for a database row."""
-    if uri.startswith("sql://"):
-        _, table, row_id = _row_parts(uri)
-        return f"{table}-{row_id.replace('/', '-')}{ROW_DOCUMENT_SUFFIX}"
-    return Path(unquote(urlparse(uri).path)).name

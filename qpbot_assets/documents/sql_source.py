@@ -23,9 +23,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from qpbot_assets.documents.sources import ROW_DOCUMENT_SUFFIX, SourceObject, row_uri
+from qpbot_assets.documents.sources import SourceObject
 from qpbot_assets.documents.store import DocumentStore, fingerprint
 from qpbot_serving.answer_log import engine_for
+from qpbot_serving.document_store import ROW_DOCUMENT_SUFFIX, row_uri
 from qpbot_serving.settings import SqlSource
 
 FETCH_BATCH_ROWS = 500  # ids per `WHERE id IN (...)` when fetching documents

@@ -1,10 +1,7 @@
 """The document store: per-document stage outputs and content-addressed raw bytes.
 
-Layout under `root`:
-    blobs/<sha256[:2]>/<sha256>         raw bytes, written once
-    sources/<document_id>.json          where a document comes from (kept after deletion)
-    snapshots/<document_id>.json        content a source keeps here (a database row's document)
-    documents/<document_id>/<stage>.json each stage's output with the fingerprint of its input
+Its layout (which file holds what) is the read side's contract,
+`qpbot_serving.document_store`; this class writes it.
 
 A stage whose input fingerprint has not changed is not recomputed and nothing is written;
 every write is a rename of a finished temporary file, so a killed process never leaves a
@@ -25,9 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from qpbot_serving.document_store import QUARANTINE, DocumentRecords
 from qpbot_serving.index import model_slug
-
-QUARANTINE = "quarantine"
 
 
 @dataclass(frozen=True)
@@ -62,17 +58,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp.name, path)
 
 
-class DocumentStore:
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.documents_dir = self.root / "documents"
-        self.blobs_dir = self.root / "blobs"
+class DocumentStore(DocumentRecords):
+    """Writes the layout that `DocumentRecords` reads."""
 
     # --- raw bytes -------------------------------------------------------------------
-    def blob_path(self, sha256: str, suffix: str = "") -> Path:
-        # The suffix is kept because plain text, Markdown and HTML are told apart by it.
-        return self.blobs_dir / sha256[:2] / f"{sha256}{suffix.lower()}"
-
     def put_blob(self, source: Path, suffix: str = "") -> tuple[str, int]:
         """Copies a file into the store by content; returns (sha256, size)."""
         digest = hashlib.sha256()
@@ -89,12 +78,9 @@ class DocumentStore:
         return sha256, target.stat().st_size
 
     # --- document registry -----------------------------------------------------------
-    def document_dir(self, document_id: str) -> Path:
-        return self.documents_dir / document_id
-
     def register(self, document_id: str, source_uri: str) -> None:
         """Records where a document comes from; sources call this before adding a partition."""
-        path = self.root / "sources" / f"{document_id}.json"
+        path = self.source_path(document_id)
         record = {"document_id": document_id, "uri": source_uri}
         if not path.exists() or json.loads(path.read_text()) != record:
             atomic_write_bytes(path, json.dumps(record).encode())
@@ -110,22 +96,8 @@ class DocumentStore:
         record = {"sha256": sha256, "suffix": suffix, "size": len(content), "version": version}
         if self.snapshot(document_id) == record:
             return False
-        atomic_write_bytes(self._snapshot_path(document_id), json.dumps(record).encode())
+        atomic_write_bytes(self.snapshot_path(document_id), json.dumps(record).encode())
         return True
-
-    def snapshot(self, document_id: str) -> dict | None:
-        """{"sha256", "suffix", "size", "version"} of the document's snapshot, if it has one."""
-        path = self._snapshot_path(document_id)
-        return json.loads(path.read_text()) if path.exists() else None
-
-    def _snapshot_path(self, document_id: str) -> Path:
-        return self.root / "snapshots" / f"{document_id}.json"
-
-    def source_uri(self, document_id: str) -> str:
-        path = self.root / "sources" / f"{document_id}.json"
-        if not path.exists():
-            raise KeyError(f"document {document_id!r} is not registered with any source")
-        return json.loads(path.read_text())["uri"]
 
     def processed_document_ids(self) -> list[str]:
         """Documents with stage outputs on disk."""
@@ -138,16 +110,6 @@ class DocumentStore:
         shutil.rmtree(self.document_dir(document_id), ignore_errors=True)
 
     # --- stage outputs ---------------------------------------------------------------
-    def _stage_path(self, document_id: str, stage: str) -> Path:
-        return self.document_dir(document_id) / f"{stage}.json"
-
-    def read_stage(self, document_id: str, stage: str) -> dict | None:
-        """The stored record {"fingerprint", "output"} or {"fingerprint", "quarantined"}."""
-        path = self._stage_path(document_id, stage)
-        if not path.exists():
-            return None
-        return json.loads(path.read_text())
-
     def stage_output(self, document_id: str, stage: str) -> Any:
         """The output of a stage that has run; raises Quarantined if it quarantined the document."""
         record = self.read_stage(document_id, stage)
@@ -197,25 +159,24 @@ class DocumentStore:
             if problem.stage is None:  # this stage found the problem; upstream ones are recorded
                 self._write_quarantine(document_id, quarantined)
         atomic_write_bytes(
-            self._stage_path(document_id, stage), json.dumps(record, ensure_ascii=False).encode()
+            self.stage_path(document_id, stage), json.dumps(record, ensure_ascii=False).encode()
         )
         return StageResult(output, input_fingerprint, computed=True)
 
     # --- quarantine ------------------------------------------------------------------
     def _write_quarantine(self, document_id: str, record: dict) -> None:
         record = {"document_id": document_id, "source": self.source_uri(document_id), **record}
-        atomic_write_bytes(self._stage_path(document_id, QUARANTINE), json.dumps(record).encode())
+        atomic_write_bytes(self.stage_path(document_id, QUARANTINE), json.dumps(record).encode())
 
     def _clear_quarantine(self, document_id: str, stage: str) -> None:
-        path = self._stage_path(document_id, QUARANTINE)
+        path = self.stage_path(document_id, QUARANTINE)
         if path.exists() and json.loads(path.read_text()).get("stage") == stage:
             path.unlink()
 
     def quarantined(self) -> Iterator[dict]:
         for document_id in self.processed_document_ids():
-            path = self._stage_path(document_id, QUARANTINE)
-            if path.exists():
-                yield json.loads(path.read_text())
+            if (record := self.quarantine(document_id)) is not None:
+                yield record
 
     # --- vectors ---------------------------------------------------------------------
     def _vectors_path(self, document_id: str, model: str) -> Path:

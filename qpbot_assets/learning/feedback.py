@@ -26,17 +26,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
 
 from qpbot_serving.answer_log import TABLES, add_missing_columns, metadata
-from qpbot_serving.index import atomic_write_json
 
 LOOKBACK = timedelta(hours=1)
-CURSOR_FILE = "cursor.json"
 KEYS = {"answers": "answer_id", "feedback": "feedback_id"}
 JSON_COLUMNS = {
     "answers": ["retrieved", "latency_ms", "evidence"],
@@ -52,21 +50,21 @@ class SyncResult:
 
 
 def sync_feedback_events(engine: sa.Engine, feedback_dir: Path) -> SyncResult:
-    """Copies answer and feedback rows newer than the cursor (minus LOOKBACK) into Parquet."""
+    """Copies answer and feedback rows into Parquet: those created since the newest row
+    copied before, minus LOOKBACK (rows committed late), are fetched and the unseen ones
+    added. The copies are their own cursor, so copy and cursor never part."""
     feedback_dir.mkdir(parents=True, exist_ok=True)
     metadata.create_all(engine)  # a service that never answered has not created them yet
     add_missing_columns(engine)
-    cursor_path = feedback_dir / CURSOR_FILE
-    cursor = json.loads(cursor_path.read_text()) if cursor_path.exists() else {}
     new_rows, total_rows, new_cursor = {}, {}, {}
     for name, table in TABLES.items():
-        since = cursor.get(name)
+        existing = read_table(feedback_dir, name, parse_json=False)
+        since = existing["created_at"].max() if not existing.empty else None
         query = sa.select(table)
-        if since:
-            query = query.where(table.c.created_at >= datetime.fromisoformat(since) - LOOKBACK)
+        if since is not None:
+            query = query.where(table.c.created_at >= since.to_pydatetime() - LOOKBACK)
         with engine.connect() as connection:
             fetched = pd.DataFrame(connection.execute(query).mappings().all())
-        existing = read_table(feedback_dir, name, parse_json=False)
         if not fetched.empty:
             fetched["created_at"] = pd.to_datetime(fetched["created_at"], utc=True)
             for column in JSON_COLUMNS[name]:
@@ -81,8 +79,7 @@ def sync_feedback_events(engine: sa.Engine, feedback_dir: Path) -> SyncResult:
         new_rows[name] = len(fresh)
         total_rows[name] = len(combined)
         latest = combined["created_at"].max() if not combined.empty else None
-        new_cursor[name] = latest.isoformat() if latest is not None else since
-    atomic_write_json(cursor_path, new_cursor)
+        new_cursor[name] = latest.isoformat() if latest is not None else None
     return SyncResult(new_rows, total_rows, new_cursor)
 
 

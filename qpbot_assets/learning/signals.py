@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class FeedbackPolicy:
-    window: int = 50  # the last N rated answers the thumbs-up rate is taken over
-    min_up_rate: float = 0.5
-    min_new_pairs: int = 200
+    """QPBOT_FEEDBACK_WINDOW, QPBOT_FEEDBACK_MIN_UP_RATE and QPBOT_RETRAIN_MIN_NEW_PAIRS."""
+
+    window: int  # the last N rated answers the thumbs-up rate is taken over
+    min_up_rate: float
+    min_new_pairs: int
 
 
 def training_signal(rating: str, source_judgments: dict | None) -> int:

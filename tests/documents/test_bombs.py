@@ -20,6 +20,7 @@ from qpbot_assets.documents.store import DocumentStore
 from qpbot_assets.ingest import index_status, ingest_paths
 from qpbot_serving import index as contract
 from qpbot_serving.settings import QpbotSettings
+from qpbot_serving.state import PROMOTED_INDEX, StateStore
 
 MB = 2**20
 
@@ -151,7 +152,7 @@ def test_ingest_quarantines_a_bomb_and_a_document_over_the_chunk_cap_and_goes_on
         "notes.md makes more than 5 chunks, the limit for one document; split it into "
         "smaller files or raise QPBOT_MAX_CHUNKS_PER_DOCUMENT."
     )
-    promoted = contract.read_promoted(settings.index_dir)
+    promoted = StateStore(settings.home).read(PROMOTED_INDEX)
     rows = contract.connect(settings.index_dir).open_table(promoted.table).search().limit(None)
     good = document_id_for((folder / "policy.md").resolve().as_uri())
     assert {row["document_id"] for row in rows.to_list()} == {good}

@@ -29,8 +29,8 @@ from qpbot_assets.resources import (
     MlflowResource,
 )
 from qpbot_serving.evaluation import evaluate_queries, read_qrels, read_queries
-from qpbot_serving.index import atomic_write_json
 from qpbot_serving.retrieval import MODES, IndexNotReady, Retriever
+from qpbot_serving.state import write_json_atomic
 
 EVALUATION = {"group_name": "evaluation"}
 EXPERIMENT = "qpbot-evaluation"
@@ -348,7 +348,7 @@ def feedback_metrics(
     days = [date.fromisoformat(key) for key in context.partition_keys]
     figures = [daily_metrics(answers, feedback, day) for day in days]
     for metrics in figures:
-        atomic_write_json(feedback_db.folder / "metrics" / f"{metrics['day']}.json", metrics)
+        write_json_atomic(feedback_db.folder / "metrics" / f"{metrics['day']}.json", metrics)
     last = figures[-1]
     series = daily_series(answers, feedback, days[-1], days=30)
     png = daily_answers_and_rating(series, f"Answers and thumbs-up rate, 30 days to {days[-1]}")

@@ -1,14 +1,13 @@
 """What users said: answer and feedback rows copied from the feedback database, and the
 training pairs made from them."""
 
-import json
 
 import dagster as dg
 
 from qpbot_assets.learning.feedback import rated_answers, sync_feedback_events
 from qpbot_assets.learning.pairs import build_training_pairs, pairs_version
 from qpbot_assets.resources import FeedbackDatabaseResource, SearchIndexResource
-from qpbot_serving.index import atomic_write_json
+from qpbot_serving.state import TRAINING_PAIRS, TrainingPairsVersion
 
 FEEDBACK = {"group_name": "feedback"}
 
@@ -38,7 +37,8 @@ def feedback_events(
     )
 
 
-@dg.asset(**FEEDBACK, deps=[feedback_events], kinds={"parquet"})
+# The chunk texts come from the promoted index.
+@dg.asset(**FEEDBACK, deps=[feedback_events, "promoted_index"], kinds={"parquet"})
 def training_pairs(
     context: dg.AssetExecutionContext,
     feedback_db: FeedbackDatabaseResource,
@@ -46,28 +46,29 @@ def training_pairs(
 ) -> dg.MaterializeResult:
     """(query, positive chunk, hard negative) rows from rated answers and judged sources,
     with the chunk texts of the promoted index. Versioned by content: a new version file
-    only when the pairs change; `LATEST.json` names the current one."""
-    folder = feedback_db.folder / "training_pairs"
+    only when the pairs change; the pointer `state.TRAINING_PAIRS` names the current one."""
+    folder = index.state.path(TRAINING_PAIRS).parent
     pairs = build_training_pairs(rated_answers(feedback_db.folder), index.chunk_texts)
     version = pairs_version(pairs)
-    latest_path = folder / "LATEST.json"
-    previous = json.loads(latest_path.read_text()) if latest_path.exists() else None
+    previous = index.state.read(TRAINING_PAIRS)
     path = folder / f"{version}.parquet"
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         pairs.to_parquet(path, index=False)
-    latest = {
-        "version": version,
-        "path": str(path),
-        "pairs": len(pairs),
-        "train_pairs": int((pairs["split"] == "train").sum()),
-        "validation_pairs": int((pairs["split"] == "validation").sum()),
-        "queries": int(pairs["query_id"].nunique()),
-        "with_hard_negative": int(pairs["negative_chunk_id"].notna().sum()),
-        "new_pairs": len(pairs) - (previous["pairs"] if previous else 0),
-        "previous_version": previous["version"] if previous else None,
-    }
-    atomic_write_json(latest_path, latest)
+    latest = index.state.write(
+        TRAINING_PAIRS,
+        TrainingPairsVersion(
+            version=version,
+            path=str(path),
+            pairs=len(pairs),
+            train_pairs=int((pairs["split"] == "train").sum()),
+            validation_pairs=int((pairs["split"] == "validation").sum()),
+            queries=int(pairs["query_id"].nunique()),
+            with_hard_negative=int(pairs["negative_chunk_id"].notna().sum()),
+            new_pairs=len(pairs) - (previous.pairs if previous else 0),
+            previous_version=previous.version if previous else None,
+        ),
+    )
     preview = pairs.head(5)[["query", "positive", "negative"]].fillna("")
     table = "\n".join(
         f"| {r.query[:60]} | {r.positive[:60]} | {r.negative[:60]} |".replace("\n", " ")
@@ -77,7 +78,7 @@ def training_pairs(
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={
-            **{k: v for k, v in latest.items() if k != "path"},
+            **latest.model_dump(exclude={"path"}),
             "path": dg.MetadataValue.path(str(path)),
             "preview": dg.MetadataValue.md(
                 "| query | positive | hard negative |\n|---|---|---|\n" + table

@@ -14,20 +14,18 @@ from qpbot_assets.defs.feedback.assets import feedback_events
 from qpbot_assets.learning.feedback import rated_answers
 from qpbot_assets.learning.lora import LoraParams, build_examples, judge_adapter, train_lora
 from qpbot_assets.resources import FeedbackDatabaseResource, MlflowResource, SearchIndexResource
+from qpbot_serving import state as st
 from qpbot_serving.generation import (
-    ADAPTER_POINTER,
-    ADAPTERS_DIR,
     DEFAULT_LOCAL_MODEL,
+    adapter_dir,
     read_promoted_adapter,
     resolve_local_model,
 )
-from qpbot_serving.index import atomic_write_json
 from qpbot_serving.prompting import PROMPT_VERSION
 
 GENERATION = {"group_name": "generation"}
 EXPERIMENT = "qpbot-llm-adapter"
 REGISTERED_MODEL = "qpbot-llm-adapter"
-CANDIDATE_FILE = "CANDIDATE.json"  # the adapter the gate judges; promoted_adapter copies it
 
 
 class LlmAdapterConfig(dg.Config):
@@ -61,16 +59,6 @@ class LlmAdapterConfig(dg.Config):
         )
 
 
-def models_dir(index: SearchIndexResource) -> Path:
-    """`$QPBOT_HOME/models` (QpbotSettings.models_dir), the generator's cache_dir."""
-    return Path(index.home) / "models"
-
-
-def read_candidate(index: SearchIndexResource) -> dict | None:
-    path = models_dir(index) / ADAPTERS_DIR / CANDIDATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 @dg.asset(**GENERATION, deps=[feedback_events], kinds={"pytorch", "mlflow"})
 def llm_adapter(
     context: dg.AssetExecutionContext,
@@ -85,7 +73,6 @@ def llm_adapter(
     `challenger`. Held-out loss is measured for the base model, the adapter and the promoted
     adapter on the same questions; the blocking check judges it. With too few examples
     nothing is trained and the metadata says why."""
-    adapters = models_dir(index) / ADAPTERS_DIR
     rated = rated_answers(feedback_db.folder).tail(config.max_examples)
     examples, left_out = build_examples(rated)
     counts = {
@@ -107,16 +94,16 @@ def llm_adapter(
             f"{config.min_validation_examples})"
         )
         context.log.info(f"llm_adapter: skipped, {reason}")
-        atomic_write_json(adapters / CANDIDATE_FILE, {"version": None, "reason": reason})
+        index.state.write(st.ADAPTER_CANDIDATE, st.AdapterCandidate(version=None, reason=reason))
         return dg.MaterializeResult(metadata={"skipped": reason, **found})
 
-    base_path = resolve_local_model(config.base_model, models_dir(index))
-    champion = read_promoted_adapter(models_dir(index), config.base_model)
+    base_path = resolve_local_model(config.base_model, index.models_dir)
+    champion = read_promoted_adapter(index.state, config.base_model)
     params = config.lora_params()
     client = mlflow.client()
     version = f"lora-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    adapter_dir = adapters / version
-    partial = adapters / f".{version}.partial"  # renamed into place once complete
+    folder = adapter_dir(index.state, version)
+    partial = folder.with_name(f".{version}.partial")  # renamed into place once complete
     with mlflow.start_run(EXPERIMENT, run_name=version) as run:
         run_id = run.info.run_id
         try:
@@ -132,28 +119,36 @@ def llm_adapter(
             (partial / "training.json").write_text(
                 json.dumps({"base_model": config.base_model, "params": asdict(params), **trained})
             )
-            partial.replace(adapter_dir)
+            partial.replace(folder)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         _log_run(client, run_id, config, params, report, champion)
-        client.log_artifacts(run_id, str(adapter_dir), artifact_path="adapter")
-        registered = _register(client, run.info.artifact_uri, run_id, version)
+        client.log_artifacts(run_id, str(folder), artifact_path="adapter")
+        registered = mlflow.register_challenger(
+            REGISTERED_MODEL,
+            run_id,
+            "adapter",
+            "LoRA adapters of the local answer generator.",
+            tags={"adapter_version": version},
+        )
 
-    candidate = {
-        "version": version,
-        "base_model": config.base_model,
-        "registered_model": REGISTERED_MODEL,
-        "registered_version": registered,
-        "run_id": run_id,
-        "champion": champion["version"] if champion else None,
-        "report": trained,
-    }
-    atomic_write_json(adapters / CANDIDATE_FILE, candidate)
+    index.state.write(
+        st.ADAPTER_CANDIDATE,
+        st.AdapterCandidate(
+            version=version,
+            base_model=config.base_model,
+            registered_model=REGISTERED_MODEL,
+            registered_version=str(registered),
+            run_id=run_id,
+            champion=champion["version"] if champion else None,
+            report=trained,
+        ),
+    )
     context.log.info(f"llm_adapter: {version} ({REGISTERED_MODEL} v{registered}, challenger)")
     return dg.MaterializeResult(
         metadata={
             "version": version,
-            "adapter_dir": dg.MetadataValue.path(str(adapter_dir)),
+            "adapter_dir": dg.MetadataValue.path(str(folder)),
             "registered_version": registered,
             "mlflow_run_id": run_id,
             "base_model": config.base_model,
@@ -189,28 +184,6 @@ def _log_run(client, run_id, config: LlmAdapterConfig, params, report, champion)
     )
 
 
-def _register(client, artifact_uri: str, run_id: str, version: str) -> str:
-    """A new version of the registered model, pointing at the run's adapter artifacts,
-    with the alias `challenger`."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(REGISTERED_MODEL)
-    except MlflowException:
-        client.create_registered_model(
-            REGISTERED_MODEL, description="LoRA adapters of the local answer generator."
-        )
-    # The adapter is plain peft files, not an MLflow model, so it is registered by source.
-    model_version = client.create_model_version(
-        REGISTERED_MODEL,
-        source=f"{artifact_uri}/adapter",
-        run_id=run_id,
-        tags={"adapter_version": version},
-    )
-    client.set_registered_model_alias(REGISTERED_MODEL, "challenger", model_version.version)
-    return str(model_version.version)
-
-
 def _loss_table(report, champion) -> str:
     def cell(value) -> str:
         return "–" if value is None else f"{value:.4f}"
@@ -236,36 +209,38 @@ def _loss_table(report, champion) -> str:
 def promoted_adapter(index: SearchIndexResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """The pointer the local generator reads (`$QPBOT_HOME/models/adapters/PROMOTED.json`)
     and the MLflow alias `champion`: the last adapter whose blocking check passed."""
-    candidate = read_candidate(index)
-    pointer = models_dir(index) / ADAPTERS_DIR / ADAPTER_POINTER
-    serving = json.loads(pointer.read_text())["version"] if pointer.is_file() else "base model"
-    if not candidate or not candidate.get("version"):
-        reason = (candidate or {}).get("reason", "no adapter has been trained")
+    candidate = index.state.read(st.ADAPTER_CANDIDATE)
+    current = index.state.read(st.PROMOTED_ADAPTER)
+    serving = current.version if current else "base model"
+    if candidate is None or candidate.version is None:
+        reason = candidate.reason if candidate else "no adapter has been trained"
         return dg.MaterializeResult(
             metadata={"promoted": False, "reason": reason, "serving": serving}
         )
     # The gate again, so that materializing this asset by hand cannot promote a refused one.
-    passed, why = judge_adapter(candidate["report"])
+    passed, why = judge_adapter(candidate.report)
     if not passed:
         return dg.MaterializeResult(metadata={"promoted": False, "reason": why, "serving": serving})
-    promoted = {
-        "version": candidate["version"],
-        "base_model": candidate["base_model"],
-        "registered_model": candidate["registered_model"],
-        "registered_version": candidate["registered_version"],
-        "run_id": candidate["run_id"],
-        "validation_loss": candidate["report"]["adapter_validation_loss"],
-        "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    atomic_write_json(pointer, promoted)
+    promoted = index.state.write(
+        st.PROMOTED_ADAPTER,
+        st.PromotedAdapter(
+            version=candidate.version,
+            base_model=candidate.base_model,
+            registered_model=candidate.registered_model,
+            registered_version=candidate.registered_version,
+            run_id=candidate.run_id,
+            validation_loss=candidate.report["adapter_validation_loss"],
+            promoted_at=st.now_iso(),
+        ),
+    )
     mlflow.client().set_registered_model_alias(
-        candidate["registered_model"], "champion", candidate["registered_version"]
+        candidate.registered_model, "champion", candidate.registered_version
     )
     return dg.MaterializeResult(
         metadata={
             "promoted": True,
-            "version": promoted["version"],
-            "registered_version": promoted["registered_version"],
+            "version": promoted.version,
+            "registered_version": promoted.registered_version,
             "previous": serving,
             "why": why,
         }

@@ -13,13 +13,14 @@ from qpbot_assets.resources import (
     SearchIndexResource,
 )
 from qpbot_serving import index as contract
+from qpbot_serving.state import INDEX_SNAPSHOT
 
 
 def snapshot_table(index: SearchIndexResource):
     """The table at exactly the version the snapshot recorded."""
-    snapshot = contract.read_snapshot(index.index_dir)
-    table = index.connect().open_table(snapshot["table"])
-    table.checkout(snapshot["version"])
+    snapshot = index.state.read(INDEX_SNAPSHOT)
+    table = index.connect().open_table(snapshot.table)
+    table.checkout(snapshot.version)
     return table
 
 

@@ -8,12 +8,13 @@ from qpbot_assets.documents.store import DocumentStore
 from qpbot_assets.documents.versions import PIPELINE_VERSION
 from qpbot_assets.index_sync import embed_documents, open_or_create_table, sync_table
 from qpbot_assets.partitions import documents_partitions
+from qpbot_assets.promotion import StaleSnapshot, promote_snapshot
 from qpbot_assets.resources import (
     DocumentStoreResource,
     EmbeddingModelResource,
     SearchIndexResource,
 )
-from qpbot_serving import index as contract
+from qpbot_serving.state import INDEX_SNAPSHOT
 
 INDEXING = {**PER_DOCUMENT, "group_name": "indexing"}
 
@@ -82,22 +83,20 @@ def search_index(
     live = live_document_ids(context)
     # Until the new snapshot is written, the table may hold writes nobody checked: a run
     # killed in between leaves no snapshot, and `qpbot ingest` then refreshes the index.
-    (index.index_dir / contract.SNAPSHOT_FILE).unlink(missing_ok=True)
+    index.state.clear(INDEX_SNAPSHOT)
     synced = sync_table(
         store, table, embedder, live, lambda d: index_record(store, d), embedding_model.batch_size
     )
     for document_id in synced["removed_documents"]:
         store.forget(document_id)
-    snapshot = synced["snapshot"]
-    index.index_dir.mkdir(parents=True, exist_ok=True)
-    contract.atomic_write_json(index.index_dir / contract.SNAPSHOT_FILE, snapshot)
+    snapshot = index.state.write(INDEX_SNAPSHOT, synced["snapshot"])
     context.log.info(
         f"search_index: {synced['written_documents']} documents written, "
         f"{len(synced['removed_documents'])} removed"
     )
     return dg.MaterializeResult(
         metadata={
-            **snapshot,
+            **snapshot.model_dump(),
             "written_documents": synced["written_documents"],
             "written_rows": synced["written_rows"],
             "removed_documents": len(synced["removed_documents"]),
@@ -129,18 +128,11 @@ def promoted_index(
     index: SearchIndexResource, embedding_model: EmbeddingModelResource
 ) -> dg.MaterializeResult:
     """The pointer the answer service reads: the last index version whose blocking checks passed."""
-    snapshot = contract.read_snapshot(index.index_dir)
-    champion = contract.serving_embedding_model(index.index_dir, embedding_model.configured_model)
-    if snapshot["embedding_model"] != champion:
-        # Written by a run that started before a fine-tuned embedder was promoted: moving
-        # the pointer back to the old model's table would undo that promotion.
-        return dg.MaterializeResult(
-            metadata={
-                "pointer_unchanged": f"snapshot is of {snapshot['embedding_model']}, "
-                f"the serving embedder is {champion}"
-            }
-        )
-    promoted = contract.write_promoted(index.index_dir, **snapshot)
+    snapshot = index.state.read(INDEX_SNAPSHOT)
+    try:
+        promoted = promote_snapshot(index.state, snapshot, embedding_model.configured_model)
+    except StaleSnapshot as stale:  # from a run that started before a fine-tune's promotion
+        return dg.MaterializeResult(metadata={"pointer_unchanged": str(stale)})
     return dg.MaterializeResult(
         metadata={
             "index_version": promoted.label,

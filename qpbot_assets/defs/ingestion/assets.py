@@ -23,7 +23,7 @@ from qpbot_assets.documents.extraction import (
     extract_document,
 )
 from qpbot_assets.documents.metadata import describe_document
-from qpbot_assets.documents.sources import display_name, local_copy, source_version
+from qpbot_assets.documents.sources import local_copy, source_version
 from qpbot_assets.documents.store import Quarantined, fingerprint
 from qpbot_assets.documents.versions import (
     CHUNKER_VERSION,
@@ -34,6 +34,7 @@ from qpbot_assets.documents.versions import (
 )
 from qpbot_assets.partitions import documents_partitions
 from qpbot_assets.resources import DocumentStoreResource, EmbeddingModelResource
+from qpbot_serving.document_store import display_name
 
 PER_DOCUMENT = dict(
     partitions_def=documents_partitions,

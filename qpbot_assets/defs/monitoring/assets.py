@@ -1,7 +1,6 @@
 """Monitoring: are the documents coming in, or the questions users ask, drifting away from
 what came before? evidently reports kept under `$QPBOT_HOME/monitoring/drift/`."""
 
-import json
 import shutil
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -29,11 +28,11 @@ from qpbot_assets.resources import (
     SearchIndexResource,
 )
 from qpbot_serving import index as contract
+from qpbot_serving import state as st
 from qpbot_serving.embedding import Embedder
 
 MONITORING = {"group_name": "monitoring"}
-DRIFT_DIR = Path("monitoring") / "drift"  # under QPBOT_HOME
-WINDOWS_FILE = "windows.json"  # where each side's reference window ends (see split_windows)
+DRIFT_DIR = Path(st.MONITORING_DIR) / "drift"  # under QPBOT_HOME, beside DRIFT_WINDOWS
 KEEP_REPORTS = 50  # report folders kept; each HTML report is about 4 MB (evidently's JS inline)
 SIDES = ("documents", "queries")
 
@@ -83,9 +82,8 @@ def drift_report(
     drifted, what the drift sensor compares with QPBOT_DRIFT_THRESHOLD) and drift score
     (ROC AUC of a reference-vs-current classifier) per side, with links to the HTML reports."""
     folder = drift_folder(documents.home)
-    state_path = folder / WINDOWS_FILE
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    promoted = contract.read_promoted(index.index_dir)
+    state = index.state.read(st.DRIFT_WINDOWS) or st.DriftWindows()
+    promoted = index.state.read(st.PROMOTED_INDEX)
     if promoted is None:
         status = "no promoted index yet: nothing to compare"
         context.log.info(f"drift_report: {status}")
@@ -109,7 +107,7 @@ def drift_report(
     windows: dict[str, Windows] = {}
     for side, rows in sides.items():
         window = split_windows(
-            rows.times, state.get(side, {}).get("reference_until"), config.min_rows
+            rows.times, getattr(state, side).reference_until, config.min_rows
         )
         windows[side] = window
         metadata[f"{side}/reference_rows"] = int(window.reference.sum())
@@ -181,8 +179,11 @@ def drift_report(
         )
 
     # Written last: a run that fails before here leaves the windows as they were.
-    contract.atomic_write_json(
-        state_path, {s: {"reference_until": windows[s].next_cutoff} for s in SIDES}
+    index.state.write(
+        st.DRIFT_WINDOWS,
+        st.DriftWindows(
+            **{s: st.DriftWindow(reference_until=windows[s].next_cutoff) for s in SIDES}
+        ),
     )
     prune_reports(folder, KEEP_REPORTS)
     return dg.MaterializeResult(metadata=metadata)

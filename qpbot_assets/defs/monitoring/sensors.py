@@ -6,7 +6,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
 
 import dagster as dg
 import sqlalchemy as sa
@@ -23,9 +22,8 @@ from qpbot_assets.resources import (
     RetrainingPolicyResource,
 )
 from qpbot_serving.answer_log import metadata
-from qpbot_serving.index import atomic_write_json
-from qpbot_serving.metrics import PLATFORM_METRICS_FILE, read_platform_metrics
 from qpbot_serving.settings import QpbotSettings
+from qpbot_serving.state import PLATFORM_METRICS, PlatformMetrics, StateError, StateStore
 
 DRIFT_REPORT = dg.AssetKey("drift_report")
 
@@ -95,7 +93,7 @@ def _gate_checks() -> dict[dg.AssetCheckKey, str]:
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Writes the platform's numbers (runs, ingestion, quarantine, drift, gates, "
-    "thumbs-up rate) to $QPBOT_HOME/monitoring/platform_metrics.json for the answer "
+    "thumbs-up rate) to the PLATFORM_METRICS pointer under $QPBOT_HOME/monitoring for the answer "
     "service's /metrics. Starts no run.",
 )
 def platform_metrics_sensor(
@@ -128,10 +126,11 @@ def write_platform_snapshot(
     quarantine and the recent thumbs-up rate, and writes it (atomically); returns it.
     The snapshot is its own cursor (`runs_seen_until`), so counts and cursor never part.
     `jobs` start at zero runs, so that a job's first failure already counts as an increase."""
-    home = Path(documents.home)
-    snapshot = read_platform_metrics(home) or {}
-    for key in ("runs", "drift", "gates"):
-        snapshot.setdefault(key, {})
+    state = StateStore(documents.home)
+    try:
+        snapshot = (state.read(PLATFORM_METRICS) or PlatformMetrics()).model_dump()
+    except StateError:  # figures only: start them again rather than stop counting
+        snapshot = PlatformMetrics().model_dump()
     for job in jobs:
         snapshot["runs"].setdefault(job, {})
     seen_until = snapshot.get("runs_seen_until")
@@ -154,7 +153,7 @@ def write_platform_snapshot(
     snapshot["documents"] = {"live": len(live), "quarantined": dict(kinds)}
     snapshot["feedback"] = feedback_up_rate(feedback_db, window)
     snapshot["written_at"] = time.time()
-    atomic_write_json(home / PLATFORM_METRICS_FILE, snapshot)
+    state.write(PLATFORM_METRICS, PlatformMetrics(**snapshot))
     return snapshot
 
 

@@ -3,12 +3,7 @@ champion on the evaluation sets."""
 
 import dagster as dg
 
-from qpbot_assets.defs.training.assets import (
-    CANDIDATE_FILE,
-    REGISTERED_EMBEDDER,
-    candidate_index,
-    read_json,
-)
+from qpbot_assets.defs.training.assets import REGISTERED_EMBEDDER, candidate_index, read_upstream
 from qpbot_assets.learning.feedback import rated_answers
 from qpbot_assets.learning.gate import GateSet, compare_retrievers
 from qpbot_assets.resources import (
@@ -18,7 +13,7 @@ from qpbot_assets.resources import (
     MlflowResource,
     SearchIndexResource,
 )
-from qpbot_serving import index as contract
+from qpbot_serving import state as st
 from qpbot_serving.evaluation import read_qrels, read_queries
 
 
@@ -34,10 +29,10 @@ def candidate_at_least_as_good_as_champion(
     over the configured BEIR sets and the judged feedback queries held out from training.
     Passes when the candidate is at least as good in both; with no evaluation query at all
     it refuses, since nothing shows the candidate is good."""
-    candidate = read_json(index.index_dir / CANDIDATE_FILE)
-    champion_pointer = contract.read_promoted(index.index_dir)
+    candidate = read_upstream(index, st.INDEX_CANDIDATE)
+    champion_pointer = index.state.read(st.PROMOTED_INDEX)
     champion = embedding_model.retriever(champion_pointer)
-    challenger_pointer = contract.PromotedIndex(promoted_at="", **candidate["snapshot"])
+    challenger_pointer = st.PromotedIndex(**candidate.snapshot.model_dump(), promoted_at="")
     challenger = embedding_model.retriever(challenger_pointer)
 
     sets = [
@@ -51,10 +46,9 @@ def candidate_at_least_as_good_as_champion(
         sets.append(GateSet("feedback-validation", queries, qrels))
     verdict = compare_retrievers(champion, challenger, sets)
 
-    candidate["gate"] = verdict
-    contract.atomic_write_json(index.index_dir / CANDIDATE_FILE, candidate)
+    # The verdict is kept with the model version (and in this check's result).
     client = mlflow.client()
-    version = candidate["embedder"]["mlflow_version"]
+    version = candidate.embedder.mlflow_version
     client.set_model_version_tag(
         REGISTERED_EMBEDDER, version, "gate", "passed" if verdict["passed"] else "refused"
     )

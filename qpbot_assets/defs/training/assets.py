@@ -1,12 +1,10 @@
 """Retraining from feedback: a fine-tuned embedder, its candidate index beside the live one,
 and the promotion that only happens when the gate (asset_checks.py) passes.
 
-Files under `$QPBOT_HOME/models/embedders/`: one folder per fine-tuned model, and
-`CHALLENGER.json` (the newest one); under `$QPBOT_HOME/index/`: `CANDIDATE.json` (the
-candidate table and version, and the gate's verdict once it has one).
+One folder per fine-tuned model under `$QPBOT_HOME/models/embedders/`; the pointers
+`state.CHALLENGER_EMBEDDER` (the newest one) and `state.INDEX_CANDIDATE` (its index).
 """
 
-import json
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,11 +24,10 @@ from qpbot_assets.resources import (
     SearchIndexResource,
 )
 from qpbot_serving import index as contract
+from qpbot_serving import state as st
 
 TRAINING = {"group_name": "training"}
 REGISTERED_EMBEDDER = "qpbot-embedder"
-CHALLENGER_FILE = "CHALLENGER.json"
-CANDIDATE_FILE = "CANDIDATE.json"
 
 
 class FineTuneConfig(dg.Config):
@@ -45,13 +42,17 @@ class FineTuneConfig(dg.Config):
 
 
 def embedders_dir(index: SearchIndexResource) -> Path:
-    return Path(index.home) / "models" / "embedders"
+    return index.state.path(st.CHALLENGER_EMBEDDER).parent
 
 
-def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise dg.Failure(f"{path} is missing: materialize the upstream asset first")
-    return json.loads(path.read_text())
+def read_upstream(index: SearchIndexResource, pointer: st.Pointer[st.R]) -> st.R:
+    """The pointer an upstream asset writes; a Failure that says so when it has not run."""
+    record = index.state.read(pointer)
+    if record is None:
+        raise dg.Failure(
+            f"{index.state.path(pointer)} is missing: materialize the upstream asset first"
+        )
+    return record
 
 
 @dg.asset(**TRAINING, deps=[training_pairs], kinds={"pytorch", "mlflow"})
@@ -67,12 +68,12 @@ def fine_tuned_embedder(
     (MultipleNegativesRankingLoss with the hard negatives), registered in MLflow as a new
     version of `qpbot-embedder` with the alias `challenger`. Always starts from the
     configured model, so a version depends only on its pairs and hyperparameters."""
-    latest = read_json(feedback_db.folder / "training_pairs" / "LATEST.json")
-    pairs = pd.read_parquet(latest["path"])
+    latest = read_upstream(index, st.TRAINING_PAIRS)
+    pairs = pd.read_parquet(latest.path)
     train_pairs = int((pairs["split"] == "train").sum())
     if train_pairs < config.min_pairs:
         raise dg.Failure(
-            f"only {train_pairs} training pairs (version {latest['version']}); fine-tuning "
+            f"only {train_pairs} training pairs (version {latest.version}); fine-tuning "
             f"needs at least {config.min_pairs}: collect more judged feedback"
         )
     base = embedding_model.configured_model
@@ -91,29 +92,32 @@ def fine_tuned_embedder(
 
     with mlflow.start_run("qpbot-embedder", run_name=name) as run:
         mlflow_api.log_params(
-            {**asdict(params), "base_model": base, "pairs_version": latest["version"]}
+            {**asdict(params), "base_model": base, "pairs_version": latest.version}
         )
         metrics = fine_tune_embedder(base, pairs, output_dir, params)
         mlflow_api.log_metrics({k: v for k, v in metrics.items() if k != "seconds"})
         mlflow_api.log_metric("train_seconds", metrics["seconds"])
         mlflow_api.log_artifacts(str(output_dir), artifact_path="model")
-    version = mlflow.register_version(REGISTERED_EMBEDDER, run.info.run_id, "model")
-    mlflow.client().set_registered_model_alias(REGISTERED_EMBEDDER, "challenger", version.version)
-    challenger = {
-        "model": str(output_dir),
-        "base_model": base,
-        "mlflow_version": str(version.version),
-        "mlflow_run_id": run.info.run_id,
-        "pairs_version": latest["version"],
-        "trained_at": stamp,
-    }
-    contract.atomic_write_json(embedders_dir(index) / CHALLENGER_FILE, challenger)
+    version = mlflow.register_challenger(
+        REGISTERED_EMBEDDER, run.info.run_id, "model", "Fine-tuned embedding models."
+    )
+    challenger = index.state.write(
+        st.CHALLENGER_EMBEDDER,
+        st.FineTunedEmbedder(
+            model=str(output_dir),
+            base_model=base,
+            mlflow_version=version,
+            mlflow_run_id=run.info.run_id,
+            pairs_version=latest.version,
+            trained_at=stamp,
+        ),
+    )
     return dg.MaterializeResult(
         metadata={
             **metrics,
             "model": dg.MetadataValue.path(str(output_dir)),
-            "mlflow_version": challenger["mlflow_version"],
-            "pairs_version": latest["version"],
+            "mlflow_version": challenger.mlflow_version,
+            "pairs_version": latest.version,
             "train_pairs": train_pairs,
         }
     )
@@ -128,11 +132,11 @@ def candidate_index(
 ) -> dg.MaterializeResult:
     """The promoted index's chunks embedded again with the challenger, in a table of its
     own beside the live one. The service does not see it until the gate passes."""
-    challenger = read_json(embedders_dir(index) / CHALLENGER_FILE)
+    challenger = read_upstream(index, st.CHALLENGER_EMBEDDER)
     champion = index.promoted_table()
     if champion is None:
         raise dg.Failure("no promoted index to build a candidate from: ingest documents first")
-    embedder = embedding_model.embedder_for(challenger["model"])
+    embedder = embedding_model.embedder_for(challenger.model)
     table = reembed_table(champion, index.connect(), embedder)
     from qpbot_assets.defs.indexing.assets import index_record  # the record ingestion keeps
 
@@ -148,19 +152,21 @@ def candidate_index(
             .to_pylist()
         )
     )
-    candidate = {
-        "snapshot": snapshot(table, documents_in_table),
-        "embedder": challenger,
-        "built_from": contract.read_promoted(index.index_dir).label,
-    }
-    contract.atomic_write_json(index.index_dir / CANDIDATE_FILE, candidate)
+    candidate = index.state.write(
+        st.INDEX_CANDIDATE,
+        st.IndexCandidate(
+            snapshot=snapshot(table, documents_in_table),
+            embedder=challenger,
+            built_from=index.state.read(st.PROMOTED_INDEX).label,
+        ),
+    )
     return dg.MaterializeResult(
         metadata={
             "candidate": f"{table.name}@v{table.version}",
             "chunks": table.count_rows(),
-            "built_from": candidate["built_from"],
+            "built_from": candidate.built_from,
             "documents_adopted": adopted,
-            "embedding_model": challenger["model"],
+            "embedding_model": challenger.model,
         }
     )
 
@@ -176,14 +182,14 @@ def promoted_candidate(index: SearchIndexResource, mlflow: MlflowResource) -> dg
     """Moves the promoted pointer to the candidate index and makes its model the champion
     (for the service, for ingestion and in MLflow). Runs only after the gate passed;
     `qpbot rollback` undoes it."""
-    candidate = read_json(index.index_dir / CANDIDATE_FILE)
-    promoted = promote_candidate(index.index_dir, candidate["snapshot"], candidate["embedder"])
-    version = candidate["embedder"]["mlflow_version"]
+    candidate = read_upstream(index, st.INDEX_CANDIDATE)
+    promoted = promote_candidate(index.state, candidate.snapshot, candidate.embedder)
+    version = candidate.embedder.mlflow_version
     mlflow.client().set_registered_model_alias(REGISTERED_EMBEDDER, "champion", version)
     return dg.MaterializeResult(
         metadata={
             "index_version": promoted.label,
-            "embedding_model": candidate["embedder"]["model"],
+            "embedding_model": candidate.embedder.model,
             "mlflow_version": version,
             "promoted_at": promoted.promoted_at,
         }
