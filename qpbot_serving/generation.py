@@ -308,7 +308,9 @@ def read_promoted_adapter(state: StateStore, base_model: str) -> dict | None:
         return None
     folder = adapter_dir(state, adapter.version)
     if not (folder / "adapter_config.json").is_file():
-        raise GeneratorUnavailable(f"the promoted adapter {adapter.version} is missing from {folder}")
+        raise GeneratorUnavailable(
+            f"the promoted adapter {adapter.version} is missing from {folder}"
+        )
     return {**adapter.model_dump(), "path": str(folder)}
 
 

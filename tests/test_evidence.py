@@ -169,7 +169,7 @@ def test_the_kind_of_answer_a_question_asks_for(question, kind):
 
 
 def test_a_unit_with_the_asked_kind_of_answer_outranks_one_without(chunks, embedder):
-    units = [u for name in sorted(chunks) for u in units_of(chunks[name])]
+    units = [u for name in sorted(chunks) for hit in chunks[name] for u in split_units(hit)]
     cases = {
         # The scope sentence names "Kestrel K2"; the table rows say how long.
         "How long is the warranty on the Kestrel K2?": "Component: ",

@@ -1,7 +1,6 @@
 """What users said: answer and feedback rows copied from the feedback database, and the
 training pairs made from them."""
 
-
 import dagster as dg
 
 from qpbot_assets.learning.feedback import rated_answers, sync_feedback_events

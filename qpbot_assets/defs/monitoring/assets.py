@@ -106,9 +106,7 @@ def drift_report(
     summaries: dict[str, DriftSummary] = {}
     windows: dict[str, Windows] = {}
     for side, rows in sides.items():
-        window = split_windows(
-            rows.times, getattr(state, side).reference_until, config.min_rows
-        )
+        window = split_windows(rows.times, getattr(state, side).reference_until, config.min_rows)
         windows[side] = window
         metadata[f"{side}/reference_rows"] = int(window.reference.sum())
         metadata[f"{side}/current_rows"] = int(window.current.sum())
