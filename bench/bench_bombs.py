@@ -48,7 +48,7 @@ from qpbot_assets.documents.extraction import (  # noqa: E402
     extract_document,
 )
 from qpbot_assets.documents.sources import document_id_for  # noqa: E402
-from qpbot_assets.instance import get_instance  # noqa: E402
+from qpbot_assets.runtime.instance import get_instance  # noqa: E402
 from qpbot_serving.settings import QpbotSettings  # noqa: E402
 
 STAGES = ("raw_document", "extracted_text", "cleaned_text", "document_metadata", "chunks")

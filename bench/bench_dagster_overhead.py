@@ -21,7 +21,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from qpbot_assets.instance import DAGSTER_EVENT_BATCH_SIZE
+from qpbot_assets.runtime.instance import DAGSTER_EVENT_BATCH_SIZE
 
 documents = dg.DynamicPartitionsDefinition(name="documents")
 
@@ -65,7 +65,7 @@ def run_once(instance: dg.DagsterInstance, partitions: int, asset_count: int) ->
 STORAGES = {
     "dagster_sqlite": "storage:\n  sqlite:\n    base_dir: {home}\n",
     "qpbot_batching_sqlite": (
-        "storage:\n  custom:\n    module: qpbot_assets.dagster_storage\n"
+        "storage:\n  custom:\n    module: qpbot_assets.runtime.dagster_storage\n"
         "    class: BatchingSqliteStorage\n    config:\n      base_dir: {home}\n"
     ),
 }

@@ -27,7 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from qpbot_assets.beir import index_beir_corpus, indexed_text, read_beir_corpus  # noqa: E402
+from qpbot_assets.evaluation.beir import index_beir_corpus, indexed_text, read_beir_corpus  # noqa: E402
 from qpbot_serving.embedding import Embedder  # noqa: E402
 from qpbot_serving.evaluation import evaluate_retriever  # noqa: E402
 from qpbot_serving.retrieval import Retriever  # noqa: E402

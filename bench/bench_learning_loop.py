@@ -139,8 +139,8 @@ def retrain(run_config: dict | None, use_sensor: bool) -> dict:
     import dagster as dg
 
     from qpbot_assets.defs.feedback.sensors import feedback_sensor
-    from qpbot_assets.ingest import load_definitions
-    from qpbot_assets.instance import get_instance
+    from qpbot_assets.runtime.instance import get_instance
+    from qpbot_assets.runtime.runs import load_definitions
     from qpbot_serving.settings import QpbotSettings
 
     settings = QpbotSettings()

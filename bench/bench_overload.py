@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "examples"))
 
 from make_sample_documents import write_sample_documents  # noqa: E402
 
-from qpbot_assets.ingest import ingest_paths  # noqa: E402
+from qpbot_assets.runtime.runs import ingest_paths  # noqa: E402
 from qpbot_serving.app import create_app  # noqa: E402
 from qpbot_serving.server import uvicorn_config  # noqa: E402
 from qpbot_serving.settings import QpbotSettings  # noqa: E402

@@ -31,7 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from qpbot_assets.beir import index_beir_corpus, indexed_corpus  # noqa: E402
+from qpbot_assets.evaluation.beir import index_beir_corpus, indexed_corpus  # noqa: E402
 from qpbot_serving import index as contract  # noqa: E402
 from qpbot_serving.evaluation import (  # noqa: E402
     evaluate_rankings,

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ingest(settings: QpbotSettings, paths: list[Path], as_json: bool) -> int:
-    from qpbot_assets.ingest import ingest_paths
+    from qpbot_assets.runtime.runs import ingest_paths
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -143,7 +143,7 @@ TABLE_FLAGS = {"url": "--sql", "metadata_columns": "--metadata-columns"}
 def _ingest_table(settings: QpbotSettings, args: argparse.Namespace) -> int:
     """Ingests the rows of one table (`--sql URL --table ...`), as the SQL sensor would."""
     from qpbot_assets.documents.sql_source import SqlSourceError
-    from qpbot_assets.ingest import ingest_sql
+    from qpbot_assets.runtime.runs import ingest_sql
     from qpbot_serving.settings import SqlSource
 
     required = {
@@ -179,7 +179,7 @@ def _ingest_table(settings: QpbotSettings, args: argparse.Namespace) -> int:
 
 
 def _report_ingest(settings: QpbotSettings, summary: dict, what: str, as_json: bool) -> int:
-    from qpbot_assets.ingest import index_status
+    from qpbot_assets.runtime.runs import index_status
 
     status = index_status(settings)
     if as_json:
@@ -194,7 +194,7 @@ def _report_ingest(settings: QpbotSettings, summary: dict, what: str, as_json: b
 
 
 def _status(settings: QpbotSettings, as_json: bool) -> int:
-    from qpbot_assets.ingest import index_status
+    from qpbot_assets.runtime.runs import index_status
 
     status = index_status(settings)
     if as_json:
@@ -220,8 +220,8 @@ def _rollback(settings: QpbotSettings, as_json: bool) -> int:
     """Runs the rollback_embedder job (the previous champion's embedder, index pointer and
     MLflow alias come back), then a refresh run that syncs documents ingested since into
     the restored index. The service follows within seconds."""
-    from qpbot_assets.ingest import execute_job, load_definitions, refresh_index
-    from qpbot_assets.instance import get_instance
+    from qpbot_assets.runtime.instance import get_instance
+    from qpbot_assets.runtime.runs import execute_job, load_definitions, refresh_index
 
     run = execute_job(load_definitions(), "rollback_embedder", get_instance(settings))
     if not run.success:
@@ -242,16 +242,16 @@ def _rollback(settings: QpbotSettings, as_json: bool) -> int:
 
 def _gate(settings: QpbotSettings, args: argparse.Namespace) -> int:
     """Scores what would be deployed and compares it with the champion's record
-    (qpbot_assets.deployment_gate). Exit 0: passed (or the first baseline); 1: refused; 2:
+    (qpbot_assets.evaluation.deployment_gate). Exit 0: passed (or the first baseline); 1: refused; 2:
     the gate cannot run (a setting is missing or wrong, or the evaluation failed)."""
-    from qpbot_assets.deployment_gate import (
+    from qpbot_assets.evaluation.deployment_gate import (
         GateMisconfigured,
         compare_with_champion,
         evaluate_deployment,
         format_verdict,
         load_champion,
     )
-    from qpbot_assets.evaluation_record import write_record
+    from qpbot_assets.evaluation.record import write_record
 
     try:
         champion = load_champion(settings)
@@ -283,7 +283,7 @@ def _eval_retrieval(settings: QpbotSettings, args: argparse.Namespace) -> int:
     --home or a throw-away home, then runs the queries through the serving retriever."""
     import tempfile
 
-    from qpbot_assets.beir import index_beir_corpus, indexed_corpus
+    from qpbot_assets.evaluation.beir import index_beir_corpus, indexed_corpus
     from qpbot_serving.embedding import Embedder, resolve_backend
     from qpbot_serving.evaluation import evaluate_retriever
     from qpbot_serving.retrieval import Retriever
@@ -397,7 +397,7 @@ def _print_status(status: dict) -> None:
 def _dev(settings: QpbotSettings, host: str, port: int, daemon_only: bool = False) -> int:
     """Starts dagster-daemon (sensors, automation, run queue) and dagster-webserver (the UI);
     Ctrl-C or SIGTERM stops both."""
-    from qpbot_assets.instance import configure_environment
+    from qpbot_assets.runtime.instance import configure_environment
 
     configure_environment(settings)
     workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"

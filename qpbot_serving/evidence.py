@@ -314,7 +314,9 @@ def select_evidence(
     found = wanted is None or any(
         carries_answer_type(u, wanted) and _mentions(u, subject) for u in numbered
     )
-    return EvidenceSelection(numbered, len(candidates), best, used, wanted[0] if wanted else None, found)
+    return EvidenceSelection(
+        numbered, len(candidates), best, used, wanted[0] if wanted else None, found
+    )
 
 
 def adapted_budget(budget_tokens: int, scored: Sequence[EvidenceUnit]) -> int:
@@ -359,8 +361,7 @@ def score_units(
     # The candidates' words each question word matches: itself, or where no candidate has
     # it, the words it is a prefix of or that are a prefix of it ("weigh": "weight").
     matching = {
-        w: {w} if w in vocabulary else {v for v in vocabulary if _term_matches(w, v)}
-        for w in asked
+        w: {w} if w in vocabulary else {v for v in vocabulary if _term_matches(w, v)} for w in asked
     }
     frequency = {w: sum(bool(matching[w] & found) for found in chunk_terms.values()) for w in asked}
     # A word found nowhere counts as much as the rarest found one: often it is a paraphrase
@@ -385,7 +386,10 @@ def score_units(
     retrieval = np.array([1.0 / (1.0 + 0.25 * u.chunk_rank) for u in units])
     wanted = answer_type(question)
     typed = np.array(
-        [1.0 if wanted is None or carries_answer_type(u, wanted) else MISSING_ANSWER_TYPE_SHARE for u in units]
+        [
+            1.0 if wanted is None or carries_answer_type(u, wanted) else MISSING_ANSWER_TYPE_SHARE
+            for u in units
+        ]
     )
     cheap = (LEXICAL_WEIGHT * lexical + RETRIEVAL_WEIGHT * retrieval) * typed
     order = np.argsort(-cheap, kind="stable")

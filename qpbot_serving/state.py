@@ -200,20 +200,24 @@ class Log(Generic[R]):
     writer: str
 
 
-PROMOTED_INDEX = Pointer(f"{INDEX_DIR}/PROMOTED.json", PromotedIndex, "qpbot_assets.promotion")
+PROMOTED_INDEX = Pointer(
+    f"{INDEX_DIR}/PROMOTED.json", PromotedIndex, "qpbot_assets.indexing.promotion"
+)
 # The version search_index last wrote, for the checks; absent while it writes.
 INDEX_SNAPSHOT = Pointer(
     f"{INDEX_DIR}/SNAPSHOT.json", IndexSnapshot, "qpbot_assets.defs.indexing.assets"
 )
 # The promoted fine-tune of the configured embedding model: what new chunks are embedded with.
 CHAMPION_EMBEDDER = Pointer(
-    f"{INDEX_DIR}/EMBEDDER.json", FineTunedEmbedder, "qpbot_assets.promotion"
+    f"{INDEX_DIR}/EMBEDDER.json", FineTunedEmbedder, "qpbot_assets.indexing.promotion"
 )
-PROMOTIONS = Log(f"{INDEX_DIR}/PROMOTIONS.jsonl", Promotion, "qpbot_assets.promotion")
+PROMOTIONS = Log(f"{INDEX_DIR}/PROMOTIONS.jsonl", Promotion, "qpbot_assets.indexing.promotion")
 INDEX_CANDIDATE = Pointer(
     f"{INDEX_DIR}/CANDIDATE.json", IndexCandidate, "qpbot_assets.defs.training.assets"
 )
-CORPUS_MARKER = Pointer(f"{INDEX_DIR}/BEIR_CORPUS.json", CorpusMarker, "qpbot_assets.beir")
+CORPUS_MARKER = Pointer(
+    f"{INDEX_DIR}/BEIR_CORPUS.json", CorpusMarker, "qpbot_assets.evaluation.beir"
+)
 CHALLENGER_EMBEDDER = Pointer(
     f"{MODELS_DIR}/embedders/CHALLENGER.json",
     FineTunedEmbedder,

@@ -79,7 +79,7 @@ def service_client(settings, generator=None, **client_options):
 def ingest_into(home: Path, *paths: Path) -> Path:
     """Ingests `paths` into `home`, with the home's own Dagster instance: for module
     fixtures, which cannot take the function-scoped `qpbot_home`."""
-    from qpbot_assets.ingest import ingest_paths
+    from qpbot_assets.runtime.runs import ingest_paths
     from qpbot_serving.settings import QpbotSettings
 
     with pytest.MonkeyPatch.context() as patch:

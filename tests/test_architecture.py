@@ -47,8 +47,8 @@ def test_the_serving_package_never_imports_the_asset_graph_or_dagster():
 
 
 def test_the_check_sees_lazy_imports():
-    source = "def f():\n    import dagster as dg\n    from qpbot_assets.ingest import x\n"
+    source = "def f():\n    import dagster as dg\n    from qpbot_assets.runtime.runs import x\n"
     assert [name for _, name in _imported_modules(ast.parse(source))] == [
         "dagster",
-        "qpbot_assets.ingest",
+        "qpbot_assets.runtime.runs",
     ]

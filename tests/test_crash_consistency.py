@@ -21,11 +21,11 @@ import psutil
 import pytest
 from dagster._core.utils import make_new_run_id
 
+from qpbot_assets.defs.partitions import partition_range_tags
 from qpbot_assets.documents.sources import document_id_for
 from qpbot_assets.documents.store import DocumentStore
-from qpbot_assets.ingest import ingest_paths, load_definitions
-from qpbot_assets.instance import PROCESS_TAG, get_instance, process_tags
-from qpbot_assets.partitions import partition_range_tags
+from qpbot_assets.runtime.instance import PROCESS_TAG, get_instance, process_tags
+from qpbot_assets.runtime.runs import ingest_paths, load_definitions
 from qpbot_serving import index as contract
 from qpbot_serving.settings import QpbotSettings
 from qpbot_serving.state import INDEX_SNAPSHOT, PROMOTED_INDEX, StateStore

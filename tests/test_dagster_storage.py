@@ -13,7 +13,7 @@ import dagster as dg
 import sqlalchemy.exc
 import yaml
 
-from qpbot_assets.dagster_storage import BatchingSqliteEventLogStorage
+from qpbot_assets.runtime.dagster_storage import BatchingSqliteEventLogStorage
 
 documents = dg.DynamicPartitionsDefinition(name="documents")
 KEYS = [f"doc-{i:03d}" for i in range(40)]

@@ -18,18 +18,18 @@ from qpbot_assets.defs.monitoring.assets import (
     drift_report,
 )
 from qpbot_assets.defs.monitoring.sensors import DRIFT_REPORT, drift_sensor
-from qpbot_assets.defs.training.jobs import RETRAIN_JOB_NAME
-from qpbot_assets.documents.extraction import extract_document
-from qpbot_assets.documents.store import DocumentStore
-from qpbot_assets.learning.drift import embedding_drift, split_windows
-from qpbot_assets.learning.feedback import sync_feedback_events
-from qpbot_assets.promotion import promote_snapshot
-from qpbot_assets.resources import (
+from qpbot_assets.defs.resources import (
     DocumentStoreResource,
     EmbeddingModelResource,
     FeedbackDatabaseResource,
     SearchIndexResource,
 )
+from qpbot_assets.defs.training.jobs import RETRAIN_JOB_NAME
+from qpbot_assets.documents.extraction import extract_document
+from qpbot_assets.documents.store import DocumentStore
+from qpbot_assets.indexing.promotion import promote_snapshot
+from qpbot_assets.learning.drift import embedding_drift, split_windows
+from qpbot_assets.learning.feedback import sync_feedback_events
 from qpbot_serving import index as contract
 from qpbot_serving.answer_log import answers, engine_for, metadata
 from qpbot_serving.settings import QpbotSettings
@@ -332,7 +332,7 @@ def test_drift_sensor_fires_once_per_signal_and_skips_below_the_threshold(monkey
 
 
 def test_drift_report_and_sensor_are_in_the_code_location():
-    from qpbot_assets.ingest import load_definitions
+    from qpbot_assets.runtime.runs import load_definitions
 
     defs = load_definitions()
     sensor = defs.resolve_sensor_def("drift_sensor")

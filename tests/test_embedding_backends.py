@@ -118,7 +118,7 @@ def test_unknown_backends_are_refused_and_auto_is_int8():
 def test_the_index_records_its_backend_and_queries_match_it(
     qpbot_home, sample_documents, monkeypatch, embedding_exports
 ):
-    from qpbot_assets.ingest import ingest_paths
+    from qpbot_assets.runtime.runs import ingest_paths
     from qpbot_serving.retrieval import Retriever
     from qpbot_serving.settings import QpbotSettings
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qpbot_assets.embedding_process import child_embedder
+from qpbot_assets.indexing.embedding_process import child_embedder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def test_a_model_that_cannot_load_says_why(tmp_path):
 def test_a_script_without_a_main_guard_is_told_so(tmp_path):
     script = tmp_path / "unguarded.py"  # the child imports it, which starts a child again
     script.write_text(
-        "from qpbot_assets.embedding_process import child_embedder\n"
+        "from qpbot_assets.indexing.embedding_process import child_embedder\n"
         "child_embedder('all-MiniLM-L6-v2').encode(['anything'])\n"
     )
     done = subprocess.run(
@@ -61,7 +61,7 @@ def test_the_child_ends_with_a_killed_parent():
             sys.executable,
             "-c",
             "import multiprocessing, time\n"
-            "from qpbot_assets.embedding_process import child_embedder\n"
+            "from qpbot_assets.indexing.embedding_process import child_embedder\n"
             "child_embedder('all-MiniLM-L6-v2').dimension\n"
             "print(multiprocessing.active_children()[0].pid, flush=True)\n"
             "time.sleep(600)\n",

@@ -17,9 +17,7 @@ from qpbot_assets.defs.evaluation.assets import (
     retrieval_evaluation,
 )
 from qpbot_assets.defs.feedback.assets import feedback_events
-from qpbot_assets.documents.sources import document_id_for
-from qpbot_assets.ingest import ingest_paths, load_definitions
-from qpbot_assets.resources import (
+from qpbot_assets.defs.resources import (
     AnswerGeneratorResource,
     BeirSetConfig,
     EmbeddingModelResource,
@@ -28,6 +26,8 @@ from qpbot_assets.resources import (
     MlflowResource,
     SearchIndexResource,
 )
+from qpbot_assets.documents.sources import document_id_for
+from qpbot_assets.runtime.runs import ingest_paths, load_definitions
 from qpbot_serving.answer_log import AnswerLog
 from qpbot_serving.retrieval import Retriever
 from qpbot_serving.settings import QpbotSettings

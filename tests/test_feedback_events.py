@@ -8,11 +8,11 @@ from datetime import timedelta
 import dagster as dg
 import pytest
 
+from qpbot_assets.defs.resources import FeedbackDatabaseResource, RetrainingPolicyResource
 from qpbot_assets.learning.feedback import rated_answers, read_table, sync_feedback_events
 from qpbot_assets.learning.feedback_metrics import daily_metrics, daily_series
 from qpbot_assets.learning.lora import build_examples
 from qpbot_assets.learning.pairs import build_training_pairs
-from qpbot_assets.resources import FeedbackDatabaseResource, RetrainingPolicyResource
 from qpbot_serving.answer_log import AnswerLog, engine_for, now
 
 

@@ -18,8 +18,8 @@ import pytest
 from conftest import REPO, ingest_into
 
 from qpbot_assets.cli import main
-from qpbot_assets.deployment_gate import compare_with_champion
-from qpbot_assets.evaluation_record import Deployment, EvaluationRecord, read_record
+from qpbot_assets.evaluation.deployment_gate import compare_with_champion
+from qpbot_assets.evaluation.record import Deployment, EvaluationRecord, read_record
 
 SAMPLE_QUESTIONS = REPO / "examples" / "sample_questions.jsonl"
 

@@ -11,8 +11,8 @@ import docx
 
 from qpbot_assets.documents.sources import document_id_for
 from qpbot_assets.documents.store import DocumentStore
-from qpbot_assets.index_sync import embedding_stage
-from qpbot_assets.ingest import index_status, ingest_paths, load_definitions
+from qpbot_assets.indexing.sync import embedding_stage
+from qpbot_assets.runtime.runs import index_status, ingest_paths, load_definitions
 from qpbot_serving import index as contract
 from qpbot_serving.settings import QpbotSettings
 from qpbot_serving.state import PROMOTED_INDEX, StateStore

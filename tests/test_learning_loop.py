@@ -127,7 +127,7 @@ def test_gate_compares_both_modes_beyond_noise_and_refuses_without_queries():
 def judged_home(qpbot_home, sample_documents, tmp_path, monkeypatch):
     """Sample documents ingested, every sample question asked and judged, an evaluation
     set of those questions configured."""
-    from qpbot_assets.ingest import ingest_paths
+    from qpbot_assets.runtime.runs import ingest_paths
 
     questions = [json.loads(line) for line in open(REPO / "examples" / "sample_questions.jsonl")]
     expected = {
@@ -191,8 +191,8 @@ def judged_home(qpbot_home, sample_documents, tmp_path, monkeypatch):
 def retrain(settings, **fine_tune):
     """What the daemon does: evaluate the feedback sensor, launch the run it asks for."""
     from qpbot_assets.defs.feedback.sensors import feedback_sensor
-    from qpbot_assets.ingest import load_definitions
-    from qpbot_assets.instance import get_instance
+    from qpbot_assets.runtime.instance import get_instance
+    from qpbot_assets.runtime.runs import load_definitions
 
     defs = load_definitions()
     instance = get_instance(settings)
@@ -228,15 +228,15 @@ def test_feedback_retrains_gates_promotes_and_rolls_back(judged_home, sample_doc
 
     # The same feedback does not start a second retraining.
     from qpbot_assets.defs.feedback.sensors import feedback_sensor
-    from qpbot_assets.ingest import load_definitions
-    from qpbot_assets.instance import get_instance
+    from qpbot_assets.runtime.instance import get_instance
+    from qpbot_assets.runtime.runs import load_definitions
 
     resources = load_definitions().resources
     again = dg.build_sensor_context(get_instance(settings), cursor=cursor, resources=resources)
     assert isinstance(feedback_sensor(again), dg.SkipReason)
 
     # Ingestion now embeds with the promoted model, and only the new document.
-    from qpbot_assets.ingest import ingest_paths
+    from qpbot_assets.runtime.runs import ingest_paths
 
     extra = tmp_path / "more"
     shutil.copytree(sample_documents, extra)

@@ -23,6 +23,11 @@ from qpbot_assets.defs.generation.assets import (
     llm_adapter,
     promoted_adapter,
 )
+from qpbot_assets.defs.resources import (
+    FeedbackDatabaseResource,
+    MlflowResource,
+    SearchIndexResource,
+)
 from qpbot_assets.learning.golden import split_of
 from qpbot_assets.learning.lora import (
     AnswerExample,
@@ -32,7 +37,6 @@ from qpbot_assets.learning.lora import (
     judge_adapter,
     train_lora,
 )
-from qpbot_assets.resources import FeedbackDatabaseResource, MlflowResource, SearchIndexResource
 from qpbot_serving.answer_log import AnswerLog
 from qpbot_serving.evidence import EvidenceUnit
 from qpbot_serving.generation import LocalGenerator, adapter_dir

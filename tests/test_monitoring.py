@@ -195,8 +195,8 @@ def monitored(tmp_path_factory, sample_documents):
         generator_url=f"http://127.0.0.1:{free_port()}",  # nothing listens there
         generator_model="m",
     )
-    from qpbot_assets.ingest import load_definitions
-    from qpbot_assets.instance import get_instance
+    from qpbot_assets.runtime.instance import get_instance
+    from qpbot_assets.runtime.runs import load_definitions
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("QPBOT_HOME", str(home))

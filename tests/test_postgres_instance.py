@@ -6,7 +6,7 @@ import shutil
 
 import psycopg2
 
-from qpbot_assets.ingest import index_status, ingest_paths
+from qpbot_assets.runtime.runs import index_status, ingest_paths
 from qpbot_serving.settings import QpbotSettings
 
 

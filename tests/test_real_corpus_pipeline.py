@@ -9,7 +9,7 @@ import pytest
 from corpus_expectations import UNREADABLE
 
 from qpbot_assets.documents.sources import document_id_for
-from qpbot_assets.ingest import index_status, ingest_paths
+from qpbot_assets.runtime.runs import index_status, ingest_paths
 from qpbot_serving import index as contract
 from qpbot_serving.settings import QpbotSettings
 from qpbot_serving.state import PROMOTED_INDEX, StateStore

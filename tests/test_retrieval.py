@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from qpbot_assets.beir import index_beir_corpus, indexed_corpus
-from qpbot_assets.promotion import promote_snapshot
+from qpbot_assets.evaluation.beir import index_beir_corpus, indexed_corpus
+from qpbot_assets.indexing.promotion import promote_snapshot
 from qpbot_serving import index as contract
 from qpbot_serving.evaluation import (
     evaluate_rankings,

@@ -11,8 +11,8 @@ from dagster_aws.s3 import S3Resource
 
 from qpbot_assets.defs.ingestion.assets import raw_document
 from qpbot_assets.defs.ingestion.sensors import inbox_sensor, s3_sensor
+from qpbot_assets.defs.resources import DocumentStoreResource, S3SourceResource
 from qpbot_assets.documents.sources import document_id_for
-from qpbot_assets.resources import DocumentStoreResource, S3SourceResource
 
 
 def test_inbox_sensor_adds_edits_and_deletes(tmp_path, sample_documents):

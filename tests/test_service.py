@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from conftest import ingest_into, service_client
 from fastapi.testclient import TestClient
 
-from qpbot_assets.ingest import ingest_paths
+from qpbot_assets.runtime.runs import ingest_paths
 from qpbot_serving.answer_log import answers as answers_table
 from qpbot_serving.answer_log import feedback as feedback_table
 from qpbot_serving.generation import OpenAICompatibleGenerator

@@ -15,6 +15,7 @@ from conftest import tick
 from qpbot_assets.cli import main
 from qpbot_assets.defs.ingestion import sensors
 from qpbot_assets.defs.ingestion.sensors import sql_sensor
+from qpbot_assets.defs.resources import DocumentStoreResource, SqlSourcesResource
 from qpbot_assets.documents.sql_source import (
     SqlSourceError,
     SqlTable,
@@ -22,7 +23,6 @@ from qpbot_assets.documents.sql_source import (
     source_name,
 )
 from qpbot_assets.documents.store import DocumentStore
-from qpbot_assets.resources import DocumentStoreResource, SqlSourcesResource
 from qpbot_serving.answer_log import engine_for
 from qpbot_serving.document_store import display_name, document_id_for, row_uri
 from qpbot_serving.retrieval import Retriever

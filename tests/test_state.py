@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from qpbot_assets.promotion import StaleSnapshot, promote_candidate, promote_snapshot, rollback
+from qpbot_assets.indexing.promotion import (
+    StaleSnapshot,
+    promote_candidate,
+    promote_snapshot,
+    rollback,
+)
 from qpbot_serving import state as st
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from document_bombs import docx_bomb, pdf_bomb
 from qpbot_assets.documents.extraction import DocumentLimits, UnreadableDocument, extract_document
 from qpbot_assets.documents.sources import document_id_for
 from qpbot_assets.documents.store import DocumentStore
-from qpbot_assets.ingest import index_status, ingest_paths
+from qpbot_assets.runtime.runs import index_status, ingest_paths
 from qpbot_serving import index as contract
 from qpbot_serving.settings import QpbotSettings
 from qpbot_serving.state import PROMOTED_INDEX, StateStore

@@ -16,18 +16,18 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from qpbot_assets.learning.feedback import rated_answers, read_table
-from qpbot_assets.learning.feedback_metrics import daily_metrics, daily_series
-from qpbot_assets.learning.golden import feedback_golden_set
-from qpbot_assets.learning.plots import daily_answers_and_rating, grouped_bars, markdown_image
-from qpbot_assets.learning.qa_eval import evaluate_qa, read_qa_set, result_rows
-from qpbot_assets.resources import (
+from qpbot_assets.defs.resources import (
     AnswerGeneratorResource,
     EmbeddingModelResource,
     EvaluationResource,
     FeedbackDatabaseResource,
     MlflowResource,
 )
+from qpbot_assets.learning.feedback import rated_answers, read_table
+from qpbot_assets.learning.feedback_metrics import daily_metrics, daily_series
+from qpbot_assets.learning.golden import feedback_golden_set
+from qpbot_assets.learning.plots import daily_answers_and_rating, grouped_bars, markdown_image
+from qpbot_assets.learning.qa_eval import evaluate_qa, read_qa_set, result_rows
 from qpbot_serving.evaluation import evaluate_queries, read_qrels, read_queries
 from qpbot_serving.retrieval import MODES, IndexNotReady, Retriever
 from qpbot_serving.state import write_json_atomic

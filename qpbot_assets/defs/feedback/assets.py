@@ -3,9 +3,9 @@ training pairs made from them."""
 
 import dagster as dg
 
+from qpbot_assets.defs.resources import FeedbackDatabaseResource, SearchIndexResource
 from qpbot_assets.learning.feedback import rated_answers, sync_feedback_events
 from qpbot_assets.learning.pairs import build_training_pairs, pairs_version
-from qpbot_assets.resources import FeedbackDatabaseResource, SearchIndexResource
 from qpbot_serving.state import TRAINING_PAIRS, TrainingPairsVersion
 
 FEEDBACK = {"group_name": "feedback"}

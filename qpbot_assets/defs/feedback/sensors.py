@@ -6,9 +6,9 @@ from datetime import datetime
 import dagster as dg
 import sqlalchemy as sa
 
+from qpbot_assets.defs.resources import FeedbackDatabaseResource, RetrainingPolicyResource
 from qpbot_assets.defs.training.jobs import RETRAIN_JOB_NAME
 from qpbot_assets.learning.signals import retraining_reason
-from qpbot_assets.resources import FeedbackDatabaseResource, RetrainingPolicyResource
 from qpbot_serving.answer_log import feedback as feedback_table
 from qpbot_serving.answer_log import metadata
 

@@ -4,8 +4,8 @@ worse than what serves today (the base model, or the promoted adapter)."""
 import dagster as dg
 
 from qpbot_assets.defs.generation.assets import llm_adapter
+from qpbot_assets.defs.resources import SearchIndexResource
 from qpbot_assets.learning.lora import judge_adapter
-from qpbot_assets.resources import SearchIndexResource
 from qpbot_serving.state import ADAPTER_CANDIDATE
 
 

@@ -11,9 +11,13 @@ from pathlib import Path
 import dagster as dg
 
 from qpbot_assets.defs.feedback.assets import feedback_events
+from qpbot_assets.defs.resources import (
+    FeedbackDatabaseResource,
+    MlflowResource,
+    SearchIndexResource,
+)
 from qpbot_assets.learning.feedback import rated_answers
 from qpbot_assets.learning.lora import LoraParams, build_examples, judge_adapter, train_lora
-from qpbot_assets.resources import FeedbackDatabaseResource, MlflowResource, SearchIndexResource
 from qpbot_serving import state as st
 from qpbot_serving.generation import (
     DEFAULT_LOCAL_MODEL,

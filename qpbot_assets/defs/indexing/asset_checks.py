@@ -5,13 +5,13 @@ from collections import Counter
 import dagster as dg
 
 from qpbot_assets.defs.indexing.assets import live_document_ids, search_index
-from qpbot_assets.documents.store import Quarantined
-from qpbot_assets.index_sync import scan
-from qpbot_assets.resources import (
+from qpbot_assets.defs.resources import (
     DocumentStoreResource,
     EmbeddingModelResource,
     SearchIndexResource,
 )
+from qpbot_assets.documents.store import Quarantined
+from qpbot_assets.indexing.sync import scan
 from qpbot_serving import index as contract
 from qpbot_serving.state import INDEX_SNAPSHOT
 

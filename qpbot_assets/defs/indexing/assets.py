@@ -2,18 +2,18 @@
 
 import dagster as dg
 
+from qpbot_assets.defs.document_runs import run_for_each_document
 from qpbot_assets.defs.ingestion.assets import PER_DOCUMENT, chunks, document_metadata
-from qpbot_assets.document_stages import run_for_each_document
-from qpbot_assets.documents.store import DocumentStore
-from qpbot_assets.documents.versions import PIPELINE_VERSION
-from qpbot_assets.index_sync import embed_documents, open_or_create_table, sync_table
-from qpbot_assets.partitions import documents_partitions
-from qpbot_assets.promotion import StaleSnapshot, promote_snapshot
-from qpbot_assets.resources import (
+from qpbot_assets.defs.partitions import documents_partitions
+from qpbot_assets.defs.resources import (
     DocumentStoreResource,
     EmbeddingModelResource,
     SearchIndexResource,
 )
+from qpbot_assets.documents.store import DocumentStore
+from qpbot_assets.documents.versions import PIPELINE_VERSION
+from qpbot_assets.indexing.promotion import StaleSnapshot, promote_snapshot
+from qpbot_assets.indexing.sync import embed_documents, open_or_create_table, sync_table
 from qpbot_serving.state import INDEX_SNAPSHOT
 
 INDEXING = {**PER_DOCUMENT, "group_name": "indexing"}

@@ -13,7 +13,9 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from qpbot_assets.document_stages import run_for_each_document
+from qpbot_assets.defs.document_runs import run_for_each_document
+from qpbot_assets.defs.partitions import documents_partitions
+from qpbot_assets.defs.resources import DocumentStoreResource, EmbeddingModelResource
 from qpbot_assets.documents.chunking import TooManyChunks, chunk_blocks
 from qpbot_assets.documents.cleaning import clean_document
 from qpbot_assets.documents.extraction import (
@@ -32,8 +34,6 @@ from qpbot_assets.documents.versions import (
     METADATA_VERSION,
     raw_fingerprint,
 )
-from qpbot_assets.partitions import documents_partitions
-from qpbot_assets.resources import DocumentStoreResource, EmbeddingModelResource
 from qpbot_serving.document_store import display_name
 
 PER_DOCUMENT = dict(

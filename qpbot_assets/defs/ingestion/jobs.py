@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from qpbot_assets.partitions import documents_partitions
+from qpbot_assets.defs.partitions import documents_partitions
 
 # Everything from the raw bytes to the promoted pointer, for a range of documents.
 ingest_documents_job = dg.define_asset_job(

@@ -13,6 +13,8 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from qpbot_assets.defs.ingestion.jobs import ingest_documents_job, refresh_index_job
+from qpbot_assets.defs.partitions import documents_partitions, partition_range_tags
+from qpbot_assets.defs.resources import DocumentStoreResource, S3SourceResource, SqlSourcesResource
 from qpbot_assets.documents.sources import (
     SourceObject,
     contiguous_ranges,
@@ -22,8 +24,6 @@ from qpbot_assets.documents.sources import (
 )
 from qpbot_assets.documents.sql_source import SqlTable
 from qpbot_assets.documents.store import DocumentStore
-from qpbot_assets.partitions import documents_partitions, partition_range_tags
-from qpbot_assets.resources import DocumentStoreResource, S3SourceResource, SqlSourcesResource
 
 # Rows whose documents one tick fetches: a large table's first listing is taken in over
 # several ticks, each well within the sensor's time limit; the rest wait for the next.

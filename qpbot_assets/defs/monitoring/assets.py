@@ -12,6 +12,12 @@ from pydantic import Field
 
 from qpbot_assets.defs.feedback.assets import feedback_events
 from qpbot_assets.defs.indexing.assets import promoted_index
+from qpbot_assets.defs.resources import (
+    DocumentStoreResource,
+    EmbeddingModelResource,
+    FeedbackDatabaseResource,
+    SearchIndexResource,
+)
 from qpbot_assets.documents.store import DocumentStore, Quarantined, fingerprint
 from qpbot_assets.learning.drift import (
     DriftSummary,
@@ -21,12 +27,6 @@ from qpbot_assets.learning.drift import (
     split_windows,
 )
 from qpbot_assets.learning.feedback import read_table
-from qpbot_assets.resources import (
-    DocumentStoreResource,
-    EmbeddingModelResource,
-    FeedbackDatabaseResource,
-    SearchIndexResource,
-)
 from qpbot_serving import index as contract
 from qpbot_serving import state as st
 from qpbot_serving.embedding import Embedder

@@ -12,15 +12,15 @@ import sqlalchemy as sa
 
 from qpbot_assets.defs.feedback.sensors import recent_ratings
 from qpbot_assets.defs.generation.asset_checks import adapter_not_worse_than_serving
-from qpbot_assets.defs.training.asset_checks import candidate_at_least_as_good_as_champion
-from qpbot_assets.defs.training.jobs import RETRAIN_JOB_NAME
-from qpbot_assets.documents.store import QUARANTINE, DocumentStore
-from qpbot_assets.partitions import documents_partitions
-from qpbot_assets.resources import (
+from qpbot_assets.defs.partitions import documents_partitions
+from qpbot_assets.defs.resources import (
     DocumentStoreResource,
     FeedbackDatabaseResource,
     RetrainingPolicyResource,
 )
+from qpbot_assets.defs.training.asset_checks import candidate_at_least_as_good_as_champion
+from qpbot_assets.defs.training.jobs import RETRAIN_JOB_NAME
+from qpbot_assets.documents.store import QUARANTINE, DocumentStore
 from qpbot_serving.answer_log import metadata
 from qpbot_serving.settings import QpbotSettings
 from qpbot_serving.state import PLATFORM_METRICS, PlatformMetrics, StateError, StateStore

@@ -3,16 +3,16 @@ champion on the evaluation sets."""
 
 import dagster as dg
 
-from qpbot_assets.defs.training.assets import REGISTERED_EMBEDDER, candidate_index, read_upstream
-from qpbot_assets.learning.feedback import rated_answers
-from qpbot_assets.learning.gate import GateSet, compare_retrievers
-from qpbot_assets.resources import (
+from qpbot_assets.defs.resources import (
     EmbeddingModelResource,
     EvaluationResource,
     FeedbackDatabaseResource,
     MlflowResource,
     SearchIndexResource,
 )
+from qpbot_assets.defs.training.assets import REGISTERED_EMBEDDER, candidate_index, read_upstream
+from qpbot_assets.learning.feedback import rated_answers
+from qpbot_assets.learning.gate import GateSet, compare_retrievers
 from qpbot_serving import state as st
 from qpbot_serving.evaluation import read_qrels, read_queries
 

@@ -13,16 +13,16 @@ import dagster as dg
 import pandas as pd
 
 from qpbot_assets.defs.feedback.assets import training_pairs
-from qpbot_assets.index_sync import adopt_table_vectors, reembed_table, snapshot
-from qpbot_assets.learning.finetune import FineTuneParams, fine_tune_embedder
-from qpbot_assets.promotion import promote_candidate
-from qpbot_assets.resources import (
+from qpbot_assets.defs.resources import (
     DocumentStoreResource,
     EmbeddingModelResource,
     FeedbackDatabaseResource,
     MlflowResource,
     SearchIndexResource,
 )
+from qpbot_assets.indexing.promotion import promote_candidate
+from qpbot_assets.indexing.sync import adopt_table_vectors, reembed_table, snapshot
+from qpbot_assets.learning.finetune import FineTuneParams, fine_tune_embedder
 from qpbot_serving import index as contract
 from qpbot_serving import state as st
 

@@ -2,9 +2,9 @@
 
 import dagster as dg
 
+from qpbot_assets.defs.resources import MlflowResource, SearchIndexResource
 from qpbot_assets.defs.training.assets import REGISTERED_EMBEDDER
-from qpbot_assets.promotion import rollback
-from qpbot_assets.resources import MlflowResource, SearchIndexResource
+from qpbot_assets.indexing.promotion import rollback
 
 RETRAIN_JOB_NAME = "retrain_embedder"
 

@@ -10,7 +10,7 @@ import psutil
 
 from qpbot_serving.settings import QpbotSettings
 
-DAGSTER_HOME_DIR = Path(__file__).resolve().parents[1] / "dagster_home"
+DAGSTER_HOME_DIR = Path(__file__).resolve().parents[2] / "dagster_home"
 DAGSTER_EVENT_BATCH_SIZE = 1000
 PROCESS_TAG = "qpbot/process"  # host:pid:start time of the process executing a run in-process
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from qpbot_assets.documents.store import fingerprint
-from qpbot_assets.index_sync import snapshot
-from qpbot_assets.promotion import promote_snapshot
+from qpbot_assets.indexing.promotion import promote_snapshot
+from qpbot_assets.indexing.sync import snapshot
 from qpbot_serving import index as contract
 from qpbot_serving.embedding import Embedder
 from qpbot_serving.state import (

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from qpbot_assets.defs.partitions import documents_partitions, partition_range_tags
 from qpbot_assets.documents.sources import (
     SourceObject,
     contiguous_ranges,
@@ -15,9 +16,8 @@ from qpbot_assets.documents.sources import (
 )
 from qpbot_assets.documents.store import DocumentStore
 from qpbot_assets.documents.versions import PIPELINE_VERSION, raw_fingerprint
-from qpbot_assets.embedding_process import child_embedder
-from qpbot_assets.instance import fail_runs_of_dead_processes, get_instance, process_tags
-from qpbot_assets.partitions import documents_partitions, partition_range_tags
+from qpbot_assets.indexing.embedding_process import child_embedder
+from qpbot_assets.runtime.instance import fail_runs_of_dead_processes, get_instance, process_tags
 from qpbot_serving import index as contract
 from qpbot_serving.document_store import indexed_stage
 from qpbot_serving.embedding import resolve_backend

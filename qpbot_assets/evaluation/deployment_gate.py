@@ -31,7 +31,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from qpbot_assets.evaluation_record import Deployment, EvaluationRecord, read_record
+from qpbot_assets.evaluation.record import Deployment, EvaluationRecord, read_record
 from qpbot_assets.learning.gate import (
     GATE_MODES,
     GateSet,
@@ -42,7 +42,7 @@ from qpbot_assets.learning.gate import (
 from qpbot_assets.learning.golden import query_id
 from qpbot_serving.settings import QpbotSettings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class GateMisconfigured(ValueError):
