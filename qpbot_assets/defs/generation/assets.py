@@ -19,13 +19,9 @@ from qpbot_assets.defs.resources import (
 from qpbot_assets.learning.feedback import rated_answers
 from qpbot_assets.learning.lora import LoraParams, build_examples, judge_adapter, train_lora
 from qpbot_serving import state as st
-from qpbot_serving.generation import (
-    DEFAULT_LOCAL_MODEL,
-    adapter_dir,
-    read_promoted_adapter,
-    resolve_local_model,
-)
+from qpbot_serving.generation import adapter_dir, read_promoted_adapter, resolve_local_model
 from qpbot_serving.prompting import PROMPT_VERSION
+from qpbot_serving.settings import DEFAULT_GENERATOR_MODEL
 
 GENERATION = {"group_name": "generation"}
 EXPERIMENT = "qpbot-llm-adapter"
@@ -35,7 +31,7 @@ REGISTERED_MODEL = "qpbot-llm-adapter"
 class LlmAdapterConfig(dg.Config):
     """Which base model, which examples, and the LoRA hyperparameters."""
 
-    base_model: str = DEFAULT_LOCAL_MODEL  # the served local model: a hub id or a path
+    base_model: str = DEFAULT_GENERATOR_MODEL  # the served local model: a hub id or a path
     min_examples: int = 8  # thumbs-up training answers below which nothing is trained
     min_validation_examples: int = 1  # held-out ones, without which the gate cannot judge
     max_examples: int = 2000  # newest rated answers read

@@ -22,7 +22,6 @@ from qpbot_assets.defs.training.asset_checks import candidate_at_least_as_good_a
 from qpbot_assets.defs.training.jobs import RETRAIN_JOB_NAME
 from qpbot_assets.documents.store import QUARANTINE, DocumentStore
 from qpbot_serving.answer_log import metadata
-from qpbot_serving.settings import QpbotSettings
 from qpbot_serving.state import PLATFORM_METRICS, PlatformMetrics, StateError, StateStore
 
 DRIFT_REPORT = dg.AssetKey("drift_report")
@@ -42,10 +41,14 @@ DRIFT_REPORT = dg.AssetKey("drift_report")
     # a few real reports of the deployment before the loop is closed.
     default_status=dg.DefaultSensorStatus.STOPPED,
 )
-def drift_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+def drift_sensor(
+    context: dg.SensorEvaluationContext,
+    asset_event: dg.EventLogEntry,
+    retraining: RetrainingPolicyResource,
+):
     materialization = asset_event.asset_materialization
     metadata = {key: value.value for key, value in (materialization.metadata or {}).items()}
-    threshold = QpbotSettings().drift_threshold
+    threshold = retraining.drift_threshold
     share = metadata.get("drift_share")
     if share is None:
         return dg.SkipReason(
