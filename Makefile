@@ -8,7 +8,7 @@ export QPBOT_HOME
 # else PyTorch's CPU index. An unpinned or CUDA torch would pull several GB.
 TORCH_SOURCE := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 
-.PHONY: demo test install samples browser prometheus dashboards
+.PHONY: demo test install samples browser prometheus loadbalancer dashboards
 
 install: $(VENV)/.installed
 
@@ -45,9 +45,17 @@ prometheus:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } || \
 	  echo "Prometheus not installed: the monitoring tests will skip (or fail with QPBOT_REQUIRE_SERVICES=1)"
 
+# HAProxy for the production-topology test (two replicas behind deploy/haproxy/haproxy.cfg),
+# from Debian's haproxy package when we may install it.
+loadbalancer:
+	@command -v haproxy >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy; } || \
+	  echo "HAProxy not installed: the topology test will skip (or fail with QPBOT_REQUIRE_SERVICES=1)"
+
 # The Grafana dashboards' JSON, from deploy/grafana/make_dashboards.py.
 dashboards: install
 	$(BIN)/python deploy/grafana/make_dashboards.py
 
-test: install browser prometheus
+test: install browser prometheus loadbalancer
 	$(BIN)/pytest

@@ -75,26 +75,16 @@ def save_upload(settings: QpbotSettings, filename: str, data: BinaryIO) -> dict:
             f"{', '.join(sorted(ACCEPTED_SUFFIXES))}",
             415,
         )
+    if settings.inbox_url:
+        return _save_to_object_storage(settings, name, data)
     inbox = settings.inbox_dir
     inbox.mkdir(parents=True, exist_ok=True)
-    limit = settings.max_upload_mb * 1024 * 1024
-    digest = hashlib.sha256()
-    size = 0
     # Hidden: the sensor skips it until it is renamed into place.
     handle, partial_name = tempfile.mkstemp(prefix=".upload-", suffix=".part", dir=inbox)
     partial = Path(partial_name)
     try:
         with open(handle, "wb") as out:
-            while block := data.read(1 << 20):
-                size += len(block)
-                if size > limit:
-                    raise UploadRefused(
-                        f"the file is larger than the {settings.max_upload_mb} MB upload limit "
-                        "(QPBOT_MAX_UPLOAD_MB)",
-                        413,
-                    )
-                digest.update(block)
-                out.write(block)
+            size, sha256 = _copy_within_limit(data, out, settings.max_upload_mb)
         target = inbox / name
         with _INBOX_LOCK:
             replaced = target.exists()
@@ -103,11 +93,52 @@ def save_upload(settings: QpbotSettings, filename: str, data: BinaryIO) -> dict:
         partial.unlink(missing_ok=True)
     document_id = document_id_for(target.resolve().as_uri())
     replaced = replaced or DocumentRecords(settings.home).is_registered(document_id)
+    return _upload_reply(document_id, name, size, sha256, replaced)
+
+
+def _save_to_object_storage(settings: QpbotSettings, name: str, data: BinaryIO) -> dict:
+    """The upload as one object under the inbox URL (a PUT is atomic: the sensor lists the
+    whole object or none of it); spooled to a local temporary file first, for the limit."""
+    import boto3  # the S3 client; credentials and endpoint from the AWS_* variables
+
+    bucket, _, prefix = settings.inbox_url.removeprefix("s3://").partition("/")
+    key = prefix + name
+    client = boto3.client("s3")
+    with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
+        size, sha256 = _copy_within_limit(data, spool, settings.max_upload_mb)
+        spool.seek(0)
+        with _INBOX_LOCK:
+            existing = client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+            replaced = any(item["Key"] == key for item in existing.get("Contents", []))
+            client.upload_fileobj(spool, bucket, key)
+    return _upload_reply(document_id_for(f"s3://{bucket}/{key}"), name, size, sha256, replaced)
+
+
+def _copy_within_limit(data: BinaryIO, out: BinaryIO, max_upload_mb: int) -> tuple[int, str]:
+    """Copies the upload, refusing it (413) past QPBOT_MAX_UPLOAD_MB; returns its size and
+    sha256."""
+    limit = max_upload_mb * 1024 * 1024
+    digest = hashlib.sha256()
+    size = 0
+    while block := data.read(1 << 20):
+        size += len(block)
+        if size > limit:
+            raise UploadRefused(
+                f"the file is larger than the {max_upload_mb} MB upload limit "
+                "(QPBOT_MAX_UPLOAD_MB)",
+                413,
+            )
+        digest.update(block)
+        out.write(block)
+    return size, digest.hexdigest()
+
+
+def _upload_reply(document_id: str, name: str, size: int, sha256: str, replaced: bool) -> dict:
     return {
         "document_id": document_id,
         "filename": name,
         "bytes": size,
-        "sha256": digest.hexdigest(),
+        "sha256": sha256,
         "status": "queued",
         "replaced": replaced,  # an earlier document of this name is updated, not added
     }

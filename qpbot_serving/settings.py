@@ -76,6 +76,14 @@ class QpbotSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QPBOT_", extra="ignore")
 
     home: Path = Field(default=Path(".qpbot"), description="Directory that holds all state.")
+    storage_url: str | None = Field(
+        default=None,
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]+(/.*)?$",
+        description="Where durable state lives: unset, under `home` on local disk; "
+        "`s3://bucket/prefix` on any S3-compatible server (credentials and endpoint from the "
+        "AWS_* variables, AWS_ENDPOINT_URL for a server other than AWS). There the inbox, the "
+        "index and its pointers live, and `home` holds only caches.",
+    )
     embedding_model: str = Field(
         default=DEFAULT_EMBEDDING_MODEL,
         description="sentence-transformers model: a hub id or a local path. The default is "
@@ -265,8 +273,14 @@ class QpbotSettings(BaseSettings):
 
     @property
     def inbox_dir(self) -> Path:
-        """The watched folder; uploads land here."""
+        """The watched folder on local disk, where uploads land without a storage URL."""
         return self.home / "inbox"
+
+    @property
+    def inbox_url(self) -> str | None:
+        """`<storage_url>/inbox/` when state lives on S3: uploads land there and the inbox
+        sensor watches it; None for the local inbox folder."""
+        return f"{self.storage_url.rstrip('/')}/inbox/" if self.storage_url else None
 
     @property
     def index_dir(self) -> Path:

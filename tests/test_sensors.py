@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 
 import boto3
 import dagster as dg
+import pytest
 from conftest import tick
 from dagster_aws.s3 import S3Resource
 
@@ -13,6 +15,7 @@ from qpbot_assets.defs.ingestion.assets import raw_document
 from qpbot_assets.defs.ingestion.sensors import inbox_sensor, s3_sensor
 from qpbot_assets.defs.resources import DocumentStoreResource, S3SourceResource
 from qpbot_assets.documents.sources import document_id_for
+from qpbot_serving.documents import UploadRefused
 
 
 def test_inbox_sensor_adds_edits_and_deletes(tmp_path, sample_documents):
@@ -24,7 +27,7 @@ def test_inbox_sensor_adds_edits_and_deletes(tmp_path, sample_documents):
     documents = DocumentStoreResource(home=str(home))
 
     with dg.instance_for_test() as instance:
-        first = tick(inbox_sensor, instance, None, documents=documents)
+        first = tick(inbox_sensor, instance, None, documents=documents, s3=S3Resource())
         assert isinstance(first, dg.SensorResult)
         keys = instance.get_dynamic_partitions("documents")
         assert sorted(keys) == sorted(
@@ -40,12 +43,13 @@ def test_inbox_sensor_adds_edits_and_deletes(tmp_path, sample_documents):
 
         # Same state again: nothing to do, and a repeated tick would reuse the run key.
         assert isinstance(
-            tick(inbox_sensor, instance, first.cursor, documents=documents), dg.SkipReason
+            tick(inbox_sensor, instance, first.cursor, documents=documents, s3=S3Resource()),
+            dg.SkipReason,
         )
 
         (inbox / "travel-and-expense-policy.md").write_text("# Travel\n\nAll travel is by train.")
         (inbox / "release-notes.html").unlink()
-        second = tick(inbox_sensor, instance, first.cursor, documents=documents)
+        second = tick(inbox_sensor, instance, first.cursor, documents=documents, s3=S3Resource())
         jobs = sorted(r.job_name for r in second.run_requests)
         assert jobs == ["ingest_documents", "refresh_index"]
         assert instance.get_dynamic_partitions("documents") == [
@@ -111,3 +115,35 @@ def test_s3_sensor_skips_clearly_without_a_bucket(tmp_path):
             s3_source=S3SourceResource(bucket=None),
         )
     assert isinstance(result, dg.SkipReason) and "QPBOT_S3_BUCKET" in result.skip_message
+
+
+def test_uploads_land_in_the_inbox_on_s3_and_the_inbox_sensor_finds_them(
+    tmp_path, s3_server, monkeypatch
+):
+    from qpbot_serving.documents import save_upload
+    from qpbot_serving.settings import QpbotSettings
+
+    endpoint, root = s3_server
+    (root / "qpbot").mkdir()
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "qpbot",
+        "AWS_SECRET_ACCESS_KEY": "qpbot-secret",
+        "AWS_ENDPOINT_URL": endpoint,
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = QpbotSettings(home=tmp_path / "replica", storage_url="s3://qpbot/site")
+    first = save_upload(settings, "notes.md", io.BytesIO(b"# Notes\n\nThe office closes at 6."))
+    again = save_upload(settings, "notes.md", io.BytesIO(b"# Notes\n\nThe office closes at 7."))
+    assert (first["replaced"], again["replaced"]) == (False, True)
+    assert first["document_id"] == document_id_for("s3://qpbot/site/inbox/notes.md")
+    assert (root / "qpbot" / "site" / "inbox" / "notes.md").read_bytes().endswith(b"at 7.")
+    assert not (tmp_path / "replica").exists()  # nothing of it on the replica's disk
+    with pytest.raises(UploadRefused) as too_big:
+        save_upload(settings.model_copy(update={"max_upload_mb": 0}), "big.md", io.BytesIO(b"x"))
+    assert too_big.value.status == 413
+
+    documents = DocumentStoreResource(home=str(tmp_path / "worker"), inbox_url=settings.inbox_url)
+    with dg.instance_for_test() as instance:
+        result = tick(inbox_sensor, instance, None, documents=documents, s3=S3Resource())
+        assert instance.get_dynamic_partitions("documents") == [first["document_id"]]
+        assert [r.job_name for r in result.run_requests] == ["ingest_documents"]

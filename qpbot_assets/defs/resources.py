@@ -37,6 +37,7 @@ class DocumentStoreResource(dg.ConfigurableResource):
     QPBOT_MAX_CHUNKS_PER_DOCUMENT)."""
 
     home: str
+    inbox_url: str | None = None  # QpbotSettings.inbox_url: the inbox on S3, or the local one
     pdf_passwords: list[str] = []
     max_document_mb: int = _default("max_document_mb")
     max_unpacked_mb: int = _default("max_unpacked_mb")
@@ -352,6 +353,7 @@ def resources() -> dg.Definitions:
         resources={
             "documents": DocumentStoreResource(
                 home=home,
+                inbox_url=settings.inbox_url,
                 pdf_passwords=settings.pdf_passwords,
                 max_document_mb=settings.max_document_mb,
                 max_unpacked_mb=settings.max_unpacked_mb,

@@ -101,11 +101,16 @@ def _run_key(kind: str, document_ids: list[str], listing: list[SourceObject]) ->
     jobs=[ingest_documents_job, refresh_index_job],
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Watches $QPBOT_HOME/inbox (where uploads land) for new, edited and deleted files.",
+    description="Watches the inbox where uploads land ($QPBOT_HOME/inbox, or "
+    "$QPBOT_STORAGE_URL/inbox/ on S3) for new, edited and deleted files.",
 )
 def inbox_sensor(
-    context: dg.SensorEvaluationContext, documents: DocumentStoreResource
+    context: dg.SensorEvaluationContext, documents: DocumentStoreResource, s3: S3Resource
 ) -> dg.SensorResult | dg.SkipReason:
+    if documents.inbox_url:
+        bucket, _, prefix = documents.inbox_url.removeprefix("s3://").partition("/")
+        listing = list_s3(s3.get_client(), bucket, prefix)
+        return sync_source(context, documents.store, documents.inbox_url, listing)
     documents.inbox_dir.mkdir(parents=True, exist_ok=True)
     return sync_source(context, documents.store, "inbox", scan_folder(documents.inbox_dir))
 
