@@ -45,9 +45,11 @@ def build_corpus(folder: Path, scifact_docs: int) -> None:
     shutil.copytree(SHARED / "aragog" / "papers", folder / "aragog")
 
 
-def timed_ingest(home: Path, folder: Path) -> tuple[float, float, float, dict]:
+def timed_ingest(
+    home: Path, folder: Path, show_progress: bool = False
+) -> tuple[float, float, float, dict]:
     """(seconds, peak RSS in MB, the ingest process's own peak RSS in MB, status JSON) of
-    one `qpbot ingest` process.
+    one `qpbot ingest` process; with `show_progress` its progress bars go to this stderr.
 
     The peak is of the whole process tree (the ingest and its embedding-model child),
     sampled every 0.1 s.
@@ -59,7 +61,7 @@ def timed_ingest(home: Path, folder: Path) -> tuple[float, float, float, dict]:
         [QPBOT, "ingest", str(folder), "--json"],
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=None if show_progress else subprocess.PIPE,
         text=True,
     )
     peak = own_peak = 0
@@ -83,7 +85,7 @@ def timed_ingest(home: Path, folder: Path) -> tuple[float, float, float, dict]:
     sampling.set()
     sampler.join()
     if process.returncode != 0:
-        sys.exit(f"qpbot ingest failed:\n{stderr[-3000:]}")
+        sys.exit(f"qpbot ingest failed:\n{(stderr or '(its stderr is above)')[-3000:]}")
     return seconds, peak / 2**20, own_peak / 2**20, json.loads(stdout)
 
 
@@ -95,7 +97,7 @@ def _rss(process: psutil.Process) -> int:
 
 
 def vectors_written_since(home: Path, since: float) -> int:
-    return sum(p.stat().st_mtime > since for p in (home / "documents").rglob("vectors/*.npz"))
+    return sum(p.stat().st_mtime > since for p in (home / "documents").rglob("vectors*.npz"))
 
 
 def padded_tokens(embedder, texts: list[str], batch_size: int) -> dict:
@@ -146,7 +148,7 @@ def main() -> None:
             rerun_embedded = vectors_written_since(home, rerun_started)
 
             promoted = StateStore(home).read(PROMOTED_INDEX)
-            table = contract.connect(home / "index").open_table(promoted.table)
+            table = contract.connect(StateStore(home)).open_table(promoted.table)
             column = table.search().select(["text"]).limit(None).to_arrow().column("text")
             texts = column.to_pylist()
             if embedder is None:

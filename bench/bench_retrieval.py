@@ -118,7 +118,7 @@ def indexed_copy(home: Path, target: Path) -> tuple[Path, dict]:
     the pointer moved to that version; returns it and what `ensure_vector_index` did."""
     shutil.copytree(home / "index", target / "index")
     promoted = StateStore(target).read(PROMOTED_INDEX)
-    table = contract.connect(target / "index").open_table(promoted.table)
+    table = contract.connect(StateStore(target)).open_table(promoted.table)
     result = contract.ensure_vector_index(table, min_rows=0)
     fields = {k: v for k, v in asdict(promoted).items() if k != "promoted_at"}
     contract.write_promoted(target / "index", **{**fields, "version": table.version})

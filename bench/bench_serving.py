@@ -62,12 +62,12 @@ def scaled_copy(source_home: Path, target_home: Path, factor: int) -> dict:
     """A home whose promoted table holds every row of the source `factor` times; returns
     what `ensure_vector_index` did."""
     promoted = StateStore(source_home).read(PROMOTED_INDEX)
-    table = contract.connect(source_home / "index").open_table(promoted.table)
+    table = contract.connect(StateStore(source_home)).open_table(promoted.table)
     table.checkout(promoted.version)
     rows = table.to_arrow()
     rng = np.random.default_rng(0)
     vectors = np.stack(rows.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
-    db = contract.connect(target_home / "index")
+    db = contract.connect(StateStore(target_home))
     copy = db.create_table(promoted.table, schema=rows.schema)
     for copy_number in range(factor):
         noisy = vectors + rng.normal(0, 0.02, vectors.shape).astype(np.float32) * (copy_number > 0)

@@ -310,6 +310,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
         state.settings = settings
+        state.store = StateStore.from_settings(settings)  # the pointers and the index
         state.metrics = ServiceMetrics()
         state.retriever = None
         state.not_ready_reason = "loading"
@@ -780,14 +781,19 @@ def _event(name: str, data) -> str:
 async def _refresh_index(app: FastAPI) -> None:
     """Opens the promoted index when it is new; in-flight requests keep the one they have."""
     state = app.state
-    promoted = StateStore(state.settings.home).read(PROMOTED_INDEX)
+    try:
+        promoted = await asyncio.to_thread(state.store.read, PROMOTED_INDEX)
+    except Exception as problem:  # object storage away: keep what is open, try again later
+        if state.retriever is None:
+            state.not_ready_reason = f"the promoted pointer cannot be read ({type(problem).__name__})"
+        return
     current = state.retriever
     if promoted is None:
         state.not_ready_reason = "no promoted index yet: run `qpbot ingest PATH...`"
         return
     if current is not None and current.promoted == promoted:
         try:  # still there? A table removed under the service must make it unready.
-            await asyncio.to_thread(_open_promoted, state.settings.index_dir, promoted)
+            await asyncio.to_thread(_open_promoted, state.store, promoted)
             return
         except Exception as problem:  # LanceDB raises OSError, ValueError, RuntimeError
             state.retriever = None
@@ -810,10 +816,10 @@ async def _refresh_index(app: FastAPI) -> None:
     state.metrics.set_index(promoted)
 
 
-def _open_promoted(index_dir: Path, promoted: PromotedIndex) -> None:
+def _open_promoted(store: StateStore, promoted: PromotedIndex) -> None:
     """Opens the promoted table and version afresh (the open one keeps its files' metadata
     in memory, and would not notice them gone)."""
-    contract.connect(index_dir).open_table(promoted.table).checkout(promoted.version)
+    contract.connect(store).open_table(promoted.table).checkout(promoted.version)
 
 
 async def _watch_index(app: FastAPI) -> None:

@@ -10,7 +10,7 @@ Layout under the root (`QPBOT_HOME`):
     documents/<document_id>/<stage>.json     each stage's output with the fingerprint of its input
     documents/<document_id>/quarantine.json  why a document stopped, and at which stage
     documents/<document_id>/indexed.<table>.json  what the document last wrote into a table
-    documents/<document_id>/vectors/<model>.npz   its chunks' vectors per model (write side only)
+    documents/<document_id>/vectors.<model>.npz   its chunks' vectors per model (write side only)
 """
 
 from __future__ import annotations

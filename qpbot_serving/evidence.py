@@ -309,8 +309,12 @@ def select_evidence(
     numbered = _number_by_source(list(chosen.values()))
     wanted = answer_type(question)
     # The answer must also be about what the question names: "It costs 49 EUR" (of the
-    # Care+ plan) does not answer what a replacement HEPA filter costs.
-    subject = asked_terms(question) - _terms(_ANSWER_TYPE_WORDS)
+    # Care+ plan) does not answer what a replacement HEPA filter costs. Words that only
+    # say which kind of answer is wanted are not the subject, and only for that kind:
+    # "charge" asks for money in "how much do you charge", but names the subject in "how
+    # long does charging take".
+    kind_words = _terms(_ANSWER_TYPE_WORDS) if wanted and wanted[0] in ("money", "unit") else set()
+    subject = asked_terms(question) - kind_words
     found = wanted is None or any(
         carries_answer_type(u, wanted) and _mentions(u, subject) for u in numbered
     )

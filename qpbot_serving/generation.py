@@ -194,11 +194,17 @@ class LocalGenerator:
         model_name: str = DEFAULT_GENERATOR_MODEL,
         home: Path | None = None,
         dtype: str = "auto",
+        state: StateStore | None = None,
     ):
         self.base_model = model_name
         self.cache_dir = Path(home) / MODELS_DIR if home else None
         self.dtype = dtype
-        self.adapter = read_promoted_adapter(StateStore(home), model_name) if home else None
+        # The adapter's pointer is in the state store (the home's, by default), its files
+        # under the home's models folder.
+        state = state or (StateStore(home) if home else None)
+        self.adapter = (
+            read_promoted_adapter(state, model_name, self.cache_dir) if self.cache_dir else None
+        )
         self.model_name = f"{model_name}+{self.adapter['version']}" if self.adapter else model_name
 
     @cached_property
@@ -300,13 +306,14 @@ def resolve_local_model(model_name: str, cache_dir: Path | None) -> str:
     return str(converted)
 
 
-def read_promoted_adapter(state: StateStore, base_model: str) -> dict | None:
+def read_promoted_adapter(state: StateStore, base_model: str, models_dir: Path) -> dict | None:
     """The promoted LoRA adapter of `base_model` (its pointer's fields plus `path`, the
-    adapter folder), or None. An adapter trained on another base model is never applied."""
+    adapter folder under `models_dir`), or None. An adapter trained on another base model
+    is never applied."""
     adapter = state.read(PROMOTED_ADAPTER)
     if adapter is None or adapter.base_model != base_model:
         return None
-    folder = adapter_dir(state, adapter.version)
+    folder = adapter_dir(models_dir, adapter.version)
     if not (folder / "adapter_config.json").is_file():
         raise GeneratorUnavailable(
             f"the promoted adapter {adapter.version} is missing from {folder}"
@@ -314,9 +321,9 @@ def read_promoted_adapter(state: StateStore, base_model: str) -> dict | None:
     return {**adapter.model_dump(), "path": str(folder)}
 
 
-def adapter_dir(state: StateStore, version: str) -> Path:
-    """Where a trained adapter's files live: beside the adapter pointers."""
-    return state.path(PROMOTED_ADAPTER).parent / version
+def adapter_dir(models_dir: Path, version: str) -> Path:
+    """Where a trained adapter's files live (QpbotSettings.models_dir / adapters)."""
+    return models_dir / "adapters" / version
 
 
 def _convert_packaged_gguf(target: Path) -> None:
@@ -643,7 +650,12 @@ class OpenAICompatibleGenerator(_HttpGenerator):
 def build_generator(settings) -> Generator:
     """The generator the settings name (QPBOT_GENERATOR = local | ollama | openai)."""
     if settings.generator == "local":
-        return LocalGenerator(settings.generator_model, settings.home, settings.generator_dtype)
+        return LocalGenerator(
+            settings.generator_model,
+            settings.home,
+            settings.generator_dtype,
+            StateStore.from_settings(settings),
+        )
     if not settings.generator_url:
         raise ValueError(f"QPBOT_GENERATOR={settings.generator} needs QPBOT_GENERATOR_URL")
     kind = OllamaGenerator if settings.generator == "ollama" else OpenAICompatibleGenerator

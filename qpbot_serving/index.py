@@ -13,10 +13,13 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-LANCEDB_DIR = "lancedb"
+if TYPE_CHECKING:
+    from qpbot_serving.state import StateStore
+
 PAGED_FORMATS = frozenset({"pdf"})  # formats whose chunks carry page numbers
 
 # Columns besides the vector.
@@ -106,10 +109,12 @@ def table_name_for(vectors: str) -> str:
     return f"chunks__{model_slug(vectors)}"
 
 
-def connect(index_dir: Path):
+def connect(state: StateStore):
+    """The LanceDB database of a state store: under QPBOT_HOME, or on object storage with
+    QPBOT_STORAGE_URL (`StateStore.index_uri`); every side opens the index through here."""
     import lancedb
 
-    return lancedb.connect(str(index_dir / LANCEDB_DIR))
+    return lancedb.connect(state.index_uri, storage_options=state.storage_options or None)
 
 
 # --- the vector index ------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -14,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from qpbot_serving.answer_log import AnswerLog
 from qpbot_serving.answering import FALLBACK_KINDS
 from qpbot_serving.settings import QpbotSettings
-from qpbot_serving.state import PLATFORM_METRICS, PromotedIndex, StateError, StateStore
+from qpbot_serving.state import PLATFORM_METRICS, PromotedIndex, StateStore
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.08, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 
@@ -154,12 +153,12 @@ GATES = ("embedder", "llm_adapter")
 RUN_STATUSES = ("success", "failure", "canceled")
 
 
-def read_platform_metrics(home: Path) -> dict:
+def read_platform_metrics(state: StateStore) -> dict:
     """The snapshot the asset graph last wrote as a dict; empty when no sensor has run or
-    the file cannot be read (a scrape must not fail for it)."""
+    it cannot be read (a scrape must not fail for it)."""
     try:
-        snapshot = StateStore(home).read(PLATFORM_METRICS)
-    except StateError:
+        snapshot = state.read(PLATFORM_METRICS)
+    except Exception:  # StateError, or object storage away
         return {}
     return snapshot.model_dump() if snapshot else {}
 
@@ -171,6 +170,7 @@ class PlatformCollector:
 
     def __init__(self, settings: QpbotSettings, ready: Callable[[], bool]) -> None:
         self.settings = settings
+        self.state = StateStore.from_settings(settings)
         self.ready = ready
 
     def collect(self) -> Iterator[Metric]:
@@ -187,7 +187,7 @@ class PlatformCollector:
             "Thumbs-up rate below which retraining starts (QPBOT_FEEDBACK_MIN_UP_RATE).",
             value=self.settings.feedback_min_up_rate,
         )
-        snapshot = read_platform_metrics(self.settings.home)
+        snapshot = read_platform_metrics(self.state)
         yield GaugeMetricFamily(
             "qpbot_platform_metrics_timestamp_seconds",
             "When the asset graph's sensor last wrote its snapshot (0: never).",

@@ -261,53 +261,64 @@ class Retriever:
     @classmethod
     def open(
         cls,
-        home: Path,
+        state: StateStore | Path,
         embedder: Embedder | None = None,
         backend: str | None = None,
         exports_dir: Path | None = None,
+        cache_dir: Path | None = None,
     ) -> Retriever:
-        """Opens the promoted index of `home` (QPBOT_HOME).
+        """Opens the promoted index of a state store (`StateStore.from_settings`; a path is
+        the store of that QPBOT_HOME on local disk).
 
         The query embedder is built from the index's own metadata: its model, computed with
         `backend` when that makes the index's kind of vectors (`index.vector_family`), else
         with the index's own backend; ONNX backends keep their export in `exports_dir`
         (`QpbotSettings.embedding_exports_dir`). A loaded `embedder` may be passed to share
-        it, but it must make the same vectors. Raises IndexNotReady when nothing has been
-        promoted yet.
+        it, but it must make the same vectors. With the index on object storage and a
+        `cache_dir` (QpbotSettings.cache_dir), the promoted table is searched from a local
+        copy there: from object storage a hybrid search makes dozens of reads
+        (BENCHMARKS.md, "Index on object storage"). Raises IndexNotReady when nothing has
+        been promoted yet.
         """
-        promoted = StateStore(home).read(PROMOTED_INDEX)
+        state = state if isinstance(state, StateStore) else StateStore(state)
+        promoted = state.read(PROMOTED_INDEX)
         if promoted is None:
-            raise IndexNotReady(f"no promoted index in {home}: run `qpbot ingest PATH...` first")
-        return cls.at(home, promoted, embedder, backend, exports_dir)
+            raise IndexNotReady(
+                f"no promoted index in {state.url}: run `qpbot ingest PATH...` first"
+            )
+        return cls.at(state, promoted, embedder, backend, exports_dir, cache_dir)
 
     @classmethod
     def from_settings(cls, settings: QpbotSettings, embedder: Embedder | None = None) -> Retriever:
-        """`open` on the home's promoted index with the configured embedding backend."""
+        """`open` on the settings' promoted index with the configured embedding backend."""
         return cls.open(
-            settings.home,
+            StateStore.from_settings(settings),
             embedder,
             backend=resolve_backend(settings.embedding_backend),
             exports_dir=settings.embedding_exports_dir,
+            cache_dir=settings.cache_dir,
         )
 
     @classmethod
     def at(
         cls,
-        home: Path,
+        state: StateStore | Path,
         promoted: PromotedIndex,
         embedder: Embedder | None = None,
         backend: str | None = None,
         exports_dir: Path | None = None,
+        cache_dir: Path | None = None,
     ) -> Retriever:
         """Opens the table and version that `promoted` names, promoted or not (a candidate
         index being evaluated, say); the rest as in `open`."""
-        index_dir = StateStore(home).index_dir
-        db = contract.connect(index_dir)
+        state = state if isinstance(state, StateStore) else StateStore(state)
         try:
-            table = db.open_table(promoted.table)
+            if cache_dir is not None and not state.is_local:
+                state = state.cached_index_table(promoted.table, cache_dir)
+            table = contract.connect(state).open_table(promoted.table)
         except (FileNotFoundError, ValueError) as error:
             raise IndexNotReady(
-                f"the promoted table {promoted.label} is missing from {index_dir}: "
+                f"the promoted table {promoted.label} is missing from {state.index_uri}: "
                 "run `qpbot ingest PATH...` again"
             ) from error
         table.checkout(promoted.version)  # exactly the version the checks passed

@@ -287,6 +287,11 @@ class QpbotSettings(BaseSettings):
         return self.home / state.INDEX_DIR
 
     @property
+    def cache_dir(self) -> Path:
+        """Local copies of what lives on object storage (the promoted index's table)."""
+        return self.home / "cache"
+
+    @property
     def dagster_storage_dir(self) -> Path:
         return self.home / "dagster"
 

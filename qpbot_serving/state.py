@@ -1,22 +1,37 @@
 """Every pointer and cursor that passes between domains, in one module.
 
-A pointer is a small JSON record at a fixed key under the state root (`QPBOT_HOME`): which
-index version the service reads, which embedder ingestion uses, which LoRA adapter the
-generator applies, where a cursor stands. Each has a record type (below) and exactly one
-writing module (`Pointer.writer`, held to by tests/test_state.py); every reader, on either
-side, goes through `StateStore.read`, and no other module opens a pointer's file.
+A pointer is a small JSON record at a fixed key under the state root: which index version
+the service reads, which embedder ingestion uses, which LoRA adapter the generator applies,
+where a cursor stands. Each has a record type (below) and exactly one writing module
+(`Pointer.writer`, held to by tests/test_state.py); every reader, on either side, goes
+through `StateStore.read`, and no other module opens a pointer's file.
 
-Writes are atomic: the record goes to a temporary file that is flushed and renamed over the
-old one, so a reader sees the old record or the new one, never half of either.
+The state root is QPBOT_STORAGE_URL (`s3://bucket/prefix`, any S3-compatible server) or,
+by default, QPBOT_HOME on local disk; the LanceDB tables live under it too
+(`StateStore.index_uri`). `StateStore.from_settings` is the one place that decides.
+
+Writes are atomic: a reader sees the old record or the new one, never half of either (a
+local file is written beside and renamed over; an S3 PUT replaces the object whole). A
+writer that must not lose a concurrent update writes conditionally (`read_versioned`, then
+`write(..., expected=version)`: If-Match / If-None-Match on S3, a compare under an flock
+locally); promotions hold a `lease` built on those conditional writes.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
+import socket
 import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -26,6 +41,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 class StateError(ValueError):
     """A pointer's file holds something that is not its record (edited by hand, or torn by
     a copy that did not rename)."""
+
+
+class StateConflict(RuntimeError):
+    """A conditional write lost a race: the pointer changed since it was read (or a lease
+    stayed held by another writer)."""
 
 
 class Record(BaseModel):
@@ -44,6 +64,7 @@ def now_iso() -> str:
 
 # The layout of a home: QpbotSettings' paths and the pointers' keys are made from these.
 INDEX_DIR = "index"  # LanceDB and the index's pointers
+LANCEDB_DIR = "lancedb"  # under INDEX_DIR: the LanceDB database
 MODELS_DIR = "models"  # fine-tuned embedders, LoRA adapters, ONNX exports
 FEEDBACK_DIR = "feedback"  # copies of the answer log, metrics, training pairs
 MONITORING_DIR = "monitoring"  # drift reports, the platform's figures
@@ -265,71 +286,299 @@ POINTERS: tuple[Pointer | Log, ...] = (
 def write_json_atomic(path: Path, data: Any) -> None:
     """Writes `data` as JSON to a temporary file beside `path`, flushes it to disk and
     renames it over `path`: readers never see half a file, a crash never leaves one."""
+    _write_bytes_atomic(path, json.dumps(data, indent=2).encode())
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        json.dump(data, tmp, indent=2)
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        tmp.write(data)
         tmp.flush()
         os.fsync(tmp.fileno())
     os.replace(tmp.name, path)
 
 
+@dataclass(frozen=True)
+class Version:
+    """What a pointer was when read: its object's ETag (S3) or its content's digest (local
+    disk); `tag` None when it did not exist."""
+
+    tag: str | None
+
+
+class _LocalObjects:
+    """Files under a folder. A conditional write compares under an flock of the file's
+    folder (every write takes it, so an unconditional one cannot slip between)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.url = str(root)
+
+    def get(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = (self.root / key).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.md5(data).hexdigest()
+
+    def put(self, key: str, data: bytes, expected: Version | None) -> None:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _flocked(path.parent):
+            if expected is not None:
+                found = self.get(key)
+                if (found[1] if found else None) != expected.tag:
+                    raise StateConflict(f"{path} changed since it was read")
+            _write_bytes_atomic(path, data)
+
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
+
+
+@contextmanager
+def _flocked(folder: Path) -> Iterator[None]:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+class _S3Objects:
+    """Objects under `s3://bucket/prefix`. The endpoint, region and credentials are boto3's:
+    the standard AWS_* variables (AWS_ENDPOINT_URL for an S3-compatible server), or its
+    config files. A PUT replaces an object whole; conditional ones use If-Match and
+    If-None-Match (a server that ignores them, like `rclone serve s3`, gives no protection)."""
+
+    CONFLICTS = ("PreconditionFailed", "ConditionalRequestConflict")
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.bucket, _, prefix = self.url.removeprefix("s3://").partition("/")
+        self.prefix = f"{prefix}/" if prefix else ""
+
+    @cached_property
+    def session(self):
+        import boto3
+
+        return boto3.session.Session()
+
+    @cached_property
+    def client(self):
+        return self.session.client("s3")
+
+    def get(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            reply = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return reply["Body"].read(), reply["ETag"]
+
+    def put(self, key: str, data: bytes, expected: Version | None) -> None:
+        from botocore.exceptions import ClientError
+
+        condition = {}
+        if expected is not None:
+            condition = {"IfMatch": expected.tag} if expected.tag else {"IfNoneMatch": "*"}
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.prefix + key, Body=data, **condition
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in self.CONFLICTS:
+                raise StateConflict(f"{self.url}/{key} changed since it was read") from None
+            raise
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+
+    def mirror(self, key: str, folder: Path) -> int:
+        """Makes `folder` a copy of the objects under `key`/: downloads those it lacks (or
+        holds at another size), removes those gone. Returns the number downloaded."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        under = f"{self.prefix}{key.rstrip('/')}/"
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=under
+        )
+        remote = {o["Key"][len(under) :]: o["Size"] for p in pages for o in p.get("Contents", [])}
+        local = {str(f.relative_to(folder)): f for f in folder.rglob("*") if f.is_file()}
+        for name in local.keys() - remote.keys():
+            local[name].unlink()
+        missing = [
+            n for n, size in remote.items() if n not in local or local[n].stat().st_size != size
+        ]
+
+        def download(name: str) -> None:
+            target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+            self.client.download_file(self.bucket, under + name, str(partial))
+            os.replace(partial, target)  # a crash never leaves half a file under its name
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(download, missing))
+        return len(missing)
+
+    def storage_options(self) -> dict[str, str]:
+        """LanceDB's options for the same endpoint, region and credentials as boto3's."""
+        meta = self.client.meta
+        options = {"endpoint": meta.endpoint_url, "region": meta.region_name or "us-east-1"}
+        if meta.endpoint_url.startswith("http://"):
+            options["allow_http"] = "true"
+        credentials = self.session.get_credentials()  # boto3's chain: variables, files, role
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            options["aws_access_key_id"] = frozen.access_key
+            options["aws_secret_access_key"] = frozen.secret_key
+            if frozen.token:
+                options["aws_session_token"] = frozen.token
+        return options
+
+
+class Lease(Record):
+    """Who holds a lease, and until when (a crashed holder's lease expires)."""
+
+    owner: str
+    expires_at: float  # time.time()
+
+
+# Promotions read and write PROMOTED_INDEX, CHAMPION_EMBEDDER and PROMOTIONS together.
+PROMOTION_LEASE = f"{INDEX_DIR}/PROMOTION.lease"
+
+
 class StateStore:
-    """The pointers of one QPBOT_HOME."""
+    """The pointers under one state root: a local folder (QPBOT_HOME) or `s3://bucket/prefix`."""
 
     def __init__(self, root: Path | str):
-        self.root = Path(root)
+        if str(root).startswith("s3://"):
+            self._objects: _LocalObjects | _S3Objects = _S3Objects(str(root))
+        else:
+            self._objects = _LocalObjects(Path(root))
+
+    @classmethod
+    def from_settings(cls, settings) -> StateStore:
+        """The store of `settings` (a QpbotSettings): QPBOT_STORAGE_URL, else QPBOT_HOME."""
+        return cls(settings.storage_url or settings.home)
 
     @property
-    def index_dir(self) -> Path:
-        return self.root / INDEX_DIR
+    def url(self) -> str:
+        """The state root: a folder's path or `s3://bucket/prefix`."""
+        return self._objects.url
 
-    def path(self, pointer: Pointer | Log) -> Path:
-        """Where a pointer lives (for messages; read and write through the store)."""
-        return self.root / pointer.key
+    @property
+    def index_uri(self) -> str:
+        """Where the LanceDB database lives (`qpbot_serving.index.connect` opens it)."""
+        return f"{self.url}/{INDEX_DIR}/{LANCEDB_DIR}"
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        """LanceDB's storage options for `index_uri` (none on local disk)."""
+        return {} if self.is_local else self._objects.storage_options()
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self._objects, _LocalObjects)
+
+    def cached_index_table(self, table: str, cache_root: Path) -> StateStore:
+        """A local store under `cache_root` whose index holds a copy of `table` of this
+        object-storage store, for searches that read local disk. Kept up to date by
+        downloading only the files it lacks: Lance never rewrites a file, so one of the same
+        name and size is the same (and those gone from the table are removed)."""
+        if self.is_local:
+            raise ValueError(f"{self.url} is on local disk: open its index where it is")
+        cache = StateStore(cache_root)
+        key = f"{INDEX_DIR}/{LANCEDB_DIR}/{table}.lance"
+        self._objects.mirror(key, cache_root / key)
+        return cache
+
+    def location(self, pointer: Pointer | Log) -> str:
+        """Where a pointer lives, for messages (read and write through the store)."""
+        return f"{self.url}/{pointer.key}"
 
     def read(self, pointer: Pointer[R]) -> R | None:
         """The pointer's record, or None when it was never written (or was cleared).
-        Raises StateError when its file holds something else."""
-        path = self.path(pointer)
+        Raises StateError when it holds something else."""
+        return self.read_versioned(pointer)[0]
+
+    def read_versioned(self, pointer: Pointer[R]) -> tuple[R | None, Version]:
+        """The record (as `read`) and its version, for a conditional `write`."""
+        found = self._objects.get(pointer.key)
+        if found is None:
+            return None, Version(None)
+        raw, tag = found
         try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            return pointer.record.model_validate_json(raw)
+            return pointer.record.model_validate_json(raw), Version(tag)
         except ValidationError as problem:
             raise StateError(
-                f"{path} is not a {pointer.record.__name__} record ({problem.error_count()} "
-                f"problems, first: {problem.errors()[0]['msg']}): restore it or delete it"
+                f"{self.location(pointer)} is not a {pointer.record.__name__} record "
+                f"({problem.error_count()} problems, first: {problem.errors()[0]['msg']}): "
+                "restore it or delete it"
             ) from None
 
-    def write(self, pointer: Pointer[R], record: R) -> R:
+    def write(self, pointer: Pointer[R], record: R, expected: Version | None = None) -> R:
+        """Writes `record` whole. With `expected` (from `read_versioned`), only if the
+        pointer is still that version: else raises StateConflict and writes nothing."""
         if not isinstance(record, pointer.record):
             raise TypeError(f"{pointer.key} holds {pointer.record.__name__}, not {record!r}")
-        write_json_atomic(self.path(pointer), record.model_dump(mode="json"))
+        data = json.dumps(record.model_dump(mode="json"), indent=2).encode()
+        self._objects.put(pointer.key, data, expected)
         return record
 
     def clear(self, pointer: Pointer) -> None:
-        self.path(pointer).unlink(missing_ok=True)
+        self._objects.delete(pointer.key)
 
     def entries(self, log: Log[R]) -> list[R]:
-        path = self.path(log)
-        if not path.is_file():
+        found = self._objects.get(log.key)
+        if found is None:
             return []
-        return [log.record.model_validate_json(line) for line in path.read_text().splitlines()]
+        return [log.record.model_validate_json(line) for line in found[0].decode().splitlines()]
 
     def append(self, log: Log[R], record: R) -> None:
         self.rewrite(log, [*self.entries(log), record])
 
     def rewrite(self, log: Log[R], records: list[R]) -> None:
         """Replaces the whole history at once (atomically, like a pointer)."""
-        path = self.path(log)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-            tmp.writelines(record.model_dump_json() + "\n" for record in records)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp.name, path)
+        data = "".join(record.model_dump_json() + "\n" for record in records).encode()
+        self._objects.put(log.key, data, None)
+
+    @contextmanager
+    def lease(self, key: str, ttl_s: float = 60.0, wait_s: float = 30.0) -> Iterator[None]:
+        """Holds `key` for one writer at a time, across processes and machines: taken by a
+        conditional write (create if absent, or take over an expired lease), released by
+        deleting it. Waits up to `wait_s` for another holder, then raises StateConflict.
+        `ttl_s` bounds how long a crashed holder blocks the others."""
+        me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        deadline = time.monotonic() + wait_s
+        while True:
+            found = self._objects.get(key)
+            held = _lease_of(found[0]) if found else None
+            if held is None or held.expires_at < time.time():
+                mine = Lease(owner=me, expires_at=time.time() + ttl_s)
+                try:
+                    self._objects.put(
+                        key, mine.model_dump_json().encode(), Version(found[1] if found else None)
+                    )
+                    break
+                except StateConflict:
+                    continue  # another writer took it first: look again
+            if time.monotonic() > deadline:
+                raise StateConflict(f"{self.url}/{key} is held by {held.owner}")
+            time.sleep(0.05)
+        try:
+            yield
+        finally:
+            found = self._objects.get(key)
+            if found and (held := _lease_of(found[0])) and held.owner == me:
+                self._objects.delete(key)
+
+
+def _lease_of(raw: bytes) -> Lease | None:
+    try:
+        return Lease.model_validate_json(raw)
+    except ValidationError:
+        return None  # torn or foreign: treated as expired
 
 
 def serving_embedding_model(state: StateStore, configured_model: str) -> str:

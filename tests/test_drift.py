@@ -140,7 +140,7 @@ class Home:
         self.engine = engine_for(f"sqlite:///{root / 'feedback.db'}")
         metadata.create_all(self.engine)
         info = contract.IndexInfo(embedding_model=MODEL, dimension=384)
-        db = contract.connect(self.index_dir)
+        db = contract.connect(StateStore(root))
         self.table = db.create_table(
             contract.table_name_for(MODEL), schema=contract.chunk_schema(info)
         )

@@ -145,7 +145,7 @@ def test_the_index_records_its_backend_and_queries_match_it(
     int8 = StateStore(settings.home).read(PROMOTED_INDEX)
     assert int8.table == "chunks__all-minilm-l6-v2-int8" and int8.embedding_backend == "onnx-int8"
     assert int8.chunks == float32.chunks
-    db = contract.connect(settings.index_dir)
+    db = contract.connect(StateStore.from_settings(settings))
     assert {float32.table, int8.table} <= set(db.list_tables().tables)
 
     # A service configured for torch still embeds queries of the int8 index with int8...

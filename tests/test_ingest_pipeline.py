@@ -20,7 +20,7 @@ from qpbot_serving.state import PROMOTED_INDEX, StateStore
 
 def index_rows(settings: QpbotSettings) -> list[dict]:
     promoted = StateStore(settings.home).read(PROMOTED_INDEX)
-    table = contract.connect(settings.index_dir).open_table(promoted.table)
+    table = contract.connect(StateStore.from_settings(settings)).open_table(promoted.table)
     return table.search().select(["chunk_id", "document_id", "title", "text"]).limit(None).to_list()
 
 
@@ -53,7 +53,7 @@ def test_ingest_indexes_every_sample_and_a_rerun_writes_nothing(qpbot_home, samp
     assert again["success"] and again["new"] == 0
     assert stage_file_times(qpbot_home) == files_before  # no stage output rewritten
     promoted = StateStore(settings.home).read(PROMOTED_INDEX)
-    table = contract.connect(settings.index_dir).open_table(promoted.table)
+    table = contract.connect(StateStore.from_settings(settings)).open_table(promoted.table)
     # The rerun wrote no rows: only the snapshot's optimize may add a version, never data.
     assert len(index_rows(settings)) == len(rows)
     assert index_status(settings)["chunks"] == len(rows)
@@ -175,7 +175,7 @@ def test_a_large_enough_index_gets_a_vector_index(
 
     def vector_index_stats():
         promoted = StateStore(settings.home).read(PROMOTED_INDEX)
-        table = contract.connect(settings.index_dir).open_table(promoted.table)
+        table = contract.connect(StateStore.from_settings(settings)).open_table(promoted.table)
         table.checkout(promoted.version)
         return table.index_stats(contract.vector_index_of(table).name)
 

@@ -281,7 +281,7 @@ def test_the_adapter_is_trained_registered_gated_and_promoted(qpbot_home, tiny_b
     first = meta["version"].value
     assert (meta["train_examples"].value, meta["validation_examples"].value) == (8, 3)
     assert meta["adapter_validation_loss"].value < meta["base_validation_loss"].value
-    assert (adapter_dir(state, first) / "adapter_config.json").is_file()
+    assert (adapter_dir(settings.models_dir, first) / "adapter_config.json").is_file()
     assert check_result(result).passed
 
     registered = client.get_model_version_by_alias(REGISTERED_MODEL, "challenger")
@@ -341,7 +341,7 @@ def test_the_local_generator_merges_the_promoted_adapter(tiny_base, tmp_path):
         str(tiny_base),
         examples,
         LoraParams(**{**FAST, "max_steps": 2}),
-        adapter_dir(state, "lora-test"),
+        adapter_dir(tmp_path / "models", "lora-test"),
     )
 
     plain = LocalGenerator(str(tiny_base), home=tmp_path)
@@ -364,7 +364,7 @@ def test_the_local_generator_merges_the_promoted_adapter(tiny_base, tmp_path):
     merged, tokenizer = generator._model_and_tokenizer
     assert not isinstance(merged, PeftModel)  # merged: the plain model's speed
     unmerged = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(tiny_base), adapter_dir(state, "lora-test")
+        AutoModelForCausalLM.from_pretrained(tiny_base), adapter_dir(tmp_path / "models", "lora-test")
     ).eval()
     base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
     ids = tokenizer("The battery lasts", return_tensors="pt").input_ids

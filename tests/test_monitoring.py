@@ -27,6 +27,7 @@ from conftest import REPO, free_port, ingest_into, need, running_service
 
 from qpbot_serving.metrics import read_platform_metrics
 from qpbot_serving.settings import QpbotSettings
+from qpbot_serving.state import StateStore
 
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 RULES = PROMETHEUS_DIR / "rules" / "qpbot.rules.yml"
@@ -143,7 +144,7 @@ class Monitored:
             repository_def=self.definitions.get_repository_def(),
         ) as context:
             sensor(context)
-        return read_platform_metrics(self.settings.home)
+        return read_platform_metrics(StateStore.from_settings(self.settings))
 
 
 @dg.asset(name="drift_report")
@@ -252,7 +253,7 @@ def ask(monitored: Monitored, client: httpx.Client) -> dict:
 
 
 def test_platform_snapshot_counts_runs_documents_quarantine_and_drift(monitored):
-    snapshot = read_platform_metrics(monitored.settings.home)
+    snapshot = read_platform_metrics(StateStore.from_settings(monitored.settings))
     assert snapshot["runs"]["ingest_documents"] == {"success": 1}
     assert "retrain_embedder" in snapshot["runs"]  # every job, from zero
     assert snapshot["last_ingest"]["documents"] == 2

@@ -28,7 +28,7 @@ def test_every_corpus_file_is_indexed_or_quarantined_with_a_fitting_reason(qpbot
     status = index_status(settings)
     quarantined = {q["document_id"]: q for q in status["quarantined"]}
     promoted = StateStore(settings.home).read(PROMOTED_INDEX)
-    table = contract.connect(settings.index_dir).open_table(promoted.table)
+    table = contract.connect(StateStore.from_settings(settings)).open_table(promoted.table)
     rows = (
         table.search()
         .select(["document_id"])

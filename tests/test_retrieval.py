@@ -73,7 +73,7 @@ def test_index_follows_the_contract(small_home, small_beir):
     promoted = StateStore(small_home).read(PROMOTED_INDEX)
     assert promoted.table == contract.table_name_for(MODEL)
     assert promoted.documents == promoted.chunks == DOCS
-    table = contract.connect(small_home / "index").open_table(promoted.table)
+    table = contract.connect(StateStore(small_home)).open_table(promoted.table)
     info = contract.IndexInfo.from_schema(table.schema)
     assert table.schema == contract.chunk_schema(info)
     assert info == contract.IndexInfo(embedding_model=MODEL, dimension=384)
@@ -252,7 +252,7 @@ def _scaled_home(source_home: Path, target: Path, copies: int = COPIES) -> Path:
     from lancedb.index import FTS
 
     promoted = StateStore(source_home).read(PROMOTED_INDEX)
-    source = contract.connect(source_home / "index").open_table(promoted.table)
+    source = contract.connect(StateStore(source_home)).open_table(promoted.table)
     source.checkout(promoted.version)
     rows = source.to_arrow()
     vectors = np.stack(rows["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
@@ -268,7 +268,7 @@ def _scaled_home(source_home: Path, target: Path, copies: int = COPIES) -> Path:
         )
         ids = [f"{chunk_id}-{copy}" for chunk_id in rows["chunk_id"].to_pylist()]
         batches.append(batch.set_column(0, "chunk_id", pa.array(ids)))
-    table = contract.connect(target / "index").create_table(
+    table = contract.connect(StateStore(target)).create_table(
         promoted.table, data=pa.concat_tables(batches)
     )
     table.create_index("text", config=FTS())
@@ -281,7 +281,7 @@ def _scaled_home(source_home: Path, target: Path, copies: int = COPIES) -> Path:
 
 def _open_table(home: Path):
     promoted = StateStore(home).read(PROMOTED_INDEX)
-    return contract.connect(home / "index").open_table(promoted.table)
+    return contract.connect(StateStore(home)).open_table(promoted.table)
 
 
 def _promote_latest(home: Path) -> None:

@@ -35,13 +35,13 @@ def test_a_pointer_is_written_whole_and_read_back_typed(tmp_path):
     written = promote_snapshot(state, snapshot(), MODEL)
     assert state.read(st.PROMOTED_INDEX) == written
     assert written.label == "chunks__all-minilm-l6-v2@v3" and written.snapshot == snapshot()
-    assert state.path(st.PROMOTED_INDEX) == tmp_path / "index" / "PROMOTED.json"
+    assert state.location(st.PROMOTED_INDEX) == f"{tmp_path}/index/PROMOTED.json"
     assert [p.name for p in (tmp_path / "index").iterdir()] == ["PROMOTED.json"]  # no temp left
 
 
 def test_records_of_older_and_newer_releases_are_read(tmp_path):
     state = st.StateStore(tmp_path)
-    path = state.path(st.PROMOTED_INDEX)
+    path = tmp_path / st.PROMOTED_INDEX.key
     path.parent.mkdir(parents=True)
     # Written before backends existed (no embedding_backend), with a field from the future.
     path.write_text(
@@ -55,7 +55,7 @@ def test_records_of_older_and_newer_releases_are_read(tmp_path):
 @pytest.mark.parametrize("content", ['{"table": "t"}', '{"table": "t", "version": ', "[]"])
 def test_a_pointer_that_is_not_its_record_is_an_error_naming_the_file(tmp_path, content):
     state = st.StateStore(tmp_path)
-    path = state.path(st.INDEX_SNAPSHOT)
+    path = tmp_path / st.INDEX_SNAPSHOT.key
     path.parent.mkdir(parents=True)
     path.write_text(content)
     with pytest.raises(st.StateError, match="SNAPSHOT.json is not a IndexSnapshot record"):

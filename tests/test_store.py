@@ -64,3 +64,21 @@ def test_blobs_are_content_addressed(tmp_path):
     (tmp_path / "b.txt").write_text("same")
     assert store.put_blob(tmp_path / "a.txt", ".txt") == store.put_blob(tmp_path / "b.txt", ".txt")
     assert len(list((tmp_path / "store" / "blobs").rglob("*.txt"))) == 1
+
+
+def test_vectors_lie_beside_the_records_and_old_stores_still_read(tmp_path):
+    import numpy as np
+
+    store = DocumentStore(tmp_path)
+    vectors = np.eye(2, 4, dtype=np.float32)
+    # A store written before the move kept them in a vectors/ folder per document.
+    store.write_vectors("doc", "model-a", ["c1", "c2"], vectors)
+    legacy = store._legacy_vectors_path("doc", "model-b")
+    legacy.parent.mkdir()
+    store._vectors_path("doc", "model-a").rename(legacy)
+    assert list(store.read_vectors("doc", "model-b")) == ["c1", "c2"]
+
+    store.write_vectors("doc", "model-b", ["c1", "c2"], vectors)
+    # No folder per document beside its records: one inode and disk block less each.
+    assert [p.name for p in store.document_dir("doc").iterdir() if p.is_dir()] == []
+    assert (store.read_vectors("doc", "model-b")["c2"] == vectors[1]).all()

@@ -25,10 +25,11 @@ def _default(setting: str):
     return QpbotSettings.model_fields[setting].default
 
 
-def home_paths(home: str | Path) -> QpbotSettings:
-    """The settings of `home` with no other setting read, for the paths they derive from it
-    (`inbox_dir`, `index_dir`, `models_dir`, ...): resources keep only `home`."""
-    return QpbotSettings.model_construct(home=Path(home))
+def home_paths(home: str | Path, storage_url: str | None = None) -> QpbotSettings:
+    """The settings of `home` (and the storage URL) with no other setting read, for the
+    paths they derive (`inbox_dir`, `models_dir`, the state store, ...): resources keep only
+    `home` and `storage_url`."""
+    return QpbotSettings.model_construct(home=Path(home), storage_url=storage_url)
 
 
 class DocumentStoreResource(dg.ConfigurableResource):
@@ -69,13 +70,11 @@ class DocumentStoreResource(dg.ConfigurableResource):
 
 
 class SearchIndexResource(dg.ConfigurableResource):
-    """The LanceDB database and the promoted-index pointer."""
+    """The state store (every pointer) and the LanceDB database: under QPBOT_HOME, or under
+    QPBOT_STORAGE_URL on object storage."""
 
     home: str
-
-    @property
-    def index_dir(self) -> Path:
-        return home_paths(self.home).index_dir
+    storage_url: str | None = None  # QpbotSettings.storage_url
 
     @property
     def models_dir(self) -> Path:
@@ -84,11 +83,11 @@ class SearchIndexResource(dg.ConfigurableResource):
 
     @property
     def state(self) -> StateStore:
-        """The pointers of this home (qpbot_serving.state)."""
-        return StateStore(self.home)
+        """The pointers (qpbot_serving.state), where the settings keep them."""
+        return StateStore.from_settings(home_paths(self.home, self.storage_url))
 
     def connect(self):
-        return search_index.connect(self.index_dir)
+        return search_index.connect(self.state)
 
     def promoted_table(self):
         """The table and version the service reads, or None before the first promotion."""
@@ -128,6 +127,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
 
     configured_model: str
     home: str
+    storage_url: str | None = None  # QpbotSettings.storage_url: where the pointers live
     backend: str  # QpbotSettings.embedding_backend, resolved (`embedding.resolve_backend`)
     exports_dir: str  # QpbotSettings.embedding_exports_dir
     batch_size: int = 32
@@ -137,6 +137,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         return cls(
             configured_model=settings.embedding_model,
             home=str(settings.home),
+            storage_url=settings.storage_url,
             backend=resolve_backend(settings.embedding_backend),
             exports_dir=str(settings.embedding_exports_dir),
         )
@@ -165,12 +166,16 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         IndexNotReady before the first promotion."""
         options = {"backend": self.backend, "exports_dir": Path(self.exports_dir)}
         if pointer is None:
-            return Retriever.open(Path(self.home), **options)
-        return Retriever.at(Path(self.home), pointer, **options)
+            return Retriever.open(self.state, **options)
+        return Retriever.at(self.state, pointer, **options)
+
+    @property
+    def state(self) -> StateStore:
+        return StateStore.from_settings(home_paths(self.home, self.storage_url))
 
     @property
     def model_name(self) -> str:
-        return serving_embedding_model(StateStore(self.home), self.configured_model)
+        return serving_embedding_model(self.state, self.configured_model)
 
 
 class S3SourceResource(dg.ConfigurableResource):
@@ -284,6 +289,7 @@ class AnswerGeneratorResource(dg.ConfigurableResource):
     QPBOT_ANSWER_*), for the answer evaluation."""
 
     home: str
+    storage_url: str | None = None  # where the promoted adapter's pointer lives
     kind: str = _default("generator")
     model: str = _default("generator_model")
     url: str | None = None
@@ -312,6 +318,7 @@ class AnswerGeneratorResource(dg.ConfigurableResource):
     def _settings(self) -> QpbotSettings:
         return QpbotSettings(
             home=Path(self.home),
+            storage_url=self.storage_url,
             generator=self.kind,
             generator_model=self.model,
             generator_url=self.url,
@@ -360,7 +367,7 @@ def resources() -> dg.Definitions:
                 max_compression_ratio=settings.max_compression_ratio,
                 max_chunks_per_document=settings.max_chunks_per_document,
             ),
-            "index": SearchIndexResource(home=home),
+            "index": SearchIndexResource(home=home, storage_url=settings.storage_url),
             "embedding_model": EmbeddingModelResource.from_settings(settings),
             # Credentials come from the standard AWS environment variables.
             "s3": S3Resource(endpoint_url=settings.s3_endpoint_url),
@@ -392,6 +399,7 @@ def resources() -> dg.Definitions:
             ),
             "answer_generator": AnswerGeneratorResource(
                 home=home,
+                storage_url=settings.storage_url,
                 kind=settings.generator,
                 model=settings.generator_model,
                 url=settings.generator_url,

@@ -10,6 +10,7 @@ half-written stage behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -180,6 +181,12 @@ class DocumentStore(DocumentRecords):
 
     # --- vectors ---------------------------------------------------------------------
     def _vectors_path(self, document_id: str, model: str) -> Path:
+        # Beside the stage records, not in a folder of its own: a folder per document is
+        # one more inode and disk block (4 KB) for every document.
+        return self.document_dir(document_id) / f"vectors.{model_slug(model)}.npz"
+
+    def _legacy_vectors_path(self, document_id: str, model: str) -> Path:
+        """Where stores written before the file moved keep a document's vectors."""
         return self.document_dir(document_id) / "vectors" / f"{model_slug(model)}.npz"
 
     def write_vectors(
@@ -192,10 +199,17 @@ class DocumentStore(DocumentRecords):
         with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".npz") as tmp:
             np.savez(tmp, chunk_ids=np.array(chunk_ids, dtype=object), vectors=vectors)
         os.replace(tmp.name, path)
+        legacy = self._legacy_vectors_path(document_id, model)
+        if legacy.exists():
+            legacy.unlink()
+            with contextlib.suppress(OSError):  # another model's vectors are still there
+                legacy.parent.rmdir()
 
     def read_vectors(self, document_id: str, model: str) -> dict[str, np.ndarray]:
         """chunk_id -> vector of the document's last chunks embedded by `model` (empty if none)."""
         path = self._vectors_path(document_id, model)
+        if not path.exists():
+            path = self._legacy_vectors_path(document_id, model)
         if not path.exists():
             return {}
         with np.load(path, allow_pickle=True) as data:

@@ -58,7 +58,8 @@ def index_beir_corpus(
     embedder: Embedder | None = None,
     include_title: bool = True,
 ) -> PromotedIndex:
-    """Writes one row per corpus document into `home/index/lancedb`, table
+    """Writes one row per corpus document into the index of `home` (a local evaluation
+    home: its `StateStore.index_uri`), table
     `table_name_for(model_name)` (replaced if it exists), builds the full-text index on
     `text` (and the vector index, above `contract.VECTOR_INDEX_MIN_ROWS` rows) and moves the
     promoted pointer to the new version. Returns that pointer.
@@ -71,7 +72,7 @@ def index_beir_corpus(
     embedder = embedder or Embedder(model_name)
     if embedder.model_name != model_name:
         raise ValueError(f"embedder is {embedder.model_name}, not {model_name}")
-    index_dir = StateStore(home).index_dir
+    state = StateStore(home)
     docs = list(read_beir_corpus(corpus_path))
     texts = [indexed_text(d.get("title") or "", d["text"], include_title) for d in docs]
     vectors = embedder.encode(texts, show_progress_bar=len(texts) > 64)
@@ -100,7 +101,7 @@ def index_beir_corpus(
         row["vector"] = vector
         rows.append(row)
 
-    db = contract.connect(index_dir)
+    db = contract.connect(state)
     table = db.create_table(
         contract.table_name_for(info.vectors_key),
         data=pa.Table.from_pylist(rows, schema=schema),
@@ -109,7 +110,6 @@ def index_beir_corpus(
     )
     table.create_index("text", config=FTS())
     contract.ensure_vector_index(table)  # as `search_index` does: none below the threshold
-    state = StateStore(home)
     promoted = promote_snapshot(state, snapshot(table, documents=len(rows)), model_name)
     state.write(
         CORPUS_MARKER,

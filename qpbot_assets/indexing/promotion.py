@@ -6,6 +6,10 @@ Two ways in: `promote_snapshot` (a checked index of the serving embedder: after 
 or a BEIR corpus indexed for evaluation) and `promote_candidate` (a fine-tuned embedder and
 its index, after the gate). A candidate's promotion is remembered, so `rollback` puts back
 exactly what it replaced.
+
+Each holds the promotion lease (`state.PROMOTION_LEASE`) while it reads and writes, so two
+promotions never interleave (a lost update would serve an older index, or undo the
+promotion of a fine-tuned embedder), also from different machines on object storage.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ def promote_snapshot(
 ) -> st.PromotedIndex:
     """Points the service at `snapshot`, an index of the serving embedder (the configured
     model or its promoted fine-tune). Raises StaleSnapshot for an index of another model."""
-    serving = st.serving_embedding_model(state, configured_model)
-    if snapshot.embedding_model != serving:
-        raise StaleSnapshot(
-            f"the snapshot is of {snapshot.embedding_model}, the serving embedder is {serving}"
-        )
-    return _point_at(state, snapshot)
+    with state.lease(st.PROMOTION_LEASE):
+        serving = st.serving_embedding_model(state, configured_model)
+        if snapshot.embedding_model != serving:
+            raise StaleSnapshot(
+                f"the snapshot is of {snapshot.embedding_model}, the serving embedder is {serving}"
+            )
+        return _point_at(state, snapshot)
 
 
 def promote_candidate(
@@ -36,23 +41,29 @@ def promote_candidate(
 ) -> st.PromotedIndex:
     """Points the service at the candidate table (`snapshot`) and ingestion at its model
     (`embedder`); remembers the previous champion for `rollback`."""
-    state.append(
-        st.PROMOTIONS,
-        st.Promotion(
-            promoted_at=st.now_iso(),
-            embedder=embedder,
-            snapshot=snapshot,
-            previous_embedder=state.read(st.CHAMPION_EMBEDDER),
-            previous_pointer=state.read(st.PROMOTED_INDEX),
-        ),
-    )
-    state.write(st.CHAMPION_EMBEDDER, embedder)
-    return _point_at(state, snapshot)
+    with state.lease(st.PROMOTION_LEASE):
+        state.append(
+            st.PROMOTIONS,
+            st.Promotion(
+                promoted_at=st.now_iso(),
+                embedder=embedder,
+                snapshot=snapshot,
+                previous_embedder=state.read(st.CHAMPION_EMBEDDER),
+                previous_pointer=state.read(st.PROMOTED_INDEX),
+            ),
+        )
+        state.write(st.CHAMPION_EMBEDDER, embedder)
+        return _point_at(state, snapshot)
 
 
 def rollback(state: st.StateStore) -> st.Promotion:
     """Undoes the last promotion: the previous embedder and pointer come back. Returns the
     promotion undone. Raises LookupError when there is nothing to roll back."""
+    with state.lease(st.PROMOTION_LEASE):
+        return _rollback(state)
+
+
+def _rollback(state: st.StateStore) -> st.Promotion:
     promotions = state.entries(st.PROMOTIONS)
     if not promotions:
         raise LookupError("nothing to roll back: no candidate has been promoted here")

@@ -106,7 +106,7 @@ def _ingest_documents(
         instance.delete_dynamic_partition(partitions, document_id)
 
     # Only documents whose source or pipeline changed since they were indexed need a run.
-    state = StateStore(settings.home)
+    state = StateStore.from_settings(settings)
     model = serving_embedding_model(state, settings.embedding_model)
     backend = resolve_backend(settings.embedding_backend)
     table_name = contract.table_name_for(contract.vectors_key(model, backend))
@@ -197,7 +197,7 @@ def index_status(settings: QpbotSettings) -> dict:
     instance = get_instance(settings)
     live = set(instance.get_dynamic_partitions(documents_partitions.name))
     store = DocumentStore(settings.home)
-    promoted = StateStore(settings.home).read(PROMOTED_INDEX)
+    promoted = StateStore.from_settings(settings).read(PROMOTED_INDEX)
     quarantined = [
         {
             "source": record["source"],
@@ -227,5 +227,5 @@ def refresh_index(settings: QpbotSettings) -> str | None:
         result = execute_job(load_definitions(), "refresh_index", instance)
         if not result.success:
             raise RuntimeError("the refresh_index run failed: see it in the Dagster UI")
-    promoted = StateStore(settings.home).read(PROMOTED_INDEX)
+    promoted = StateStore.from_settings(settings).read(PROMOTED_INDEX)
     return promoted.label if promoted else None

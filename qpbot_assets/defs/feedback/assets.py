@@ -46,7 +46,7 @@ def training_pairs(
     """(query, positive chunk, hard negative) rows from rated answers and judged sources,
     with the chunk texts of the promoted index. Versioned by content: a new version file
     only when the pairs change; the pointer `state.TRAINING_PAIRS` names the current one."""
-    folder = index.state.path(TRAINING_PAIRS).parent
+    folder = feedback_db.folder / "training_pairs"  # the versions; the pointer names one
     pairs = build_training_pairs(rated_answers(feedback_db.folder), index.chunk_texts)
     version = pairs_version(pairs)
     previous = index.state.read(TRAINING_PAIRS)

@@ -98,11 +98,11 @@ def llm_adapter(
         return dg.MaterializeResult(metadata={"skipped": reason, **found})
 
     base_path = resolve_local_model(config.base_model, index.models_dir)
-    champion = read_promoted_adapter(index.state, config.base_model)
+    champion = read_promoted_adapter(index.state, config.base_model, index.models_dir)
     params = config.lora_params()
     client = mlflow.client()
     version = f"lora-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    folder = adapter_dir(index.state, version)
+    folder = adapter_dir(index.models_dir, version)
     partial = folder.with_name(f".{version}.partial")  # renamed into place once complete
     with mlflow.start_run(EXPERIMENT, run_name=version) as run:
         run_id = run.info.run_id

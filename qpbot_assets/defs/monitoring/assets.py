@@ -27,7 +27,6 @@ from qpbot_assets.learning.drift import (
     split_windows,
 )
 from qpbot_assets.learning.feedback import read_table
-from qpbot_serving import index as contract
 from qpbot_serving import state as st
 from qpbot_serving.embedding import Embedder
 
@@ -89,7 +88,7 @@ def drift_report(
         context.log.info(f"drift_report: {status}")
         return dg.MaterializeResult(metadata={"drift_computed": False, "status": status})
 
-    table = contract.connect(index.index_dir).open_table(promoted.table)
+    table = index.connect().open_table(promoted.table)
     table.checkout(promoted.version)
     sides = {
         "documents": DocumentRows(table, documents.store),

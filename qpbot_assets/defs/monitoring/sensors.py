@@ -17,6 +17,7 @@ from qpbot_assets.defs.resources import (
     DocumentStoreResource,
     FeedbackDatabaseResource,
     RetrainingPolicyResource,
+    SearchIndexResource,
 )
 from qpbot_assets.defs.training.asset_checks import candidate_at_least_as_good_as_champion
 from qpbot_assets.defs.training.jobs import RETRAIN_JOB_NAME
@@ -96,7 +97,7 @@ def _gate_checks() -> dict[dg.AssetCheckKey, str]:
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Writes the platform's numbers (runs, ingestion, quarantine, drift, gates, "
-    "thumbs-up rate) to the PLATFORM_METRICS pointer under $QPBOT_HOME/monitoring for the answer "
+    "thumbs-up rate) to the PLATFORM_METRICS pointer (in the state store) for the answer "
     "service's /metrics. Starts no run.",
 )
 def platform_metrics_sensor(
@@ -104,9 +105,11 @@ def platform_metrics_sensor(
     documents: DocumentStoreResource,
     feedback_db: FeedbackDatabaseResource,
     retraining: RetrainingPolicyResource,
+    index: SearchIndexResource,
 ):
     snapshot = write_platform_snapshot(
         context.instance,
+        index.state,
         documents,
         feedback_db,
         retraining.feedback_policy.window,
@@ -120,6 +123,7 @@ def platform_metrics_sensor(
 
 def write_platform_snapshot(
     instance: dg.DagsterInstance,
+    state: StateStore,
     documents: DocumentStoreResource,
     feedback_db: FeedbackDatabaseResource,
     window: int,
@@ -129,7 +133,6 @@ def write_platform_snapshot(
     quarantine and the recent thumbs-up rate, and writes it (atomically); returns it.
     The snapshot is its own cursor (`runs_seen_until`), so counts and cursor never part.
     `jobs` start at zero runs, so that a job's first failure already counts as an increase."""
-    state = StateStore(documents.home)
     try:
         snapshot = (state.read(PLATFORM_METRICS) or PlatformMetrics()).model_dump()
     except StateError:  # figures only: start them again rather than stop counting

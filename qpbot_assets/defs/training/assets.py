@@ -42,7 +42,8 @@ class FineTuneConfig(dg.Config):
 
 
 def embedders_dir(index: SearchIndexResource) -> Path:
-    return index.state.path(st.CHALLENGER_EMBEDDER).parent
+    """Where fine-tuned embedders are written (under the home's models folder)."""
+    return index.models_dir / "embedders"
 
 
 def read_upstream(index: SearchIndexResource, pointer: st.Pointer[st.R]) -> st.R:
@@ -50,7 +51,7 @@ def read_upstream(index: SearchIndexResource, pointer: st.Pointer[st.R]) -> st.R
     record = index.state.read(pointer)
     if record is None:
         raise dg.Failure(
-            f"{index.state.path(pointer)} is missing: materialize the upstream asset first"
+            f"{index.state.location(pointer)} is missing: materialize the upstream asset first"
         )
     return record
 
