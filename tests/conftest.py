@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import os
 import shutil
 import socket
@@ -139,6 +141,25 @@ def postgres_database():
     finally:
         admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture
+def object_store():
+    """An S3 server that LanceDB can use: moto's, over HTTP on loopback (`rclone serve s3`
+    1.75 answers ranged GETs with the whole object, which LanceDB refuses; moto also honours
+    conditional writes). Yields its endpoint URL; credentials: qpbot / qpbot-secret."""
+    need(importlib.util.find_spec("moto") is not None, "moto not installed (make install)")
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
 
 
 @pytest.fixture

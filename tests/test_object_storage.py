@@ -38,21 +38,14 @@ def use_s3(monkeypatch, endpoint: str) -> None:
 
 
 @pytest.fixture
-def s3(monkeypatch):
-    """An S3 server with an empty bucket; yields a boto3 client of it."""
-    server_module = pytest.importorskip("moto.server")
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    use_s3(monkeypatch, f"http://{host}:{port}")
+def s3(object_store, monkeypatch):
+    """The S3 server with an empty bucket; yields a boto3 client of it."""
+    use_s3(monkeypatch, object_store)
     import boto3
 
     client = boto3.client("s3")
     client.create_bucket(Bucket=BUCKET)
-    try:
-        yield client
-    finally:
-        server.stop()
+    return client
 
 
 def stored_keys(s3, under: str) -> set[str]:
