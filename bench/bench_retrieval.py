@@ -23,7 +23,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from qpbot_assets.evaluation.beir import index_beir_corpus, indexed_corpus  # noqa: E402
+from qpbot_assets.indexing.promotion import promote_snapshot  # noqa: E402
 from qpbot_serving import index as contract  # noqa: E402
 from qpbot_serving.evaluation import (  # noqa: E402
     evaluate_rankings,
@@ -120,8 +120,8 @@ def indexed_copy(home: Path, target: Path) -> tuple[Path, dict]:
     promoted = StateStore(target).read(PROMOTED_INDEX)
     table = contract.connect(StateStore(target)).open_table(promoted.table)
     result = contract.ensure_vector_index(table, min_rows=0)
-    fields = {k: v for k, v in asdict(promoted).items() if k != "promoted_at"}
-    contract.write_promoted(target / "index", **{**fields, "version": table.version})
+    moved = promoted.snapshot.model_copy(update={"version": table.version})
+    promote_snapshot(StateStore(target), moved, promoted.embedding_model)
     return target, result
 
 

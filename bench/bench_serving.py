@@ -2,7 +2,7 @@
 HTTP; /v1/search throughput with 16 concurrent clients; /v1/answer time to first token.
 
     .venv/bin/python bench/bench_serving.py --home /tmp/scifact_home [--queries 200]
-        [--backend torch|onnx|onnx-int8] [--big-only]
+        [--backend torch|onnx|onnx-int8] [--big-only] [--object-storage]
 
 `--home` is a QPBOT_HOME holding the SciFact corpus (5,183 abstracts), as built by
 `qpbot eval retrieval --home DIR ...` (with QPBOT_EMBEDDING_BACKEND=onnx-int8 for the int8
@@ -13,12 +13,18 @@ realistic vector distribution, without encoding 100k chunks on a CPU. It is then
 and given its vector index as `search_index` would (`ensure_vector_index`), and the indexed
 search is compared with the flat one on the same table (`vs_flat`). The load average
 before and after is in the report: the figures mean little on a busy machine.
+
+`--object-storage` also puts the 100k index and its pointer on an S3 server (moto's, on
+loopback) and measures a service started with an empty QPBOT_HOME and QPBOT_STORAGE_URL
+(`big_on_s3`: how long it takes to become ready, i.e. to copy the promoted table, and its
+latency over HTTP from that copy).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import socket
 import statistics
@@ -27,7 +33,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -37,6 +42,7 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from qpbot_assets.indexing.promotion import promote_snapshot  # noqa: E402
 from qpbot_serving import index as contract  # noqa: E402
 from qpbot_serving.retrieval import Retriever  # noqa: E402
 from qpbot_serving.state import PROMOTED_INDEX, StateStore  # noqa: E402
@@ -89,13 +95,35 @@ def scaled_copy(source_home: Path, target_home: Path, factor: int) -> dict:
     copy.create_index("text", config=FTS())
     copy.optimize()
     vector_index = contract.ensure_vector_index(copy)
-    fields = {k: v for k, v in asdict(promoted).items() if k != "promoted_at"}
-    fields.update(version=copy.version, chunks=copy.count_rows())
-    contract.write_promoted(target_home / "index", **fields)
+    moved = promoted.snapshot.model_copy(
+        update={"version": copy.version, "chunks": copy.count_rows()}
+    )
+    promote_snapshot(StateStore(target_home), moved, promoted.embedding_model)
     return vector_index
 
 
 BACKEND: dict = {}  # Retriever.open's backend and exports_dir, from the command line
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def copy_to_object_storage(home: Path, endpoint: str, url: str) -> None:
+    """The home's LanceDB database and promoted pointer, put under `url` on the S3 server."""
+    import boto3
+
+    bucket = url.removeprefix("s3://").partition("/")[0]
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket=bucket)
+    source, target = StateStore(home), StateStore(url)
+    database = Path(source.index_uri)
+    under = target.index_uri.removeprefix(f"s3://{bucket}/")
+    for path in sorted(p for p in database.rglob("*") if p.is_file()):
+        client.upload_file(str(path), bucket, f"{under}/{path.relative_to(database)}")
+    promoted = source.read(PROMOTED_INDEX)
+    promote_snapshot(target, promoted.snapshot, promoted.embedding_model)
 
 
 def versus_flat(home: Path, texts: list[str]) -> dict:
@@ -132,12 +160,12 @@ def in_process(home: Path, texts: list[str]) -> dict:
     return results
 
 
-def start_service(home: Path) -> tuple[subprocess.Popen, str]:
+def start_service(home: Path, **extra_env: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     # auto: the generator's first token is what the answer figures measure (quotes need none).
-    env = {**os.environ, "QPBOT_HOME": str(home), "QPBOT_ANSWER_MODE": "auto"}
+    env = {**os.environ, "QPBOT_HOME": str(home), "QPBOT_ANSWER_MODE": "auto", **extra_env}
     if BACKEND:
         env["QPBOT_EMBEDDING_BACKEND"] = BACKEND["backend"]
         env["QPBOT_EMBEDDING_EXPORT_DIR"] = str(BACKEND["exports_dir"])
@@ -230,6 +258,9 @@ def main() -> None:
     )
     parser.add_argument("--backend", choices=contract.EMBEDDING_BACKENDS, default=None)
     parser.add_argument("--big-only", action="store_true", help="skip the ~5k chunk index")
+    parser.add_argument(
+        "--object-storage", action="store_true", help="also serve the 100k index from S3"
+    )
     args = parser.parse_args()
     texts = queries(args.queries)
     report: dict = {"load_average_before": [round(x, 2) for x in os.getloadavg()]}
@@ -259,8 +290,44 @@ def main() -> None:
                 process.wait(timeout=30)
         report["big"]["build"] = {"seconds": build_seconds, "ensure_vector_index": vector_index}
         report["big"]["vs_flat"] = versus_flat(big, texts)
+        if args.object_storage:
+            report["big_on_s3"] = on_object_storage(big, Path(tmp) / "replica", texts)
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report, indent=2))
+
+
+def on_object_storage(home: Path, replica: Path, texts: list[str]) -> dict:
+    """The index of `home` served from an S3 server by a service with an empty home."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(S3_CREDENTIALS)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint, url = f"http://{host}:{port}", "s3://bench/qpbot"
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request
+    try:
+        started = time.perf_counter()
+        copy_to_object_storage(home, endpoint, url)
+        uploaded = time.perf_counter() - started
+        started = time.perf_counter()
+        process, service = start_service(
+            replica, QPBOT_STORAGE_URL=url, AWS_ENDPOINT_URL=endpoint, **S3_CREDENTIALS
+        )
+        ready = time.perf_counter() - started
+        try:
+            return {
+                "upload_seconds": round(uploaded, 1),
+                "ready_seconds": round(ready, 1),
+                "http": over_http(service, texts),
+                "throughput_hybrid": throughput(service, texts),
+            }
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -56,20 +56,28 @@ def index_embedder(
     index_backend: str,
     preferred: str | None = None,
     cache_dir: Path | None = None,
+    model_cache: Path | None = None,
 ) -> Embedder:
     """An embedder that makes an index's vectors (its model, made with `index_backend`):
     with the `preferred` backend when that makes the same vectors, else the index's own."""
     if preferred is None or not same_vectors(preferred, index_backend):
         preferred = index_backend
-    return Embedder(model_name, backend=preferred, cache_dir=cache_dir)  # type: ignore[arg-type]
+    return Embedder(
+        model_name,
+        backend=preferred,  # type: ignore[arg-type]
+        cache_dir=cache_dir,
+        model_cache=model_cache,
+    )
 
 
 class Embedder:
     """A sentence-transformers model producing L2-normalized float32 vectors.
 
-    `model_name` is a hub id or a path; the default resolves to the packaged copy. The ONNX
-    backends keep their export in `cache_dir` (default `QpbotSettings().embedding_exports_dir`).
-    The model is loaded on first use, so building an Embedder is cheap.
+    `model_name` is a hub id, a path or a stored fine-tune's `s3://` URI (copied once into
+    `model_cache`, default `QpbotSettings().cache_dir`); the default resolves to the packaged
+    copy. The ONNX backends keep their export in `cache_dir` (default
+    `QpbotSettings().embedding_exports_dir`). The model is loaded on first use, so building
+    an Embedder is cheap.
     """
 
     def __init__(
@@ -78,12 +86,14 @@ class Embedder:
         device: str = "cpu",
         backend: EmbeddingBackend = "torch",
         cache_dir: Path | None = None,
+        model_cache: Path | None = None,
     ):
         vector_family(backend)  # an unknown backend fails here, not at the first encode
         self.model_name = model_name
         self.device = device
         self.backend = backend
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.model_cache = Path(model_cache) if model_cache is not None else None
 
     @property
     def vectors_key(self) -> str:
@@ -95,12 +105,20 @@ class Embedder:
         """The sentence-transformers model (the torch backend's, and the ONNX export's source)."""
         from sentence_transformers import SentenceTransformer  # heavy import, only when used
 
-        return SentenceTransformer(resolve_model_path(self.model_name), device=self.device)
+        return SentenceTransformer(self.model_path, device=self.device)
+
+    @cached_property
+    def model_path(self) -> str:
+        """What the model is loaded from (`resolve_model_path`: a stored model's local copy)."""
+        model_cache = self.model_cache
+        if model_cache is None and self.model_name.startswith("s3://"):
+            model_cache = QpbotSettings().cache_dir
+        return resolve_model_path(self.model_name, model_cache)
 
     @cached_property
     def onnx(self) -> OnnxModel:
         cache_dir = self.cache_dir or QpbotSettings().embedding_exports_dir
-        folder = onnx_export(self.model_name, cache_dir)
+        folder = onnx_export(self.model_name, cache_dir, self.model_path)
         return OnnxModel(folder, quantized=self.backend == "onnx-int8")
 
     @cached_property
@@ -233,14 +251,16 @@ class OnnxModel:
             return session
 
 
-def onnx_export(model_name: str, cache_dir: Path) -> Path:
+def onnx_export(model_name: str, cache_dir: Path, source: str | None = None) -> Path:
     """The folder of `model_name`'s ONNX export (float32 and int8), made now if missing.
+    `source` is what the model loads from (default `resolve_model_path(model_name)`; a
+    stored model's local copy).
 
     Keyed by the model's files (a fine-tune gets its own export) and EXPORT_VERSION; written
     to a temporary folder and renamed, so concurrent processes never read half an export.
     Both files are checked against sentence-transformers on probe texts before use.
     """
-    source = resolve_model_path(model_name)
+    source = source or resolve_model_path(model_name)
     root = Path(cache_dir)
     folder = root / f"{model_slug(model_name)}-{_export_key(model_name, source)}"
     if (folder / "export.json").is_file():

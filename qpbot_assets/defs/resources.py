@@ -1,6 +1,7 @@
 """The resources of every domain (typed `dg.ConfigurableResource` classes), and the
 definitions that configure them from the environment through QpbotSettings."""
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,13 @@ from qpbot_serving import index as search_index
 from qpbot_serving.embedding import Embedder, index_embedder, resolve_backend
 from qpbot_serving.retrieval import Retriever
 from qpbot_serving.settings import QpbotSettings, SqlSource
-from qpbot_serving.state import PROMOTED_INDEX, PromotedIndex, StateStore, serving_embedding_model
+from qpbot_serving.state import (
+    EVALUATION_DIR,
+    PROMOTED_INDEX,
+    PromotedIndex,
+    StateStore,
+    serving_embedding_model,
+)
 
 if TYPE_CHECKING:
     from qpbot_assets.documents.extraction import DocumentLimits
@@ -82,6 +89,11 @@ class SearchIndexResource(dg.ConfigurableResource):
         return home_paths(self.home).models_dir
 
     @property
+    def cache_dir(self) -> Path:
+        """Local copies of what lives on object storage (`state.local_copy`)."""
+        return home_paths(self.home).cache_dir
+
+    @property
     def state(self) -> StateStore:
         """The pointers (qpbot_serving.state), where the settings keep them."""
         return StateStore.from_settings(home_paths(self.home, self.storage_url))
@@ -144,11 +156,18 @@ class EmbeddingModelResource(dg.ConfigurableResource):
 
     @property
     def embedder(self) -> ChildProcessEmbedder:
-        return child_embedder(self.model_name, self.backend, Path(self.exports_dir))
+        return child_embedder(
+            self.model_name, self.backend, Path(self.exports_dir), self.model_cache
+        )
 
     def embedder_for(self, model_name: str) -> Embedder:
         """An embedder of another model (a challenger) in this process, with this backend."""
-        return Embedder(model_name, backend=self.backend, cache_dir=Path(self.exports_dir))
+        return Embedder(
+            model_name,
+            backend=self.backend,
+            cache_dir=Path(self.exports_dir),
+            model_cache=self.model_cache,
+        )
 
     def index_embedder(self, promoted: PromotedIndex) -> Embedder:
         """An embedder (in this process) of the vectors of `promoted`'s index, with this
@@ -158,13 +177,18 @@ class EmbeddingModelResource(dg.ConfigurableResource):
             promoted.embedding_backend,
             self.backend,
             Path(self.exports_dir),
+            self.model_cache,
         )
 
     def retriever(self, pointer: PromotedIndex | None = None) -> Retriever:
         """A retriever of the promoted index (or of `pointer`'s table and version) whose
         queries are embedded with this backend where the index's vectors allow it. Raises
         IndexNotReady before the first promotion."""
-        options = {"backend": self.backend, "exports_dir": Path(self.exports_dir)}
+        options = {
+            "backend": self.backend,
+            "exports_dir": Path(self.exports_dir),
+            "cache_dir": self.model_cache,  # the table and a stored model, on object storage
+        }
         if pointer is None:
             return Retriever.open(self.state, **options)
         return Retriever.at(self.state, pointer, **options)
@@ -176,6 +200,11 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     @property
     def model_name(self) -> str:
         return serving_embedding_model(self.state, self.configured_model)
+
+    @property
+    def model_cache(self) -> Path:
+        """Where a fine-tune stored on object storage is copied to (QpbotSettings.cache_dir)."""
+        return home_paths(self.home).cache_dir
 
 
 class S3SourceResource(dg.ConfigurableResource):
@@ -215,10 +244,18 @@ class FeedbackDatabaseResource(dg.ConfigurableResource):
 
 
 class MlflowResource(dg.ConfigurableResource):
-    """MLflow tracking and the model registry; artifacts stay under QPBOT_HOME."""
+    """MLflow tracking and the model registry. The tracking database is `tracking_uri`
+    (QPBOT_MLFLOW_TRACKING_URI); artifacts of new experiments go to `<storage_url>/mlflow/`
+    with a storage URL (MLflow's S3 client is boto3's, with the same AWS_* variables as the
+    state store), else under `artifacts_dir`."""
 
     tracking_uri: str
     artifacts_dir: str
+    storage_url: str | None = None  # QpbotSettings.storage_url
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.storage_url:
+            _mlflow_s3_endpoint(StateStore(self.storage_url).storage_options["endpoint"])
 
     def start_run(self, experiment: str, run_name: str | None = None):
         """An active MLflow run in `experiment` (created on first use); use as a context."""
@@ -229,11 +266,15 @@ class MlflowResource(dg.ConfigurableResource):
         experiment_id = (
             found.experiment_id
             if found
-            else mlflow.create_experiment(
-                experiment, artifact_location=(Path(self.artifacts_dir) / experiment).as_uri()
-            )
+            else mlflow.create_experiment(experiment, artifact_location=self.location(experiment))
         )
         return mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
+
+    def location(self, experiment: str) -> str:
+        """Where a new experiment's run artifacts go."""
+        if self.storage_url:
+            return f"{self.storage_url.rstrip('/')}/mlflow/{experiment}"
+        return (Path(self.artifacts_dir) / experiment).as_uri()
 
     def client(self):
         from mlflow import MlflowClient
@@ -264,6 +305,20 @@ class MlflowResource(dg.ConfigurableResource):
         return str(version.version)
 
 
+_MLFLOW_ENDPOINT_SET: list[str] = []  # the MLFLOW_S3_ENDPOINT_URL this process set, if any
+
+
+def _mlflow_s3_endpoint(endpoint: str) -> None:
+    """Sets MLFLOW_S3_ENDPOINT_URL to the state store's endpoint (boto3's: AWS_ENDPOINT_URL,
+    or AWS's own), unless someone else set it. Without it MLflow's client would find the same
+    endpoint through boto3, but MLflow keeps its S3 clients by MLFLOW_S3_ENDPOINT_URL, so
+    one made for another endpoint earlier in this process would be used again."""
+    current = os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    if current is None or current in _MLFLOW_ENDPOINT_SET:
+        os.environ["MLFLOW_S3_ENDPOINT_URL"] = endpoint
+        _MLFLOW_ENDPOINT_SET[:] = [endpoint]
+
+
 class BeirSetConfig(dg.Config):
     """A BEIR-format retrieval set: its name, queries .jsonl and qrels .tsv."""
 
@@ -273,15 +328,20 @@ class BeirSetConfig(dg.Config):
 
 
 class EvaluationResource(dg.ConfigurableResource):
-    """The configured evaluation sets and the folder their reports (plots) go to."""
+    """The configured evaluation sets and where their reports (plots, answers) go: under
+    `<storage_url>/evaluation/` with a storage URL, else `reports_dir`."""
 
     reports_dir: str
+    storage_url: str | None = None  # QpbotSettings.storage_url
     beir_sets: list[BeirSetConfig] = []
     qa_sets: list[str] = []
 
-    @property
-    def folder(self) -> Path:
-        return Path(self.reports_dir)
+    def save(self, name: str, data: bytes) -> str:
+        """Stores the report file `name` whole (replacing it); returns where it is: a path,
+        or its s3:// URI."""
+        if self.storage_url:
+            return StateStore(self.storage_url).put_file(f"{EVALUATION_DIR}/{name}", data)
+        return StateStore(self.reports_dir).put_file(name, data)
 
 
 class AnswerGeneratorResource(dg.ConfigurableResource):
@@ -387,10 +447,13 @@ def resources() -> dg.Definitions:
                 drift_threshold=settings.drift_threshold,
             ),
             "mlflow": MlflowResource(
-                tracking_uri=settings.tracking_uri, artifacts_dir=str(settings.mlflow_artifacts_dir)
+                tracking_uri=settings.tracking_uri,
+                artifacts_dir=str(settings.mlflow_artifacts_dir),
+                storage_url=settings.storage_url,
             ),
             "evaluation": EvaluationResource(
                 reports_dir=str(settings.evaluation_dir),
+                storage_url=settings.storage_url,
                 beir_sets=[
                     BeirSetConfig(name=s.name, queries=str(s.queries), qrels=str(s.qrels))
                     for s in settings.eval_beir_sets

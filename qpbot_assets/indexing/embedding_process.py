@@ -36,7 +36,13 @@ _embedder: Embedder | None = None  # the child's model
 class ChildProcessEmbedder:
     """An `Embedder` whose model lives in a child process that starts loading at once."""
 
-    def __init__(self, model_name: str, backend: str = "torch", cache_dir: Path | None = None):
+    def __init__(
+        self,
+        model_name: str,
+        backend: str = "torch",
+        cache_dir: Path | None = None,
+        model_cache: Path | None = None,
+    ):
         self.model_name = model_name
         self.backend = backend
         self.broken = False
@@ -45,7 +51,7 @@ class ChildProcessEmbedder:
             mp_context=multiprocessing.get_context("spawn"),  # no fork of a threaded process
             initializer=_exit_with_parent,
         )
-        self._loaded = self._pool.submit(_load, model_name, backend, cache_dir)
+        self._loaded = self._pool.submit(_load, model_name, backend, cache_dir, model_cache)
 
     @property
     def vectors_key(self) -> str:
@@ -91,13 +97,16 @@ class ChildProcessEmbedder:
 
 
 def child_embedder(
-    model_name: str, backend: str = "torch", cache_dir: Path | None = None
+    model_name: str,
+    backend: str = "torch",
+    cache_dir: Path | None = None,
+    model_cache: Path | None = None,
 ) -> ChildProcessEmbedder:
     """This process's child for `model_name` and `backend`, started on first request and then
-    reused."""
+    reused. `cache_dir` and `model_cache` are `Embedder`'s."""
     child = _children.pop((model_name, backend), None)
     if child is None or child.broken:
-        child = ChildProcessEmbedder(model_name, backend, cache_dir)
+        child = ChildProcessEmbedder(model_name, backend, cache_dir, model_cache)
     _children[(model_name, backend)] = child  # the most recently asked for is last
     while len(_children) > MAX_CHILDREN:
         _children.pop(next(iter(_children))).close()
@@ -124,9 +133,9 @@ def _exit_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _load(model_name: str, backend: str, cache_dir: Path | None) -> dict:
+def _load(model_name: str, backend: str, cache_dir: Path | None, model_cache: Path | None) -> dict:
     global _embedder
-    _embedder = Embedder(model_name, backend=backend, cache_dir=cache_dir)
+    _embedder = Embedder(model_name, backend=backend, cache_dir=cache_dir, model_cache=model_cache)
     return {
         "max_tokens": _embedder.max_tokens,
         "dimension": _embedder.dimension,

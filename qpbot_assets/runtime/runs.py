@@ -116,7 +116,7 @@ def _ingest_documents(
     # A run killed after writing the index but before promoting it left nothing stale.
     unpromoted = not ranges and bool(wanted) and _promotion_pending(state)
     if ranges:  # the run's model starts loading now, beside the definitions and first stages
-        child_embedder(model, backend, settings.embedding_exports_dir)
+        child_embedder(model, backend, settings.embedding_exports_dir, settings.cache_dir)
     # Loading the asset definitions imports every extractor: only when there is work.
     defs = load_definitions() if ranges or removed or unpromoted else None
     # Progress bars show the work; the run's event log is in the Dagster UI.

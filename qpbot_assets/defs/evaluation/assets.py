@@ -1,6 +1,7 @@
 """Evaluation as a feature: how well the promoted index retrieves and answers, and what the
 service's users said, day by day. Results land in asset metadata (with plots), under
-`$QPBOT_HOME/evaluation/` and in MLflow (experiment "qpbot-evaluation").
+`$QPBOT_HOME/evaluation/` (`<QPBOT_STORAGE_URL>/evaluation/` with a storage URL) and in
+MLflow (experiment "qpbot-evaluation").
 
 The retrieval and answer evaluations use the very retriever the service serves with
 (`Retriever.open`), on the promoted index. `feedback_metrics` lives here, not in the
@@ -10,6 +11,7 @@ daily-partitioned asset.
 
 import json
 import re
+import tempfile
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -45,6 +47,15 @@ def _open_promoted(embedding_model: EmbeddingModelResource) -> Retriever | None:
         return None
 
 
+def _log_artifact(name: str, data: bytes) -> None:
+    """Logs `data` as the file `name` among the active MLflow run's artifacts."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="qpbot-") as folder:
+        (Path(folder) / name).write_bytes(data)
+        mlflow.log_artifact(str(Path(folder) / name))
+
+
 def _metric_name(*parts: str) -> str:
     """An MLflow metric name: letters, digits and _ - . / only."""
     return ".".join(re.sub(r"[^\w\-/]", "_", part.replace("@", "_at_")) for part in parts)
@@ -74,7 +85,8 @@ def retrieval_evaluation(
     """nDCG@10, recall@100 and MRR@10 of the promoted index in each retrieval mode (dense,
     keyword, hybrid), on every configured BEIR set (QPBOT_EVAL_BEIR_SETS) and on the golden
     set of judged queries from feedback. A bar plot of nDCG@10 goes into the metadata and
-    `$QPBOT_HOME/evaluation/`; every figure is logged to MLflow, tagged with the index version."""
+    the evaluation reports (`EvaluationResource.save`); every figure is logged to MLflow,
+    tagged with the index version."""
     retriever = _open_promoted(embedding_model)
     if retriever is None:
         return _skipped("no promoted index yet: nothing to evaluate")
@@ -113,9 +125,8 @@ def retrieval_evaluation(
         title=f"nDCG@10 of {label}",
         ylabel="nDCG@10",
     )
-    plot_path = evaluation.folder / f"retrieval-{label.replace('@', '-')}.png"
-    plot_path.parent.mkdir(parents=True, exist_ok=True)
-    plot_path.write_bytes(png)
+    plot_name = f"retrieval-{label.replace('@', '-')}.png"
+    plot_path = evaluation.save(plot_name, png)
 
     with mlflow.start_run(EXPERIMENT, run_name=f"retrieval {label}") as run:
         import mlflow as tracking
@@ -139,7 +150,7 @@ def retrieval_evaluation(
         tracking.log_params(
             {_metric_name(name, "queries"): r["hybrid"]["queries"] for name, r in results.items()}
         )
-        tracking.log_artifact(str(plot_path))
+        _log_artifact(plot_name, png)
 
     table = "\n".join(
         f"| {name} | {mode} | {scores['queries']} | "
@@ -157,7 +168,7 @@ def retrieval_evaluation(
                 "|---|---|---|---|---|---|\n" + table
             ),
             "plot": dg.MetadataValue.md(markdown_image(png, "nDCG@10 by set and mode")),
-            "plot_path": dg.MetadataValue.path(str(plot_path)),
+            "plot_path": dg.MetadataValue.path(plot_path),
             "mlflow_run_id": run.info.run_id,
             **({"not_scored": dg.MetadataValue.json(problems)} if problems else {}),
             # One number per set that the UI can chart across materializations.
@@ -198,7 +209,7 @@ def answer_evaluation(
     """On each question/reference-answer set (QPBOT_EVAL_QA_SETS): whether the retrieved
     context holds the reference answer, and how close the generated answer comes to it
     (cosine of their embeddings, token F1); see `qpbot_assets.learning.qa_eval`. Per-question
-    results go to `$QPBOT_HOME/evaluation/`, figures to the metadata (with a plot) and MLflow.
+    results go to the evaluation reports, figures to the metadata (with a plot) and MLflow.
     Not automated: generation is slow on a CPU, so run it from the UI or `qpbot eval qa`."""
     retriever = _open_promoted(embedding_model)
     if retriever is None:
@@ -209,7 +220,6 @@ def answer_evaluation(
     label = retriever.promoted.label
     summaries: dict[str, dict] = {}
     samples: list[str] = []
-    evaluation.folder.mkdir(parents=True, exist_ok=True)
     for path in map(Path, evaluation.qa_sets):
         # Questions the documents do not answer (for `qpbot gate`) have no reference to score.
         answerable = [i for i in read_qa_set(path, allow_unanswerable=True) if i["answer"]]
@@ -226,8 +236,10 @@ def answer_evaluation(
         name = path.stem if path.stem not in summaries else f"{path.stem}-{len(summaries)}"
         summaries[name] = summary
         context.log.info(f"{name}: {summary}")
-        rows_path = evaluation.folder / f"answers-{name}-{label.replace('@', '-')}.jsonl"
-        rows_path.write_text("".join(json.dumps(row) + "\n" for row in result_rows(results)))
+        evaluation.save(
+            f"answers-{name}-{label.replace('@', '-')}.jsonl",
+            "".join(json.dumps(row) + "\n" for row in result_rows(results)).encode(),
+        )
         for result in results[:5]:
             answer = (result.generated or "-").replace("|", " ").replace("\n", " ")[:120]
             samples.append(
@@ -248,8 +260,8 @@ def answer_evaluation(
         title=f"Answers on {label}",
         ylabel="share / cosine",
     )
-    plot_path = evaluation.folder / f"answers-{label.replace('@', '-')}.png"
-    plot_path.write_bytes(png)
+    plot_name = f"answers-{label.replace('@', '-')}.png"
+    plot_path = evaluation.save(plot_name, png)
 
     numeric = (
         "context_holds_answer",
@@ -281,7 +293,7 @@ def answer_evaluation(
                 if summary[key] is not None
             }
         )
-        tracking.log_artifact(str(plot_path))
+        _log_artifact(plot_name, png)
 
     def cell(value) -> str:
         return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
@@ -304,7 +316,7 @@ def answer_evaluation(
                 "| set | question | coverage | similarity | generated |\n|---|---|---|---|---|\n"
                 + "\n".join(samples)
             ),
-            "plot_path": dg.MetadataValue.path(str(plot_path)),
+            "plot_path": dg.MetadataValue.path(plot_path),
             "mlflow_run_id": run.info.run_id,
             **{
                 f"{name}/context_holds_answer": float(s["context_holds_answer"])

@@ -2,7 +2,6 @@
 tracked and registered in MLflow, promoted only when the gate in asset_checks.py passes."""
 
 import json
-import shutil
 import uuid
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from qpbot_assets.defs.resources import (
 from qpbot_assets.learning.feedback import rated_answers
 from qpbot_assets.learning.lora import LoraParams, build_examples, judge_adapter, train_lora
 from qpbot_serving import state as st
-from qpbot_serving.generation import adapter_dir, read_promoted_adapter, resolve_local_model
+from qpbot_serving.generation import adapter_key, read_promoted_adapter, resolve_local_model
 from qpbot_serving.prompting import PROMPT_VERSION
 from qpbot_serving.settings import DEFAULT_GENERATOR_MODEL
 
@@ -67,12 +66,12 @@ def llm_adapter(
     index: SearchIndexResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """A LoRA adapter of the local generator trained on thumbs-up answers, saved under
-    `$QPBOT_HOME/models/adapters/<version>/`, logged to MLflow (experiment
-    "qpbot-llm-adapter") and registered as a version of "qpbot-llm-adapter" with the alias
-    `challenger`. Held-out loss is measured for the base model, the adapter and the promoted
-    adapter on the same questions; the blocking check judges it. With too few examples
-    nothing is trained and the metadata says why."""
+    """A LoRA adapter of the local generator trained on thumbs-up answers, stored under
+    `models/adapters/<version>/` of the state root (QPBOT_HOME, or QPBOT_STORAGE_URL),
+    logged to MLflow (experiment "qpbot-llm-adapter") and registered as a version of
+    "qpbot-llm-adapter" with the alias `challenger`. Held-out loss is measured for the base
+    model, the adapter and the promoted adapter on the same questions; the blocking check
+    judges it. With too few examples nothing is trained and the metadata says why."""
     rated = rated_answers(feedback_db.folder).tail(config.max_examples)
     examples, left_out = build_examples(rated)
     counts = {
@@ -98,32 +97,29 @@ def llm_adapter(
         return dg.MaterializeResult(metadata={"skipped": reason, **found})
 
     base_path = resolve_local_model(config.base_model, index.models_dir)
-    champion = read_promoted_adapter(index.state, config.base_model, index.models_dir)
+    champion = read_promoted_adapter(index.state, config.base_model, index.cache_dir)
     params = config.lora_params()
     client = mlflow.client()
     version = f"lora-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    folder = adapter_dir(index.models_dir, version)
-    partial = folder.with_name(f".{version}.partial")  # renamed into place once complete
+    stored = index.state.uri(adapter_key(version))
     with mlflow.start_run(EXPERIMENT, run_name=version) as run:
         run_id = run.info.run_id
-        try:
+        # Stored once complete; on object storage this worker keeps its copy as a cache.
+        with index.state.new_folder(adapter_key(version), index.cache_dir) as folder:
             report = train_lora(
                 base_path,
                 examples,
                 params,
-                partial,
+                folder,
                 champion_dir=Path(champion["path"]) if champion else None,
                 log=context.log.info,
             )
             trained = {**asdict(report), "step_losses": None}
-            (partial / "training.json").write_text(
+            (folder / "training.json").write_text(
                 json.dumps({"base_model": config.base_model, "params": asdict(params), **trained})
             )
-            partial.replace(folder)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
+            client.log_artifacts(run_id, str(folder), artifact_path="adapter")
         _log_run(client, run_id, config, params, report, champion)
-        client.log_artifacts(run_id, str(folder), artifact_path="adapter")
         registered = mlflow.register_challenger(
             REGISTERED_MODEL,
             run_id,
@@ -148,7 +144,7 @@ def llm_adapter(
     return dg.MaterializeResult(
         metadata={
             "version": version,
-            "adapter_dir": dg.MetadataValue.path(str(folder)),
+            "adapter_dir": dg.MetadataValue.path(stored),
             "registered_version": registered,
             "mlflow_run_id": run_id,
             "base_model": config.base_model,
@@ -207,7 +203,7 @@ def _loss_table(report, champion) -> str:
     & dg.AutomationCondition.all_deps_blocking_checks_passed(),
 )
 def promoted_adapter(index: SearchIndexResource, mlflow: MlflowResource) -> dg.MaterializeResult:
-    """The pointer the local generator reads (`$QPBOT_HOME/models/adapters/PROMOTED.json`)
+    """The pointer the local generator reads (`state.PROMOTED_ADAPTER`)
     and the MLflow alias `champion`: the last adapter whose blocking check passed."""
     candidate = index.state.read(st.ADAPTER_CANDIDATE)
     current = index.state.read(st.PROMOTED_ADAPTER)

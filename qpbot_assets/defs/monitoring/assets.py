@@ -1,7 +1,7 @@
 """Monitoring: are the documents coming in, or the questions users ask, drifting away from
-what came before? evidently reports kept under `$QPBOT_HOME/monitoring/drift/`."""
+what came before? evidently reports kept under `monitoring/drift/` of the state root
+(`$QPBOT_HOME`, or QPBOT_STORAGE_URL on object storage)."""
 
-import shutil
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +31,7 @@ from qpbot_serving import state as st
 from qpbot_serving.embedding import Embedder
 
 MONITORING = {"group_name": "monitoring"}
-DRIFT_DIR = Path(st.MONITORING_DIR) / "drift"  # under QPBOT_HOME, beside DRIFT_WINDOWS
+DRIFT_DIR = f"{st.MONITORING_DIR}/drift"  # under the state root, beside DRIFT_WINDOWS
 KEEP_REPORTS = 50  # report folders kept; each HTML report is about 4 MB (evidently's JS inline)
 SIDES = ("documents", "queries")
 
@@ -48,10 +48,6 @@ class DriftReportConfig(dg.Config):
         100, description="Rows each side needs before drift is computed (chunks or queries)."
     )
     seed: int = Field(0, description="Seed of the sampling, so a report can be repeated.")
-
-
-def drift_folder(home: str | Path) -> Path:
-    return Path(home) / DRIFT_DIR
 
 
 @dg.asset(
@@ -80,7 +76,6 @@ def drift_report(
     never raise a signal twice. Metadata: drift share (share of embedding dimensions that
     drifted, what the drift sensor compares with QPBOT_DRIFT_THRESHOLD) and drift score
     (ROC AUC of a reference-vs-current classifier) per side, with links to the HTML reports."""
-    folder = drift_folder(documents.home)
     state = index.state.read(st.DRIFT_WINDOWS) or st.DriftWindows()
     promoted = index.state.read(st.PROMOTED_INDEX)
     if promoted is None:
@@ -95,7 +90,8 @@ def drift_report(
         "queries": QueryRows(feedback_db.folder, embedding_model.index_embedder(promoted)),
     }
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    report_dir = folder / f"{stamp}-{context.run_id[:8]}"
+    report_key = f"{DRIFT_DIR}/{stamp}-{context.run_id[:8]}"
+    report_uri = index.state.uri(report_key)  # where the reports are stored, for the links
     rng = np.random.default_rng(config.seed)
 
     metadata: dict = {
@@ -104,47 +100,50 @@ def drift_report(
     }
     summaries: dict[str, DriftSummary] = {}
     windows: dict[str, Windows] = {}
-    for side, rows in sides.items():
-        window = split_windows(rows.times, getattr(state, side).reference_until, config.min_rows)
-        windows[side] = window
-        metadata[f"{side}/reference_rows"] = int(window.reference.sum())
-        metadata[f"{side}/current_rows"] = int(window.current.sum())
-        metadata[f"{side}/reference_until"] = window.reference_until or "-"
-        if not window.compute:
-            metadata[f"{side}/status"] = window.reason
-            context.log.info(f"drift_report: {side}: {window.reason}")
-            continue
-        picked = [
-            np.flatnonzero(mask)[sample_rows(int(mask.sum()), config.sample, rng)]
-            for mask in (window.reference, window.current)
-        ]
-        html = report_dir / f"{side}.html"
-        summary = embedding_drift(
-            rows.vectors(picked[0]),
-            rows.vectors(picked[1]),
-            sample=config.sample,
-            seed=config.seed,
-            html_path=html,
-            name=side,
-        )
-        summary = replace(
-            summary,
-            available_reference=int(window.reference.sum()),
-            available_current=int(window.current.sum()),
-        )
-        summaries[side] = summary
-        context.log.info(f"drift_report: {side}: {summary}")
-        metadata.update(
-            {
-                f"{side}/status": "computed",
-                f"{side}/drift_share": summary.drift_share,
-                f"{side}/drift_score": summary.drift_score,
-                f"{side}/drifted_dimensions": summary.drifted_columns,
-                f"{side}/compared_rows": f"{summary.n_reference} reference, "
-                f"{summary.n_current} current",
-                f"{side}/report": dg.MetadataValue.path(str(html)),
-            }
-        )
+    with index.state.new_folder(report_key) as report_dir:
+        for side, rows in sides.items():
+            window = split_windows(
+                rows.times, getattr(state, side).reference_until, config.min_rows
+            )
+            windows[side] = window
+            metadata[f"{side}/reference_rows"] = int(window.reference.sum())
+            metadata[f"{side}/current_rows"] = int(window.current.sum())
+            metadata[f"{side}/reference_until"] = window.reference_until or "-"
+            if not window.compute:
+                metadata[f"{side}/status"] = window.reason
+                context.log.info(f"drift_report: {side}: {window.reason}")
+                continue
+            picked = [
+                np.flatnonzero(mask)[sample_rows(int(mask.sum()), config.sample, rng)]
+                for mask in (window.reference, window.current)
+            ]
+            html = report_dir / f"{side}.html"
+            summary = embedding_drift(
+                rows.vectors(picked[0]),
+                rows.vectors(picked[1]),
+                sample=config.sample,
+                seed=config.seed,
+                html_path=html,
+                name=side,
+            )
+            summary = replace(
+                summary,
+                available_reference=int(window.reference.sum()),
+                available_current=int(window.current.sum()),
+            )
+            summaries[side] = summary
+            context.log.info(f"drift_report: {side}: {summary}")
+            metadata.update(
+                {
+                    f"{side}/status": "computed",
+                    f"{side}/drift_share": summary.drift_share,
+                    f"{side}/drift_score": summary.drift_score,
+                    f"{side}/drifted_dimensions": summary.drifted_columns,
+                    f"{side}/compared_rows": f"{summary.n_reference} reference, "
+                    f"{summary.n_current} current",
+                    f"{side}/report": dg.MetadataValue.path(f"{report_uri}/{side}.html"),
+                }
+            )
 
     if summaries:
         side = max(summaries, key=lambda s: summaries[s].drift_share)
@@ -160,11 +159,11 @@ def drift_report(
                 "drift_score": summaries[side].drift_score,
                 "drift_side": side,
                 "signal_id": signal,
-                "report_folder": dg.MetadataValue.path(str(report_dir)),
+                "report_folder": dg.MetadataValue.path(report_uri),
                 "status": ", ".join(
                     f"{s} drift share {summaries[s].drift_share:.3f}" for s in summaries
                 ),
-                "summary": dg.MetadataValue.md(summary_table(summaries, report_dir)),
+                "summary": dg.MetadataValue.md(summary_table(summaries, report_uri)),
             }
         )
     else:
@@ -182,7 +181,7 @@ def drift_report(
             **{s: st.DriftWindow(reference_until=windows[s].next_cutoff) for s in SIDES}
         ),
     )
-    prune_reports(folder, KEEP_REPORTS)
+    prune_reports(index.state, KEEP_REPORTS)
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -247,7 +246,7 @@ def read_columns(table, columns: list[str], where: str | None = None):
     return (query.where(where) if where else query).to_arrow()
 
 
-def summary_table(summaries: dict[str, DriftSummary], report_dir: Path) -> str:
+def summary_table(summaries: dict[str, DriftSummary], report_uri: str) -> str:
     lines = [
         "| side | drift share | drift score | drifted dimensions | rows compared | report |",
         "|---|---|---|---|---|---|",
@@ -257,13 +256,12 @@ def summary_table(summaries: dict[str, DriftSummary], report_dir: Path) -> str:
             f"| {side} | {s.drift_share:.3f} | {s.drift_score:.3f} | "
             f"{s.drifted_columns} of {s.columns} | {s.n_reference} vs {s.n_current} "
             f"(of {s.available_reference} vs {s.available_current}) | "
-            f"`{report_dir / (side + '.html')}` |"
+            f"`{report_uri}/{side}.html` |"
         )
     return "\n".join(lines)
 
 
-def prune_reports(folder: Path, keep: int) -> None:
+def prune_reports(state: st.StateStore, keep: int) -> None:
     """Removes all but the newest `keep` report folders (their names start with a UTC time)."""
-    reports = sorted(p for p in folder.iterdir() if p.is_dir())
-    for old in reports[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    for old in state.folders(DRIFT_DIR)[:-keep]:
+        state.remove_folder(f"{DRIFT_DIR}/{old}")

@@ -1,13 +1,13 @@
 """Retraining from feedback: a fine-tuned embedder, its candidate index beside the live one,
 and the promotion that only happens when the gate (asset_checks.py) passes.
 
-One folder per fine-tuned model under `$QPBOT_HOME/models/embedders/`; the pointers
+One folder per fine-tuned model under `models/embedders/` of the state root (QPBOT_HOME, or
+QPBOT_STORAGE_URL on object storage, with a copy in the worker's cache); the pointers
 `state.CHALLENGER_EMBEDDER` (the newest one) and `state.INDEX_CANDIDATE` (its index).
 """
 
 from dataclasses import asdict
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -41,9 +41,7 @@ class FineTuneConfig(dg.Config):
     shuffle_labels: bool = False  # for demonstrating the gate: trains on mismatched pairs
 
 
-def embedders_dir(index: SearchIndexResource) -> Path:
-    """Where fine-tuned embedders are written (under the home's models folder)."""
-    return index.models_dir / "embedders"
+EMBEDDERS_DIR = f"{st.MODELS_DIR}/embedders"  # under the state root
 
 
 def read_upstream(index: SearchIndexResource, pointer: st.Pointer[st.R]) -> st.R:
@@ -80,7 +78,8 @@ def fine_tuned_embedder(
     base = embedding_model.configured_model
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     name = f"{contract.model_slug(base)}-ft-{stamp}{'-shuffled' if config.shuffle_labels else ''}"
-    output_dir = embedders_dir(index) / name
+    key = f"{EMBEDDERS_DIR}/{name}"
+    model_uri = index.state.uri(key)  # what the pointers and the index name the model by
     params = FineTuneParams(
         epochs=config.epochs,
         batch_size=config.batch_size,
@@ -95,17 +94,19 @@ def fine_tuned_embedder(
         mlflow_api.log_params(
             {**asdict(params), "base_model": base, "pairs_version": latest.version}
         )
-        metrics = fine_tune_embedder(base, pairs, output_dir, params)
-        mlflow_api.log_metrics({k: v for k, v in metrics.items() if k != "seconds"})
-        mlflow_api.log_metric("train_seconds", metrics["seconds"])
-        mlflow_api.log_artifacts(str(output_dir), artifact_path="model")
+        # Stored when complete; on object storage this worker keeps its copy as a cache.
+        with index.state.new_folder(key, index.cache_dir) as output_dir:
+            metrics = fine_tune_embedder(base, pairs, output_dir, params)
+            mlflow_api.log_metrics({k: v for k, v in metrics.items() if k != "seconds"})
+            mlflow_api.log_metric("train_seconds", metrics["seconds"])
+            mlflow_api.log_artifacts(str(output_dir), artifact_path="model")
     version = mlflow.register_challenger(
         REGISTERED_EMBEDDER, run.info.run_id, "model", "Fine-tuned embedding models."
     )
     challenger = index.state.write(
         st.CHALLENGER_EMBEDDER,
         st.FineTunedEmbedder(
-            model=str(output_dir),
+            model=model_uri,
             base_model=base,
             mlflow_version=version,
             mlflow_run_id=run.info.run_id,
@@ -116,7 +117,7 @@ def fine_tuned_embedder(
     return dg.MaterializeResult(
         metadata={
             **metrics,
-            "model": dg.MetadataValue.path(str(output_dir)),
+            "model": dg.MetadataValue.path(model_uri),
             "mlflow_version": challenger.mlflow_version,
             "pairs_version": latest.version,
             "train_pairs": train_pairs,
