@@ -785,7 +785,9 @@ async def _refresh_index(app: FastAPI) -> None:
         promoted = await asyncio.to_thread(state.store.read, PROMOTED_INDEX)
     except Exception as problem:  # object storage away: keep what is open, try again later
         if state.retriever is None:
-            state.not_ready_reason = f"the promoted pointer cannot be read ({type(problem).__name__})"
+            state.not_ready_reason = (
+                f"the promoted pointer cannot be read ({type(problem).__name__})"
+            )
         return
     current = state.retriever
     if promoted is None:

@@ -153,7 +153,12 @@ def test_ingest_quarantines_a_bomb_and_a_document_over_the_chunk_cap_and_goes_on
         "smaller files or raise QPBOT_MAX_CHUNKS_PER_DOCUMENT."
     )
     promoted = StateStore(settings.home).read(PROMOTED_INDEX)
-    rows = contract.connect(StateStore.from_settings(settings)).open_table(promoted.table).search().limit(None)
+    rows = (
+        contract.connect(StateStore.from_settings(settings))
+        .open_table(promoted.table)
+        .search()
+        .limit(None)
+    )
     good = document_id_for((folder / "policy.md").resolve().as_uri())
     assert {row["document_id"] for row in rows.to_list()} == {good}
 
