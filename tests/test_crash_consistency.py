@@ -66,7 +66,7 @@ def ingest(home: Path, folder: Path, kill_after: float | None = None) -> float:
 
 def chunk_ids(home: Path) -> list[str]:
     promoted = StateStore(home).read(PROMOTED_INDEX)
-    table = contract.connect(home / "index").open_table(promoted.table)
+    table = contract.connect(StateStore(home)).open_table(promoted.table)
     return table.search().select(["chunk_id"]).limit(None).to_arrow().column("chunk_id").to_pylist()
 
 

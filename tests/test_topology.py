@@ -224,8 +224,9 @@ def test_the_production_topology(tmp_path, object_store, postgres_database, samp
         query = "{ runsOrError { ... on Runs { results { status jobName } } } }"
         runs = httpx.post(f"http://127.0.0.1:{web}/graphql", json={"query": query}, timeout=30)
         results = runs.json()["data"]["runsOrError"]["results"]
-        assert {"ingest_documents"} <= {r["jobName"] for r in results}
-        assert all(r["status"] == "SUCCESS" for r in results if r["jobName"] == "ingest_documents")
+        ingests = [r["status"] for r in results if r["jobName"] == "ingest_documents"]
+        # Runs the daemon queued later may still be going: none may have failed.
+        assert "SUCCESS" in ingests and "FAILURE" not in ingests, ingests
 
         # The index and its pointers are on S3: a process's folder holds at most a cache.
         for name in platform.processes:
