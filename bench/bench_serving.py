@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from qpbot_assets.indexing.promotion import promote_snapshot  # noqa: E402
 from qpbot_serving import index as contract  # noqa: E402
+from qpbot_serving.object_store import split_s3_url  # noqa: E402
 from qpbot_serving.retrieval import Retriever  # noqa: E402
 from qpbot_serving.state import PROMOTED_INDEX, StateStore  # noqa: E402
 
@@ -114,12 +115,11 @@ def copy_to_object_storage(home: Path, endpoint: str, url: str) -> None:
     """The home's LanceDB database and promoted pointer, put under `url` on the S3 server."""
     import boto3
 
-    bucket = url.removeprefix("s3://").partition("/")[0]
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket=bucket)
     source, target = StateStore(home), StateStore(url)
     database = Path(source.index_uri)
-    under = target.index_uri.removeprefix(f"s3://{bucket}/")
+    bucket, under = split_s3_url(target.index_uri)
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket=bucket)
     for path in sorted(p for p in database.rglob("*") if p.is_file()):
         client.upload_file(str(path), bucket, f"{under}/{path.relative_to(database)}")
     promoted = source.read(PROMOTED_INDEX)

@@ -17,6 +17,7 @@ from qpbot_serving.document_store import (
     document_id_for,
     indexed_stage,
 )
+from qpbot_serving.object_store import split_s3_url
 from qpbot_serving.settings import QpbotSettings
 
 ACCEPTED_SUFFIXES = {".pdf", ".docx", ".md", ".markdown", ".txt", ".html", ".htm"}
@@ -101,7 +102,7 @@ def _save_to_object_storage(settings: QpbotSettings, name: str, data: BinaryIO) 
     whole object or none of it); spooled to a local temporary file first, for the limit."""
     import boto3  # the S3 client; credentials and endpoint from the AWS_* variables
 
-    bucket, _, prefix = settings.inbox_url.removeprefix("s3://").partition("/")
+    bucket, prefix = split_s3_url(settings.inbox_url)
     key = prefix + name
     client = boto3.client("s3")
     with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:

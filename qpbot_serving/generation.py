@@ -25,7 +25,7 @@ from typing import Protocol
 
 import httpx
 
-from qpbot_serving.object_store import local_copy
+from qpbot_serving.object_store import cached_folder
 from qpbot_serving.settings import DEFAULT_GENERATOR_MODEL
 from qpbot_serving.state import CACHE_DIR, MODELS_DIR, PROMOTED_ADAPTER, StateStore
 
@@ -188,7 +188,7 @@ class LocalGenerator:
     into `home`'s models folder (about 20 s) and loaded from there afterwards. When a LoRA
     adapter for this model was promoted (`state.PROMOTED_ADAPTER`), it is merged into the
     weights at load time, and `model_name` names it ("<model>+<adapter version>"); an adapter
-    on object storage is copied once into `home`'s cache (`object_store.local_copy`).
+    on object storage is copied once into `home`'s cache (`object_store.cached_folder`).
     """
 
     def __init__(
@@ -316,7 +316,7 @@ def read_promoted_adapter(state: StateStore, base_model: str, cache_dir: Path) -
         return None
     stored = state.uri(adapter_key(adapter.version))
     try:
-        folder = local_copy(stored, cache_dir)
+        folder = cached_folder(stored, cache_dir)
     except FileNotFoundError:
         folder = None
     if folder is None or not (folder / "adapter_config.json").is_file():

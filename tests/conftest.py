@@ -143,6 +143,43 @@ def postgres_database():
         admin.close()
 
 
+# The credentials of the test S3 servers (`s3_server`, `object_store`).
+S3_KEY, S3_SECRET = "qpbot", "qpbot-secret"
+
+
+def s3_client(endpoint: str):
+    """A boto3 client of a test S3 server."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_KEY,
+        aws_secret_access_key=S3_SECRET,
+        region_name="us-east-1",
+    )
+
+
+def wait_for(predicate, timeout: float, what: str, processes=()):
+    """Polls `predicate` each second until it returns something true (returned); fails
+    after `timeout` seconds, or as soon as one of `processes` has exited. A predicate that
+    raises httpx.HTTPError (a service not up yet) counts as false."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in processes:
+            assert process.poll() is None, f"{process.args[0]} exited with {process.returncode}"
+        try:
+            value = predicate()
+        except httpx.HTTPError:
+            value = None
+        if value:
+            return value
+        time.sleep(1)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
 @pytest.fixture
 def object_store():
     """An S3 server that LanceDB can use: moto's, over HTTP on loopback (`rclone serve s3`
@@ -183,7 +220,7 @@ def s3_server(tmp_path):
             "--addr",
             f"127.0.0.1:{port}",
             "--auth-key",
-            "qpbot,qpbot-secret",
+            f"{S3_KEY},{S3_SECRET}",
             str(root),
         ],
         stdout=subprocess.DEVNULL,

@@ -8,24 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from qpbot_serving.state import PROMOTED_INDEX, StateStore
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @pytest.mark.slow

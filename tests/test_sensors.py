@@ -5,10 +5,9 @@ from __future__ import annotations
 import io
 import shutil
 
-import boto3
 import dagster as dg
 import pytest
-from conftest import tick
+from conftest import S3_KEY, S3_SECRET, s3_client, tick
 from dagster_aws.s3 import S3Resource
 
 from qpbot_assets.defs.ingestion.assets import raw_document
@@ -60,13 +59,7 @@ def test_inbox_sensor_adds_edits_and_deletes(tmp_path, sample_documents):
 
 def test_s3_sensor_and_raw_document_against_a_real_s3_server(tmp_path, s3_server, sample_documents):
     endpoint, _root = s3_server
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="qpbot",
-        aws_secret_access_key="qpbot-secret",
-        region_name="us-east-1",
-    )
+    client = s3_client(endpoint)
     client.create_bucket(Bucket="docs")
     client.upload_file(
         str(sample_documents / "release-notes.html"), "docs", "handbooks/release-notes.html"
@@ -78,8 +71,8 @@ def test_s3_sensor_and_raw_document_against_a_real_s3_server(tmp_path, s3_server
         "documents": DocumentStoreResource(home=str(home)),
         "s3": S3Resource(
             endpoint_url=endpoint,
-            aws_access_key_id="qpbot",
-            aws_secret_access_key="qpbot-secret",
+            aws_access_key_id=S3_KEY,
+            aws_secret_access_key=S3_SECRET,
             region_name="us-east-1",
         ),
         "s3_source": S3SourceResource(bucket="docs", prefix="handbooks/"),
@@ -126,8 +119,8 @@ def test_uploads_land_in_the_inbox_on_s3_and_the_inbox_sensor_finds_them(
     endpoint, root = s3_server
     (root / "qpbot").mkdir()
     for name, value in {
-        "AWS_ACCESS_KEY_ID": "qpbot",
-        "AWS_SECRET_ACCESS_KEY": "qpbot-secret",
+        "AWS_ACCESS_KEY_ID": S3_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
         "AWS_ENDPOINT_URL": endpoint,
     }.items():
         monkeypatch.setenv(name, value)

@@ -23,28 +23,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port, need
+from conftest import S3_KEY, S3_SECRET, free_port, need, s3_client, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BUCKET = "qpbot"
 PREFIX = "platform"
 NEW_DOCUMENT = b"# Loading dock\n\nThe loading dock opens at 6 am on weekdays.\n"
-
-
-def wait_for(predicate, timeout: float, what: str, processes=()):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for process in processes:
-            assert process.poll() is None, f"{process.args[0]} exited with {process.returncode}"
-        try:
-            value = predicate()
-        except httpx.HTTPError:
-            value = None
-        if value:
-            return value
-        time.sleep(1)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Platform:
@@ -107,13 +92,12 @@ def search_top(port: int, query: str) -> str:
 @pytest.mark.slow
 def test_the_production_topology(tmp_path, object_store, postgres_database, sample_documents):
     need(shutil.which("haproxy") is not None, "haproxy not installed (make loadbalancer)")
-    import boto3
 
     endpoint = object_store
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("QPBOT_", "DAGSTER_"))},
-        "AWS_ACCESS_KEY_ID": "qpbot",
-        "AWS_SECRET_ACCESS_KEY": "qpbot-secret",
+        "AWS_ACCESS_KEY_ID": S3_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_DEFAULT_REGION": "us-east-1",
         "QPBOT_STORAGE_URL": f"s3://{BUCKET}/{PREFIX}",
@@ -153,13 +137,7 @@ def test_the_production_topology(tmp_path, object_store, postgres_database, samp
         running = list(platform.processes.values())
 
         # The documents of a source put into the inbox on S3: the S3 sensor ingests them.
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id="qpbot",
-            aws_secret_access_key="qpbot-secret",
-            region_name="us-east-1",
-        )
+        s3 = s3_client(endpoint)
         s3.create_bucket(Bucket=BUCKET)
         for path in sorted(sample_documents.iterdir()):
             s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/inbox/{path.name}", Body=path.read_bytes())

@@ -90,7 +90,7 @@ class SearchIndexResource(dg.ConfigurableResource):
 
     @property
     def cache_dir(self) -> Path:
-        """Local copies of what lives on object storage (`object_store.local_copy`)."""
+        """Local copies of what lives on object storage (`object_store.cached_folder`)."""
         return home_paths(self.home).cache_dir
 
     @property

@@ -24,6 +24,7 @@ from qpbot_assets.documents.sources import (
 )
 from qpbot_assets.documents.sql_source import SqlTable
 from qpbot_assets.documents.store import DocumentStore
+from qpbot_serving.object_store import split_s3_url
 
 # Rows whose documents one tick fetches: a large table's first listing is taken in over
 # several ticks, each well within the sensor's time limit; the rest wait for the next.
@@ -108,7 +109,7 @@ def inbox_sensor(
     context: dg.SensorEvaluationContext, documents: DocumentStoreResource, s3: S3Resource
 ) -> dg.SensorResult | dg.SkipReason:
     if documents.inbox_url:
-        bucket, _, prefix = documents.inbox_url.removeprefix("s3://").partition("/")
+        bucket, prefix = split_s3_url(documents.inbox_url)
         listing = list_s3(s3.get_client(), bucket, prefix)
         return sync_source(context, documents.store, documents.inbox_url, listing)
     documents.inbox_dir.mkdir(parents=True, exist_ok=True)
