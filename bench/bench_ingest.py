@@ -46,16 +46,19 @@ def build_corpus(folder: Path, scifact_docs: int) -> None:
 
 
 def timed_ingest(
-    home: Path, folder: Path, show_progress: bool = False
+    home: Path, folder: Path, show_progress: bool = False, dagster_home: Path | None = None
 ) -> tuple[float, float, float, dict]:
     """(seconds, peak RSS in MB, the ingest process's own peak RSS in MB, status JSON) of
     one `qpbot ingest` process; with `show_progress` its progress bars go to this stderr.
+    The process picks the repository's Dagster configuration unless `dagster_home` is given.
 
     The peak is of the whole process tree (the ingest and its embedding-model child),
     sampled every 0.1 s.
     """
     env = {**os.environ, "QPBOT_HOME": str(home)}
     env.pop("DAGSTER_HOME", None)
+    if dagster_home:
+        env["DAGSTER_HOME"] = str(dagster_home)
     started = time.perf_counter()
     process = subprocess.Popen(
         [QPBOT, "ingest", str(folder), "--json"],

@@ -1,7 +1,7 @@
 """Scale benchmark: N one-sentence Markdown documents, and what each one costs.
 
     .venv/bin/python bench/bench_scale.py [--documents 100000] [--ui] [--home DIR]
-        [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
+        [--postgres postgresql://postgres@127.0.0.1:5432/postgres] [--dagster-storage dagster]
 
 Writes N synthetic documents into the inbox of a fresh QPBOT_HOME, ingests the inbox with
 `qpbot ingest` (`qpbot_assets.runtime.runs.ingest_paths`, one run over all partitions, as
@@ -20,7 +20,10 @@ Writes N synthetic documents into the inbox of a fresh QPBOT_HOME, ingests the i
 - with --ui, the Dagster UI's partition query (the asset page's PartitionHealthQuery)
   through a `dagster-webserver` on a loopback port;
 - with --postgres, Dagster's storage in a fresh database on that server instead of SQLite
-  (`QPBOT_DAGSTER_PG_URL`), sized per table with its indexes.
+  (`QPBOT_DAGSTER_PG_URL`), sized per table with its indexes;
+- with --dagster-storage dagster, the ingests on Dagster's own storage class (`storage:
+  postgres` or `storage: sqlite`, writing planned events one by one) instead of qpbot's
+  batching one, for comparison: the same tables and files.
 
 Results go to bench/results/scale_<N>.json. Figures are of one run on a shared machine.
 """
@@ -42,6 +45,7 @@ import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import yaml
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -96,6 +100,10 @@ def record_kind(relative: Path, is_dir: bool) -> str:
         if "." in stage:  # embeddings.<model>, indexed.<table>
             stage = stage.split(".", 1)[0] + (".<model>" if stage.startswith("emb") else ".<table>")
         return f"documents/<id>/{stage}.json"
+    if parts[0] == "vectors":  # vectors/<model>/<xx>/<id>.npz
+        return "vectors/<model>/<xx>/ (directory)" if is_dir else "vectors/<model>.npz"
+    if len(parts) == 1 and parts[0].startswith("documents.db"):  # the records, -wal and -shm
+        return "documents.db (stage and source records)"
     if len(parts) == 1 and not is_dir:
         return "pointers and other top-level files"
     return f"{parts[0]}/"
@@ -126,6 +134,15 @@ def walk(root: Path) -> dict[str, dict[str, int]]:
 # Folders of QPBOT_HOME that are not the per-document state the targets speak of.
 CONTENT = {"inbox/", "blobs/"}  # the document's own content and its copy
 NOT_STATE = CONTENT | {"index/", "dagster/", "models/"}
+
+
+def checkpoint_records(home: Path) -> None:
+    """Folds the records database's write-ahead log into it: the log is bounded (SQLite
+    checkpoints it at about 4 MB) and transient, the database is what stays per document."""
+    database = home / "documents.db"
+    if database.exists():
+        with sqlite3.connect(database) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def qpbot_state(home: Path, documents: int) -> dict:
@@ -382,6 +399,22 @@ def postgres_storage(url: str, documents: int) -> dict:
     }
 
 
+def dagster_own_storage_home(folder: Path) -> Path:
+    """A DAGSTER_HOME in `folder` with the repository's Dagster configuration (that of
+    postgres/ when QPBOT_DAGSTER_PG_URL is set) but Dagster's own storage class."""
+    postgres = bool(os.environ.get("QPBOT_DAGSTER_PG_URL"))
+    shipped = REPO / "dagster_home" / ("postgres" if postgres else "") / "dagster.yaml"
+    config = yaml.safe_load(shipped.read_text())
+    config["storage"] = (
+        {"postgres": {"postgres_url": {"env": "QPBOT_DAGSTER_PG_URL"}}}
+        if postgres
+        else {"sqlite": {"base_dir": {"env": "QPBOT_DAGSTER_STORAGE"}}}
+    )
+    folder.mkdir(parents=True)
+    (folder / "dagster.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
 def summed(kinds: dict[str, dict[str, int]], field: str) -> int:
     return sum(v.get(field, 0) for v in kinds.values())
 
@@ -516,9 +549,17 @@ def main() -> None:
         metavar="URL",
         help="Dagster on PostgreSQL: a fresh database on this server (postgresql://...)",
     )
+    parser.add_argument(
+        "--dagster-storage",
+        choices=["qpbot", "dagster"],
+        default="qpbot",
+        help="Dagster's storage class: qpbot's (batching, the default) or Dagster's own",
+    )
     args = parser.parse_args()
     count = args.documents
-    suffix = "_postgres" if args.postgres else ""
+    suffix = ("_postgres" if args.postgres else "") + (
+        "_dagster_storage" if args.dagster_storage == "dagster" else ""
+    )
     output = args.output or RESULTS / f"scale_{count}{suffix}.json"
     postgres_url = None
     if args.postgres:
@@ -559,10 +600,17 @@ def measure(args, count: int, postgres_url: str | None) -> dict:
             sys.exit(f"{home} exists: the benchmark needs a fresh QPBOT_HOME")
         inbox = home / "inbox"
         write_corpus(inbox, count)
+        dagster_home = (
+            dagster_own_storage_home(Path(tmp) / "dagster_home")
+            if args.dagster_storage == "dagster"
+            else None
+        )
         load_before = os.getloadavg()
 
         print(f"first ingest of {count:,} documents", file=sys.stderr)
-        first_s, peak_mb, _, status = timed_ingest(home, inbox, show_progress=True)
+        first_s, peak_mb, _, status = timed_ingest(
+            home, inbox, show_progress=True, dagster_home=dagster_home
+        )
         query = run_events(home, postgres_url)
         encode_s = embedding_seconds(query)
         steps = step_seconds(query)
@@ -575,12 +623,15 @@ def measure(args, count: int, postgres_url: str | None) -> dict:
             events = event_log(home, count)
 
         print("unchanged re-run", file=sys.stderr)
-        rerun_s, _, _, rerun_status = timed_ingest(home, inbox, show_progress=True)
+        rerun_s, _, _, rerun_status = timed_ingest(
+            home, inbox, show_progress=True, dagster_home=dagster_home
+        )
         dagster_after_rerun = per_document_storage(home, count)
         if postgres_url:
             dagster_after_rerun["bytes_per_document"] += postgres_storage(postgres_url, count)[
                 "bytes_per_document"
             ]
+        checkpoint_records(home)
         state = qpbot_state(home, count)
 
         print("sensor ticks", file=sys.stderr)
@@ -614,6 +665,7 @@ def measure(args, count: int, postgres_url: str | None) -> dict:
             if after["bytes"] != dagster_first["files"].get(kind, {}).get("bytes", 0)
         },
         "dagster_storage": "postgresql" if postgres_url else "sqlite",
+        "dagster_storage_class": args.dagster_storage,
         "dagster_event_log": events,
         "sensor": sensor,
         "ui": ui,

@@ -246,12 +246,13 @@ def _gate(settings: QpbotSettings, args: argparse.Namespace) -> int:
     the gate cannot run (a setting is missing or wrong, or the evaluation failed)."""
     from qpbot_assets.evaluation.deployment_gate import (
         GateMisconfigured,
+        champion_location,
         compare_with_champion,
         evaluate_deployment,
         format_verdict,
         load_champion,
+        record_champion,
     )
-    from qpbot_assets.evaluation.record import write_record
 
     try:
         champion = load_champion(settings)
@@ -265,16 +266,16 @@ def _gate(settings: QpbotSettings, args: argparse.Namespace) -> int:
             print(json.dumps({"passed": False, "error": message}))
         return 2
     verdict = compare_with_champion(candidate, champion, args.require_champion)
-    verdict["champion_record"] = str(settings.gate_champion_path)
+    verdict["champion_record"] = champion_location(settings)
     verdict["accepted"] = bool(args.accept and verdict["passed"])
     if verdict["accepted"]:
-        write_record(settings.gate_champion_path, candidate)
+        record_champion(settings, candidate)
     if args.json:
         print(json.dumps(verdict))
     else:
         print(format_verdict(verdict))
         if verdict["accepted"]:
-            print(f"recorded as the champion: {settings.gate_champion_path}")
+            print(f"recorded as the champion: {verdict['champion_record']}")
     return 0 if verdict["passed"] else 1
 
 

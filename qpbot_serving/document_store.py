@@ -1,28 +1,47 @@
-"""The document store's contract: how a source URI names a document, and where the store
-keeps what it knows of each document. The asset graph writes this layout
+"""The document store's contract: how a source URI names a document, where the store keeps
+what it knows of each document, and readers of it. The asset graph writes it
 (`qpbot_assets.documents.store.DocumentStore`); the service reads a document's status and
 its original from it. No Dagster here, and nothing of the write side.
 
-Layout under the root (`QPBOT_HOME`):
-    blobs/<sha256[:2]>/<sha256><suffix>      raw bytes, written once
-    sources/<document_id>.json               where a document comes from (kept after deletion)
-    snapshots/<document_id>.json             content a source keeps here (a database row's document)
-    documents/<document_id>/<stage>.json     each stage's output with the fingerprint of its input
-    documents/<document_id>/quarantine.json  why a document stopped, and at which stage
-    documents/<document_id>/indexed.<table>.json  what the document last wrote into a table
-    documents/<document_id>/vectors.<model>.npz   its chunks' vectors per model (write side only)
+Records (small, many, rewritten in place) are rows of a relational database; content
+(written once, possibly large) is objects under the storage root. Nothing of either is
+needed on a worker's disk when both are remote (PostgreSQL and S3).
+
+    database: QPBOT_DATABASE_URL, by default SQLite at $QPBOT_HOME/documents.db
+      document_sources (document_id, uri, snapshot)  where a document comes from (kept
+          after its deletion), and the content a source keeps here (a database row's)
+      document_stages (document_id, stage, record)  each stage's output with the
+          fingerprint of its input: raw, extracted, cleaned, metadata, chunks,
+          embeddings.<model>, indexed.<table> (what it last wrote into a LanceDB table)
+          and quarantine (why a document stopped, and at which stage)
+    storage root: QPBOT_STORAGE_URL (s3://bucket/prefix), by default $QPBOT_HOME
+      blobs/<sha256[:2]>/<sha256><suffix>        raw bytes, written once, shared by content
+      outputs/<document_id>/<stage>.<fp>.json    a stage output too large for its row
+      vectors/<model>/<id[-2:]>/<id>.npz         a document's chunk vectors per model
+
+Measured in BENCHMARKS.md ("Scale: storage per document"): files per document and stage
+cost a 4 KB block each on ext4 and millions of inodes; rows cost their bytes.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
+import sqlalchemy as sa
+
+from qpbot_serving.answer_log import engine_for
+from qpbot_serving.object_store import objects_at
+
 QUARANTINE = "quarantine"
 RAW_STAGE = "raw"
+EMBEDDINGS_PREFIX = "embeddings."  # + the model's slug: a document's vectors of that model
 # A row's document: its text read as Markdown, its title a heading and front matter.
 ROW_DOCUMENT_SUFFIX = ".md"
 
@@ -62,54 +81,167 @@ def indexed_stage(table_name: str) -> str:
     return f"indexed.{table_name}"
 
 
+metadata = sa.MetaData()
+
+document_sources = sa.Table(
+    "document_sources",
+    metadata,
+    sa.Column("document_id", sa.String(200), primary_key=True),
+    sa.Column("uri", sa.Text, nullable=False),
+    sa.Column("snapshot", sa.JSON),  # {"sha256", "suffix", "size", "version"}
+)
+
+document_stages = sa.Table(
+    "document_stages",
+    metadata,
+    sa.Column("document_id", sa.String(200), primary_key=True),
+    sa.Column("stage", sa.String(200), primary_key=True),
+    # {"fingerprint", "output"} or {"fingerprint", "quarantined"}; a large output is
+    # {"fingerprint", "output_key"}, the output an object of its own.
+    sa.Column("record", sa.JSON, nullable=False),
+    sa.Index("document_stages_by_stage", "stage"),
+)
+
+# Above this much JSON a stage output (the text of a long PDF, its chunks) is an object.
+INLINE_OUTPUT_BYTES = 64 * 1024
+# More documents than this are read by scanning their stages rather than by id lists.
+SCAN_ABOVE_DOCUMENTS = 5_000
+
+
+@functools.cache
+def records_engine(database_url: str) -> sa.Engine:
+    """The engine of the records database, its tables created. SQLite runs in WAL mode, so
+    readers (the service) never wait for the writer, and writers wait for each other."""
+    engine = engine_for(database_url)
+    if engine.dialect.name == "sqlite" and engine.url.database:
+        Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(connection, _record) -> None:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints
+            connection.execute("PRAGMA busy_timeout=60000")
+
+    metadata.create_all(engine)
+    return engine
+
+
+# A forked child must not share its parent's connections.
+os.register_at_fork(after_in_child=records_engine.cache_clear)
+
+
+def vectors_key(document_id: str, model_slug: str) -> str:
+    # Spread over 256 folders: a folder of millions of files is slow to list.
+    return f"vectors/{model_slug}/{document_id[-2:]}/{document_id}.npz"
+
+
 class DocumentRecords:
-    """The store's layout under `root`, and readers of its records (the store writes them)."""
+    """Readers of the store of `settings` (a QpbotSettings): its records database
+    (`documents_database_url`) and its storage root (`storage_url`, else `home`)."""
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.documents_dir = self.root / "documents"
-        self.blobs_dir = self.root / "blobs"
+    def __init__(self, settings):
+        self.home = Path(settings.home)
+        self.cache_dir = Path(settings.cache_dir)
+        self.engine = records_engine(settings.documents_database_url)
+        self.objects = objects_at(settings.storage_url or settings.home)
+        self.is_local = not settings.storage_url
 
-    # --- where each record lives -------------------------------------------------------
-    def blob_path(self, sha256: str, suffix: str = "") -> Path:
+    # --- content -----------------------------------------------------------------------
+    def blob_key(self, sha256: str, suffix: str = "") -> str:
         # The suffix is kept because plain text, Markdown and HTML are told apart by it.
-        return self.blobs_dir / sha256[:2] / f"{sha256}{suffix.lower()}"
+        return f"blobs/{sha256[:2]}/{sha256}{suffix.lower()}"
 
-    def source_path(self, document_id: str) -> Path:
-        return self.root / "sources" / f"{document_id}.json"
+    def blob_file(self, sha256: str, suffix: str = "") -> Path:
+        """A local file with the blob's bytes: the stored file itself on local disk, else a
+        copy in the cache (blobs never change, so a copy once made stays right)."""
+        key = self.blob_key(sha256, suffix)
+        if self.is_local:
+            return self.objects.root / key
+        copy = self.cache_dir / key
+        if not copy.is_file():
+            self.objects.download(key, copy)
+        return copy
 
-    def snapshot_path(self, document_id: str) -> Path:
-        return self.root / "snapshots" / f"{document_id}.json"
-
-    def document_dir(self, document_id: str) -> Path:
-        return self.documents_dir / document_id
-
-    def stage_path(self, document_id: str, stage: str) -> Path:
-        return self.document_dir(document_id) / f"{stage}.json"
-
-    # --- reading them ------------------------------------------------------------------
+    # --- records -----------------------------------------------------------------------
     def is_registered(self, document_id: str) -> bool:
         """Whether a source has listed the document (also after it was deleted there)."""
-        return self.source_path(document_id).exists()
+        return self._source_row(document_id) is not None
 
     def source_uri(self, document_id: str) -> str:
-        path = self.source_path(document_id)
-        if not path.exists():
+        row = self._source_row(document_id)
+        if row is None:
             raise KeyError(f"document {document_id!r} is not registered with any source")
-        return json.loads(path.read_text())["uri"]
+        return row.uri
+
+    def source_uris(self, document_ids: Iterable[str]) -> dict[str, str]:
+        """{document_id: uri} of the registered ones among many documents."""
+        ids = sorted(set(document_ids))
+        found: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                query = sa.select(document_sources.c.document_id, document_sources.c.uri).where(
+                    document_sources.c.document_id.in_(ids[start : start + 500])
+                )
+                found.update((row.document_id, row.uri) for row in conn.execute(query))
+        return found
 
     def snapshot(self, document_id: str) -> dict | None:
         """{"sha256", "suffix", "size", "version"} of the document's snapshot, if it has one."""
-        return _read_json(self.snapshot_path(document_id))
+        row = self._source_row(document_id)
+        return row.snapshot if row is not None else None
 
     def read_stage(self, document_id: str, stage: str) -> dict | None:
         """The stored record {"fingerprint", "output"} or {"fingerprint", "quarantined"}."""
-        return _read_json(self.stage_path(document_id, stage))
+        return self._resolved(self._stored_record(document_id, stage))
+
+    def read_stages(self, document_ids: Iterable[str], stages: list[str]) -> dict:
+        """{(document_id, stage): record} of the given stages of many documents, read in a
+        few queries (absent ones are missing)."""
+        wanted = set(document_ids)
+        found: dict[tuple[str, str], dict] = {}
+        columns = (document_stages.c.document_id, document_stages.c.stage, document_stages.c.record)
+        with self.engine.connect() as conn:
+            if len(wanted) > SCAN_ABOVE_DOCUMENTS:
+                queries = [sa.select(*columns).where(document_stages.c.stage.in_(stages))]
+            else:
+                ids = sorted(wanted)
+                queries = [
+                    sa.select(*columns).where(
+                        document_stages.c.stage.in_(stages),
+                        document_stages.c.document_id.in_(ids[start : start + 500]),
+                    )
+                    for start in range(0, len(ids), 500)
+                ]
+            for query in queries:
+                for document_id, stage, record in conn.execute(query):
+                    if document_id in wanted:
+                        found[(document_id, stage)] = self._resolved(record)
+        return found
 
     def quarantine(self, document_id: str) -> dict | None:
         """{"document_id", "source", "stage", "kind", "reason"} of a quarantined document."""
-        return _read_json(self.stage_path(document_id, QUARANTINE))
+        return self.read_stage(document_id, QUARANTINE)
 
+    def _stored_record(self, document_id: str, stage: str) -> dict | None:
+        """The row's record as stored (a large output only named by its key)."""
+        with self.engine.connect() as conn:
+            return conn.scalar(
+                sa.select(document_stages.c.record).where(
+                    document_stages.c.document_id == document_id,
+                    document_stages.c.stage == stage,
+                )
+            )
 
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    def _source_row(self, document_id: str):
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(document_sources).where(document_sources.c.document_id == document_id)
+            ).first()
+
+    def _resolved(self, record: dict | None) -> dict | None:
+        if record is None or "output_key" not in record:
+            return record
+        found = self.objects.get(record["output_key"])
+        if found is None:
+            raise LookupError(f"the stage output {record['output_key']} is missing from storage")
+        return {"fingerprint": record["fingerprint"], "output": json.loads(found[0])}

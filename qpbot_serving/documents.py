@@ -93,7 +93,7 @@ def save_upload(settings: QpbotSettings, filename: str, data: BinaryIO) -> dict:
     finally:
         partial.unlink(missing_ok=True)
     document_id = document_id_for(target.resolve().as_uri())
-    replaced = replaced or DocumentRecords(settings.home).is_registered(document_id)
+    replaced = replaced or DocumentRecords(settings).is_registered(document_id)
     return _upload_reply(document_id, name, size, sha256, replaced)
 
 
@@ -155,7 +155,7 @@ def document_status(
     when a search can find its current version. An upload that replaced an indexed file is
     queued until it is fetched, then processing until its rows are in that table.
     """
-    records = DocumentRecords(settings.home)
+    records = DocumentRecords(settings)
     in_inbox = (
         [p for p in settings.inbox_dir.glob("*") if p.is_file()]
         if settings.inbox_dir.exists()
@@ -206,9 +206,9 @@ def _is_fetched(path: Path, raw: dict | None) -> bool:
 
 def document_file(settings: QpbotSettings, document_id: str) -> tuple[Path, str]:
     """The stored original of an ingested document: (path, file name)."""
-    records = DocumentRecords(settings.home)
+    records = DocumentRecords(settings)
     record = (records.read_stage(document_id, RAW_STAGE) or {}).get("output")
     if not record:
         raise DocumentNotFound(f"no ingested document with id {document_id}")
     suffix = Path(record["filename"]).suffix
-    return records.blob_path(record["sha256"], suffix=suffix), record["filename"]
+    return records.blob_file(record["sha256"], suffix=suffix), record["filename"]

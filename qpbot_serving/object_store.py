@@ -56,6 +56,13 @@ class Version:
     tag: str | None
 
 
+def objects_at(root: Path | str) -> LocalObjects | S3Objects:
+    """The backend of a storage root: `s3://bucket/prefix`, else a local folder."""
+    if str(root).startswith("s3://"):
+        return S3Objects(str(root))
+    return LocalObjects(Path(root))
+
+
 class LocalObjects:
     """Files under a folder. A conditional write compares under an flock of the file's
     folder (every write takes it, so an unconditional one cannot slip between)."""
@@ -83,6 +90,21 @@ class LocalObjects:
 
     def delete(self, key: str) -> None:
         (self.root / key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return (self.root / key).is_file()
+
+    def upload(self, key: str, source: Path) -> None:
+        """Stores the file `source` as `key` (a copy renamed into place)."""
+        target = self.root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+
+    def remove_folder(self, key: str) -> None:
+        """Removes the folder `key` and everything in it."""
+        shutil.rmtree(self.root / key, ignore_errors=True)
 
 
 @contextmanager
@@ -142,6 +164,40 @@ class S3Objects:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def upload(self, key: str, source: Path) -> None:
+        """Stores the file `source` as `key` (multipart for large files)."""
+        self.client.upload_file(str(source), self.bucket, self.prefix + key)
+
+    def download(self, key: str, target: Path) -> None:
+        """Writes the object `key` to `target`, which appears only once complete."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+        try:
+            self.client.download_file(self.bucket, self.prefix + key, str(partial))
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def remove_folder(self, key: str) -> None:
+        """Removes every object under `key`/."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=f"{self.prefix}{key.rstrip('/')}/"
+        )
+        for page in pages:
+            if objects := [{"Key": o["Key"]} for o in page.get("Contents", [])]:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
 
     def mirror(self, key: str, folder: Path) -> int:
         """Makes `folder` a copy of the objects under `key`/: downloads those it lacks (or
@@ -207,15 +263,6 @@ class S3Objects:
         )
         return [c["Prefix"][len(under) : -1] for p in pages for c in p.get("CommonPrefixes", [])]
 
-    def remove_folder(self, key: str) -> None:
-        under = f"{self.prefix}{key.rstrip('/')}/"
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=under
-        )
-        for page in pages:
-            if objects := [{"Key": o["Key"]} for o in page.get("Contents", [])]:
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
-
 
 def cached_folder(uri: str, cache_root: Path) -> Path:
     """A folder on this machine that holds the stored folder `uri` (`StateStore.uri`): the
@@ -241,6 +288,20 @@ def cached_folder(uri: str, cache_root: Path) -> Path:
                 raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def cached_file(uri: str, cache_root: Path) -> Path:
+    """A file on this machine that holds the stored file `uri` (`StateStore.uri`), as
+    `cached_folder` does for a folder: the path itself on local disk; for `s3://bucket/key`,
+    a copy under `cache_root`, downloaded on first use. Only for files that are never
+    rewritten (their key names their content, like a version of the training pairs)."""
+    if not uri.startswith("s3://"):
+        return Path(uri)
+    target = copy_path(uri, cache_root)
+    if not target.is_file():  # renamed into place only once complete
+        bucket, key = split_s3_url(uri)
+        S3Objects(f"s3://{bucket}").download(key, target)
     return target
 
 

@@ -102,7 +102,9 @@ class QpbotSettings(BaseSettings):
         "if unset.",
     )
     database_url: str | None = Field(
-        default=None, description="Feedback database (SQLAlchemy URL); SQLite under home if unset."
+        default=None,
+        description="The platform's database (SQLAlchemy URL): answers, feedback and the "
+        "document store's records. If unset, SQLite files under home (feedback.db, documents.db).",
     )
     pdf_passwords: list[str] = Field(
         default_factory=list, description="Passwords tried on encrypted PDFs (JSON list)."
@@ -254,8 +256,9 @@ class QpbotSettings(BaseSettings):
     )
     gate_champion: Path | None = Field(
         default=None,
-        description="The champion's evaluation record that `qpbot gate` compares with (and "
-        "`--accept` writes); $QPBOT_HOME/index/CHAMPION_SCORES.json if unset.",
+        description="A file for the champion's evaluation record that `qpbot gate` compares "
+        "with (and `--accept` writes); if unset, the state store's pointer "
+        "(state.CHAMPION_SCORES, under QPBOT_STORAGE_URL or QPBOT_HOME).",
     )
     drift_threshold: float = Field(
         default=0.5, description="Drift share of embedding dimensions that starts retraining."
@@ -302,9 +305,10 @@ class QpbotSettings(BaseSettings):
         return self.database_url or f"sqlite:///{self.home / 'feedback.db'}"
 
     @property
-    def feedback_dir(self) -> Path:
-        """Feedback events, metrics and training pairs read from the feedback database."""
-        return self.home / state.FEEDBACK_DIR
+    def documents_database_url(self) -> str:
+        """The document store's records; a SQLite file of its own by default, so ingestion's
+        writes never wait behind the service's feedback writes."""
+        return self.database_url or f"sqlite:///{self.home / 'documents.db'}"
 
     @property
     def models_dir(self) -> Path:
@@ -332,10 +336,6 @@ class QpbotSettings(BaseSettings):
         """Evaluation reports (plots) of the retrieval and answer evaluations without a
         storage URL; with one, under `<storage_url>/evaluation` (EvaluationResource)."""
         return self.home / state.EVALUATION_DIR
-
-    @property
-    def gate_champion_path(self) -> Path:
-        return self.gate_champion or self.index_dir / "CHAMPION_SCORES.json"
 
 
 def resolve_model_path(model_name: str, cache_dir: Path | None = None) -> str:

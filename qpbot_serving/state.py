@@ -9,10 +9,11 @@ through `StateStore.read`, and no other module opens a pointer's file.
 The state root is QPBOT_STORAGE_URL (`s3://bucket/prefix`, any S3-compatible server) or,
 by default, QPBOT_HOME on local disk; the LanceDB tables live under it too
 (`StateStore.index_uri`). `StateStore.from_settings` is the one place that decides. The
-artifacts that pointers name (fine-tuned models, LoRA adapters, drift and evaluation
-reports) live under it too: written with `StateStore.new_folder` / `put_file`, named by
-`StateStore.uri`, and read through `object_store.cached_folder`, which copies a stored folder once into a
-machine's cache.
+artifacts that pointers name (fine-tuned models, LoRA adapters, training pairs, drift and
+evaluation reports) live under it too: written with `StateStore.new_folder` / `put_file`,
+named by `StateStore.uri`, and read through `object_store.cached_folder` (or `cached_file`),
+which copies a stored folder (or file) once into a machine's cache. Files that are
+rewritten in place (the feedback copies) are read whole with `StateStore.get_file`.
 
 Writes are atomic: a reader sees the old record or the new one, never half of either (a
 local file is written beside and renamed over; an S3 PUT replaces the object whole). A
@@ -36,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -46,6 +47,7 @@ from qpbot_serving.object_store import (
     StateConflict,
     Version,
     copy_path,
+    objects_at,
 )
 
 
@@ -210,6 +212,37 @@ class PlatformMetrics(Record):
     feedback: dict[str, Any] = {}
 
 
+class Deployment(Record):
+    """What `qpbot gate` judged would be served: the code, the embedder, the index, the
+    prompt, the answers."""
+
+    code: str | None  # git commit, "+dirty" when the checkout has uncommitted changes
+    embedding_model: str
+    index: str  # table@version
+    documents: int
+    chunks: int
+    prompt_version: str
+    prompt_sha256: str  # of the prompt's wording and layout
+    answer_mode: str
+    generator: str | None  # None when answers are quoted (no model is called)
+    answer_policy: dict[str, Any] = {}
+    embedding_backend: str | None = None  # torch, onnx, onnx-int8
+
+
+class EvaluationRecord(Record):
+    """How one deployment scored, item by item: {metric: {"set/item": score}}, with the
+    questions' texts to name regressions. Keyed by evaluation set and question id (a hash of
+    the question's text), never by paths or document ids of one machine, so a record made on
+    one machine can judge a candidate built on another (CI)."""
+
+    recorded_at: str
+    deployment: Deployment
+    scores: dict[str, dict[str, float]]
+    questions: dict[str, str]  # "set/item" -> the question's text
+    sets: dict[str, list[str]]  # {"retrieval": [set names], "answers": [set names]}
+    format: Literal[1] = 1  # another format's scores would not compare: refused
+
+
 # --- the pointers -------------------------------------------------------------------------
 
 
@@ -272,6 +305,14 @@ PLATFORM_METRICS = Pointer(
     "qpbot_assets.defs.monitoring.sensors",
 )
 
+# What is deployed now and how it scored: `qpbot gate` compares a candidate with it, and
+# `--accept` writes the candidate's record here (unless QPBOT_GATE_CHAMPION names a file).
+CHAMPION_SCORES = Pointer(
+    f"{INDEX_DIR}/CHAMPION_SCORES.json",
+    EvaluationRecord,
+    "qpbot_assets.evaluation.deployment_gate",
+)
+
 POINTERS: tuple[Pointer | Log, ...] = (
     PROMOTED_INDEX,
     INDEX_SNAPSHOT,
@@ -285,6 +326,7 @@ POINTERS: tuple[Pointer | Log, ...] = (
     TRAINING_PAIRS,
     DRIFT_WINDOWS,
     PLATFORM_METRICS,
+    CHAMPION_SCORES,
 )
 
 
@@ -306,10 +348,7 @@ class StateStore:
     """The pointers under one state root: a local folder (QPBOT_HOME) or `s3://bucket/prefix`."""
 
     def __init__(self, root: Path | str):
-        if str(root).startswith("s3://"):
-            self._objects: LocalObjects | S3Objects = S3Objects(str(root))
-        else:
-            self._objects = LocalObjects(Path(root))
+        self._objects: LocalObjects | S3Objects = objects_at(root)
 
     @classmethod
     def from_settings(cls, settings) -> StateStore:
@@ -393,6 +432,14 @@ class StateStore:
         self._objects.put(key, data, None)
         return self.uri(key)
 
+    def get_file(self, key: str) -> bytes | None:
+        """The artifact file `key` as `put_file` stored it, or None when there is none."""
+        found = self._objects.get(key)
+        return found[0] if found else None
+
+    def has_file(self, key: str) -> bool:
+        return self._objects.exists(key)
+
     def folders(self, key: str) -> list[str]:
         """The names of the stored folders directly under `key`, sorted."""
         if self.is_local:
@@ -405,10 +452,7 @@ class StateStore:
 
     def remove_folder(self, key: str) -> None:
         """Removes the stored folder `key` and everything in it."""
-        if self.is_local:
-            shutil.rmtree(self._objects.root / key, ignore_errors=True)
-        else:
-            self._objects.remove_folder(key)
+        self._objects.remove_folder(key)
 
     def read(self, pointer: Pointer[R]) -> R | None:
         """The pointer's record, or None when it was never written (or was cleared).

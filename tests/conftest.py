@@ -125,22 +125,35 @@ def _port_open(host: str, port: int) -> bool:
 
 
 @pytest.fixture
-def postgres_database():
-    """A fresh, empty PostgreSQL database; yields its psycopg2 SQLAlchemy URL."""
+def make_postgres_database():
+    """Makes fresh, empty PostgreSQL databases (dropped after the test); each call returns
+    one's psycopg2 SQLAlchemy URL."""
     need(_port_open("127.0.0.1", 5432), "PostgreSQL is not running on 127.0.0.1:5432")
     import psycopg2
 
-    name = f"qpbot_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(
-        host="127.0.0.1", user=os.environ.get("PGUSER", "postgres"), dbname="postgres"
-    )
+    user = os.environ.get("PGUSER", "postgres")
+    admin = psycopg2.connect(host="127.0.0.1", user=user, dbname="postgres")
     admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    made = []
+
+    def make() -> str:
+        name = f"qpbot_test_{uuid.uuid4().hex[:10]}"
+        admin.cursor().execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return f"postgresql+psycopg2://{user}@127.0.0.1:5432/{name}"
+
     try:
-        yield f"postgresql+psycopg2://{os.environ.get('PGUSER', 'postgres')}@127.0.0.1:5432/{name}"
+        yield make
     finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for name in made:
+            admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture
+def postgres_database(make_postgres_database):
+    """A fresh, empty PostgreSQL database; yields its psycopg2 SQLAlchemy URL."""
+    return make_postgres_database()
 
 
 # The credentials of the test S3 servers (`s3_server`, `object_store`).

@@ -134,9 +134,8 @@ class Home:
     def __init__(self, root: Path):
         self.root = root
         root.mkdir(parents=True)
-        self.store = DocumentStore(root)
+        self.store = DocumentStore(QpbotSettings(home=root))
         self.index_dir = root / "index"
-        self.feedback_dir = root / "feedback"
         self.engine = engine_for(f"sqlite:///{root / 'feedback.db'}")
         metadata.create_all(self.engine)
         info = contract.IndexInfo(embedding_model=MODEL, dimension=384)
@@ -195,7 +194,7 @@ class Home:
                     for q in queries
                 ],
             )
-        sync_feedback_events(self.engine, self.feedback_dir)
+        sync_feedback_events(self.engine, StateStore(self.root))
 
     def resources(self) -> dict:
         return {
@@ -203,8 +202,7 @@ class Home:
             "index": SearchIndexResource(home=str(self.root)),
             "embedding_model": EmbeddingModelResource.from_settings(QpbotSettings(home=self.root)),
             "feedback_db": FeedbackDatabaseResource(
-                database_url=f"sqlite:///{self.root / 'feedback.db'}",
-                feedback_dir=str(self.feedback_dir),
+                database_url=f"sqlite:///{self.root / 'feedback.db'}", home=str(self.root)
             ),
         }
 

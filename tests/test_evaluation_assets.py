@@ -40,7 +40,7 @@ def resources_for(
     beir_sets: list[BeirSetConfig] = (),
     qa_sets: list[Path] = (),
     generator_url: str | None = None,
-    feedback_dir: Path | None = None,
+    feedback_home: Path | None = None,
 ) -> dict:
     return {
         "index": SearchIndexResource(home=str(settings.home)),
@@ -52,7 +52,7 @@ def resources_for(
         ),
         "feedback_db": FeedbackDatabaseResource(
             database_url=settings.feedback_database_url,
-            feedback_dir=str(feedback_dir or settings.feedback_dir),
+            home=str(feedback_home or settings.home),
         ),
         "mlflow": MlflowResource(
             tracking_uri=settings.tracking_uri, artifacts_dir=str(settings.mlflow_artifacts_dir)
@@ -168,10 +168,9 @@ def test_nothing_to_evaluate_is_said_not_failed(qpbot_home, home, tmp_path):
     assert "no promoted index" in metadata_of(result, answer_evaluation)["skipped"]
 
     # An index, but no configured set and no judged feedback.
-    empty_feedback = tmp_path / "no-feedback"
     result = dg.materialize(
         [retrieval_evaluation, answer_evaluation],
-        resources=resources_for(home, feedback_dir=empty_feedback),
+        resources=resources_for(home, feedback_home=tmp_path / "no-feedback"),
     )
     assert "no evaluation set" in metadata_of(result, retrieval_evaluation)["skipped"]
     assert "QPBOT_EVAL_QA_SETS" in metadata_of(result, answer_evaluation)["skipped"]
@@ -257,7 +256,7 @@ def test_feedback_metrics_per_day_and_their_automation(home):
     assert (metadata["answers"], metadata["ratings"], metadata["thumbs_up_rate"]) == (2, 2, 0.5)
     assert "| retrieval | 15.0 | 19.0 | 19.9 |" in metadata["latency_ms"]
     assert metadata["plot"].startswith("![answers per day, thumbs-up rate](data:image/png;base64,")
-    figures = json.loads((home.feedback_dir / "metrics" / f"{today}.json").read_text())
+    figures = json.loads((home.home / "feedback" / "metrics" / f"{today}.json").read_text())
     good = figures["top_documents"]["good"]
     assert len(good) == 1 and good[0][1] == 1  # the up-rated answer cites only [1]
     assert len(figures["top_documents"]["bad"]) >= 1  # no markers: all its sources count

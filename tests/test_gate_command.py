@@ -1,6 +1,8 @@
 """`qpbot gate`: what would be deployed against the champion's evaluation record, on the
 sample documents and sample questions, with the real embedding model and the extractive
-answers the service gives by default (no generator needed)."""
+answers the service gives by default (no generator needed). The record is a file
+(QPBOT_GATE_CHAMPION) or, by default, a pointer on the state store (on S3: moto's server,
+as in tests/test_object_storage.py)."""
 
 from __future__ import annotations
 
@@ -10,16 +12,16 @@ import re
 import subprocess
 import sys
 from contextlib import redirect_stdout
-from dataclasses import replace
 from io import StringIO
 from pathlib import Path
 
 import pytest
 from conftest import REPO, ingest_into
+from test_object_storage import STORAGE_URL, s3, stored_keys  # noqa: F401 (s3: a fixture)
 
 from qpbot_assets.cli import main
 from qpbot_assets.evaluation.deployment_gate import compare_with_champion
-from qpbot_assets.evaluation.record import Deployment, EvaluationRecord, read_record
+from qpbot_serving.state import CHAMPION_SCORES, Deployment, EvaluationRecord
 
 SAMPLE_QUESTIONS = REPO / "examples" / "sample_questions.jsonl"
 
@@ -73,7 +75,8 @@ def champion(gate_home) -> tuple[int, dict, EvaluationRecord]:
     with pytest.MonkeyPatch.context() as patch, redirect_stdout(out):
         use_gate_environment(patch, gate_home)
         code = main(["gate", "--json", "--accept"])
-    return code, json.loads(out.getvalue()), read_record(Path(gate_home["QPBOT_GATE_CHAMPION"]))
+    written = Path(gate_home["QPBOT_GATE_CHAMPION"]).read_bytes()
+    return code, json.loads(out.getvalue()), EvaluationRecord.model_validate_json(written)
 
 
 def test_first_gate_passes_as_the_baseline_and_records_itself(champion):
@@ -144,15 +147,16 @@ def test_a_champion_better_beyond_noise_refuses_the_candidate(
     difference is far beyond its noise): the candidate is refused, and the table says so."""
     _, _, record = champion
     metric = "retrieval/hybrid/ndcg@10"
-    better = replace(
-        record,
-        scores={
-            **record.scores,
-            metric: {item: score + 0.1 for item, score in record.scores[metric].items()},
-        },
+    better = record.model_copy(
+        update={
+            "scores": {
+                **record.scores,
+                metric: {item: score + 0.1 for item, score in record.scores[metric].items()},
+            }
+        }
     )
     path = tmp_path / "better.json"
-    path.write_text(json.dumps(better.to_json()))
+    path.write_text(better.model_dump_json())
     monkeypatch.setenv("QPBOT_GATE_CHAMPION", str(path))
     assert main(["gate"]) == 1
     table = capsys.readouterr().out
@@ -191,10 +195,25 @@ def test_misconfiguration_exits_2_naming_the_setting(gate_env, capsys, monkeypat
     assert finished.returncode == 2, finished.stderr
     assert "qpbot ingest" in json.loads(finished.stdout)["error"]
 
+    # Without QPBOT_GATE_CHAMPION, the pointer on the state store: named, with what to do.
+    monkeypatch.delenv("QPBOT_GATE_CHAMPION")
+    monkeypatch.setenv("QPBOT_HOME", str(tmp_path / "torn-home"))
+    torn = tmp_path / "torn-home" / CHAMPION_SCORES.key
+    torn.parent.mkdir(parents=True)
+    torn.write_text('{"recorded_at": ')
+    assert main(["gate"]) == 2
+    assert f"{torn} is not a EvaluationRecord record" in capsys.readouterr().err
+
 
 def record_of(scores: dict[str, dict[str, float]]) -> EvaluationRecord:
-    deployment = Deployment("abc", "model", "t@v1", 1, 1, "v", "h", "extractive", None)
-    return EvaluationRecord("2026-01-01T00:00:00+00:00", deployment, scores, {}, {})
+    deployment = Deployment(
+        code="abc", embedding_model="model", index="t@v1", documents=1, chunks=1,
+        prompt_version="v", prompt_sha256="h", answer_mode="extractive", generator=None,
+    )  # fmt: skip
+    return EvaluationRecord(
+        recorded_at="2026-01-01T00:00:00+00:00", deployment=deployment, scores=scores,
+        questions={}, sets={},
+    )  # fmt: skip
 
 
 def test_verdict_rules_without_a_model():
@@ -219,3 +238,43 @@ def test_verdict_rules_without_a_model():
     assert compare_with_champion(candidate, None)["passed"]
     demanded = compare_with_champion(candidate, None, require_champion=True)
     assert not demanded["passed"] and demanded["baseline"]
+
+
+def test_with_a_storage_url_the_champion_is_a_pointer_on_s3(
+    s3,  # noqa: F811 (the fixture)
+    sample_documents,
+    tmp_path,
+    monkeypatch,
+    capsys,
+):
+    """QPBOT_STORAGE_URL and no QPBOT_GATE_CHAMPION: `--accept` writes the champion's record
+    to the state store, where the next gate reads it, from any home (a CI machine's); no
+    home holds it."""
+    question = json.loads(SAMPLE_QUESTIONS.read_text().splitlines()[0])
+    documents = tmp_path / "documents"
+    documents.mkdir()
+    (documents / question["document"]).write_bytes(
+        (sample_documents / question["document"]).read_bytes()
+    )
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps(question) + "\n")
+    home = tmp_path / "home"
+    use_gate_environment(
+        monkeypatch,
+        {"QPBOT_STORAGE_URL": STORAGE_URL, "QPBOT_EVAL_QA_SETS": json.dumps([str(questions)])},
+    )
+    ingest_into(home, documents)
+    monkeypatch.setenv("QPBOT_HOME", str(home))
+
+    code, verdict = run_gate(capsys, "--accept")
+    assert code == 0 and verdict["baseline"] and verdict["accepted"]
+    assert verdict["champion_record"] == f"{STORAGE_URL}/{CHAMPION_SCORES.key}"
+    assert f"platform/{CHAMPION_SCORES.key}" in stored_keys(s3, "index/")
+    assert not list(home.rglob(Path(CHAMPION_SCORES.key).name))
+
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setenv("QPBOT_HOME", str(elsewhere))
+    code, verdict = run_gate(capsys)
+    assert code == 0 and not verdict["baseline"] and verdict["items"] == 1
+    assert verdict["champion"] == verdict["candidate"]
+    assert not list(elsewhere.rglob(Path(CHAMPION_SCORES.key).name))

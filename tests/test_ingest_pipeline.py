@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import docx
+import sqlalchemy as sa
 
 from qpbot_assets.documents.sources import document_id_for
 from qpbot_assets.documents.store import DocumentStore
 from qpbot_assets.indexing.sync import embedding_stage
 from qpbot_assets.runtime.runs import index_status, ingest_paths, load_definitions
+from qpbot_serving import document_store
 from qpbot_serving import index as contract
+from qpbot_serving.index import model_slug
 from qpbot_serving.settings import QpbotSettings
 from qpbot_serving.state import PROMOTED_INDEX, StateStore
 
@@ -24,8 +29,21 @@ def index_rows(settings: QpbotSettings) -> list[dict]:
     return table.search().select(["chunk_id", "document_id", "title", "text"]).limit(None).to_list()
 
 
-def stage_file_times(home: Path) -> dict[str, int]:
-    return {str(p): p.stat().st_mtime_ns for p in (home / "documents").rglob("*") if p.is_file()}
+@contextlib.contextmanager
+def record_writes(settings: QpbotSettings) -> Iterator[list[str]]:
+    """Collects the statements that write the document store's records, in this process."""
+    engine = DocumentStore(settings).engine
+    writes: list[str] = []
+
+    def seen(_conn, _cursor, statement, *_args) -> None:
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            writes.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        yield writes
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
 
 
 def test_definitions_load():
@@ -48,10 +66,10 @@ def test_ingest_indexes_every_sample_and_a_rerun_writes_nothing(qpbot_home, samp
     assert any(r["title"] == "Kestrel K2 User Handbook" for r in rows)
 
     version = status["index_version"]
-    files_before = stage_file_times(qpbot_home)
-    again = ingest_paths(settings, [sample_documents], quiet=True)
+    with record_writes(settings) as writes:
+        again = ingest_paths(settings, [sample_documents], quiet=True)
     assert again["success"] and again["new"] == 0
-    assert stage_file_times(qpbot_home) == files_before  # no stage output rewritten
+    assert writes == []  # no stage record rewritten
     promoted = StateStore(settings.home).read(PROMOTED_INDEX)
     table = contract.connect(StateStore.from_settings(settings)).open_table(promoted.table)
     # The rerun wrote no rows: only the snapshot's optimize may add a version, never data.
@@ -65,7 +83,7 @@ def test_edit_delete_and_metadata_only_change(qpbot_home, sample_documents, tmp_
     shutil.copytree(sample_documents, folder)
     settings = QpbotSettings()
     ingest_paths(settings, [folder], quiet=True)
-    store = DocumentStore(settings.home)
+    store = DocumentStore(settings)
 
     # Edit one paragraph of a Markdown file, delete the HTML page, retitle the DOCX.
     policy = folder / "travel-and-expense-policy.md"
@@ -79,7 +97,7 @@ def test_edit_delete_and_metadata_only_change(qpbot_home, sample_documents, tmp_
     warranty_id = document_id_for(warranty.resolve().as_uri())
     promoted = StateStore(settings.home).read(PROMOTED_INDEX)
     vectors_key = contract.vectors_key(promoted.embedding_model, promoted.embedding_backend)
-    vectors_file = store._vectors_path(warranty_id, vectors_key)
+    vectors_file = settings.home / document_store.vectors_key(warranty_id, model_slug(vectors_key))
     vectors_written = vectors_file.stat().st_mtime_ns
 
     summary = ingest_paths(settings, [folder], quiet=True)

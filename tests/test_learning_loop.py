@@ -123,11 +123,38 @@ def test_gate_compares_both_modes_beyond_noise_and_refuses_without_queries():
 
 
 # --- the loop on real components -------------------------------------------------------
+def use_remote_state(request, monkeypatch) -> None:
+    """What a deployment with nothing durable on its workers sets: state, the index, the
+    documents' content and the learning loop's artifacts on S3 (moto's server), the
+    document records and feedback, Dagster's runs and events, and MLflow's tracking each in
+    a PostgreSQL database."""
+    from conftest import S3_KEY, S3_SECRET, s3_client
+
+    endpoint = request.getfixturevalue("object_store")
+    databases = request.getfixturevalue("make_postgres_database")
+    s3_client(endpoint).create_bucket(Bucket="qpbot")
+    for name, value in {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": S3_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "QPBOT_STORAGE_URL": "s3://qpbot/platform",
+        "QPBOT_DATABASE_URL": databases(),
+        "QPBOT_DAGSTER_PG_URL": databases(),
+        "QPBOT_MLFLOW_TRACKING_URI": databases(),
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.fixture
-def judged_home(qpbot_home, sample_documents, tmp_path, monkeypatch):
+def judged_home(request, qpbot_home, sample_documents, tmp_path, monkeypatch):
     """Sample documents ingested, every sample question asked and judged, an evaluation
-    set of those questions configured."""
+    set of those questions configured. Parametrized indirectly with "remote", the same on
+    S3 and PostgreSQL (`use_remote_state`)."""
     from qpbot_assets.runtime.runs import ingest_paths
+
+    if getattr(request, "param", "local") == "remote":
+        use_remote_state(request, monkeypatch)
 
     questions = [json.loads(line) for line in open(REPO / "examples" / "sample_questions.jsonl")]
     expected = {
@@ -153,7 +180,7 @@ def judged_home(qpbot_home, sample_documents, tmp_path, monkeypatch):
     settings = QpbotSettings()
     assert ingest_paths(settings, [sample_documents], quiet=True)["success"]
 
-    retriever = Retriever.open(settings.home)
+    retriever = Retriever.from_settings(settings)
     log = AnswerLog(settings.feedback_database_url, settings.home / "spool.jsonl")
     for question, document_id in expected.items():
         hits = retriever.search(question, k=5)
@@ -210,18 +237,37 @@ def retrain(settings, **fine_tune):
     return result, gate, context.cursor
 
 
+def uri_id(path: Path) -> str:
+    return document_id_for(path.resolve().as_uri())
+
+
+def durable_files(home: Path) -> list[str]:
+    """Files under a home other than caches (local copies of what lives on object storage,
+    model exports) and Dagster's compute logs (each run's stdout and stderr)."""
+    found = (p.relative_to(home) for p in home.rglob("*") if p.is_file())
+    return sorted(
+        str(path)
+        for path in found
+        if path.parts[0] != "cache"
+        and path.parts[:2] != ("models", "onnx")
+        and "compute_logs" not in path.parts
+    )
+
+
+@pytest.mark.parametrize("judged_home", ["local", "remote"], indirect=True)
 def test_feedback_retrains_gates_promotes_and_rolls_back(judged_home, sample_documents, tmp_path):
     from mlflow import MlflowClient
 
     settings = judged_home
-    before = StateStore(settings.home).read(PROMOTED_INDEX)
+    state = StateStore.from_settings(settings)
+    before = state.read(PROMOTED_INDEX)
 
     # An as-good candidate (a learning rate too small to change it) passes the gate.
     result, gate, cursor = retrain(settings, learning_rate=1e-9)
     assert [check.passed for check in gate] == [True], gate
-    promoted = StateStore(settings.home).read(PROMOTED_INDEX)
+    promoted = state.read(PROMOTED_INDEX)
     assert promoted.table != before.table and "-ft-" in promoted.embedding_model
-    assert Retriever.open(settings.home).embedder.model_name == promoted.embedding_model
+    assert Retriever.from_settings(settings).embedder.model_name == promoted.embedding_model
     client = MlflowClient(settings.tracking_uri)
     champion = client.get_model_version_by_alias("qpbot-embedder", "champion")
     assert champion.tags["gate"] == "passed"
@@ -242,22 +288,47 @@ def test_feedback_retrains_gates_promotes_and_rolls_back(judged_home, sample_doc
     shutil.copytree(sample_documents, extra)
     (extra / "extra-note.md").write_text("# Loading dock\n\nThe loading dock opens at 6 am.\n")
     assert ingest_paths(settings, [extra], quiet=True)["success"]
-    after_ingest = StateStore(settings.home).read(PROMOTED_INDEX)
+    after_ingest = state.read(PROMOTED_INDEX)
     assert after_ingest.table == promoted.table and after_ingest.chunks > promoted.chunks
-    hits = Retriever.open(settings.home).search("When does the loading dock open?", k=1)
+    hits = Retriever.from_settings(settings).search("When does the loading dock open?", k=1)
     assert "6 am" in hits[0].text
+
+    # An edited and a deleted document of that folder.
+    policy = extra / "travel-and-expense-policy.md"
+    policy.write_text(policy.read_text().replace("45 EUR", "52 EUR"))
+    (extra / "release-notes.html").unlink()
+    assert ingest_paths(settings, [extra], quiet=True)["removed"] == 1
+    after_edit = state.read(PROMOTED_INDEX)
+    assert after_edit.documents == after_ingest.documents - 1
+    rows = Retriever.from_settings(settings).table.search().limit(None).to_list()
+    edited = " ".join(r["text"] for r in rows if r["document_id"] == uri_id(policy))
+    assert "52 EUR" in edited and "45 EUR" not in edited
+    assert not any(r["document_id"] == uri_id(extra / "release-notes.html") for r in rows)
 
     # Rollback: the base model's table serves again, with the new document synced into it.
     assert qpbot(["rollback", "--json"]) == 0
-    restored = StateStore(settings.home).read(PROMOTED_INDEX)
+    restored = state.read(PROMOTED_INDEX)
     assert restored.table == before.table and restored.embedding_model == before.embedding_model
-    assert restored.chunks == after_ingest.chunks
-    assert StateStore(settings.home).read(CHAMPION_EMBEDDER) is None
+    assert restored.chunks == after_edit.chunks
+    assert state.read(CHAMPION_EMBEDDER) is None
     assert (
         not MlflowClient(settings.tracking_uri)
         .get_registered_model("qpbot-embedder")
         .aliases.get("champion")
     )
+
+    if settings.storage_url:
+        # Nothing durable on this worker's disk; a fresh one carries on from the shared state.
+        assert durable_files(settings.home) == []
+        fresh = settings.model_copy(update={"home": tmp_path / "fresh-worker"})
+        from qpbot_assets.documents.store import DocumentStore
+        from qpbot_assets.runtime.runs import index_status
+
+        assert index_status(fresh)["chunks"] == restored.chunks
+        chunks = DocumentStore(fresh).stage_output(uri_id(policy), "chunks")
+        assert any("52 EUR" in chunk["text"] for chunk in chunks)
+        hits = Retriever.from_settings(fresh).search("When does the loading dock open?", k=1)
+        assert "6 am" in hits[0].text
 
 
 def test_the_gate_refuses_a_candidate_trained_on_shuffled_pairs(judged_home):

@@ -241,7 +241,7 @@ def log_thumbs_up(settings: QpbotSettings, questions: list[str]) -> None:
 def resources_for(settings: QpbotSettings) -> dict:
     return {
         "feedback_db": FeedbackDatabaseResource(
-            database_url=settings.feedback_database_url, feedback_dir=str(settings.feedback_dir)
+            database_url=settings.feedback_database_url, home=str(settings.home)
         ),
         "index": SearchIndexResource(home=str(settings.home)),
         "mlflow": MlflowResource(

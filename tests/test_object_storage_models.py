@@ -173,7 +173,9 @@ def test_a_lora_adapter_lives_on_s3_and_a_replica_with_an_empty_home_applies_it(
     log_thumbs_up(settings, queries("train", 8) + queries("validation", 3))
     resources = {
         "feedback_db": FeedbackDatabaseResource(
-            database_url=settings.feedback_database_url, feedback_dir=str(settings.feedback_dir)
+            database_url=settings.feedback_database_url,
+            home=str(settings.home),
+            storage_url=STORAGE_URL,
         ),
         "index": SearchIndexResource(home=str(settings.home), storage_url=STORAGE_URL),
         "mlflow": MlflowResource(
@@ -199,6 +201,8 @@ def test_a_lora_adapter_lives_on_s3_and_a_replica_with_an_empty_home_applies_it(
     assert stored_keys(s3, "mlflow/qpbot-llm-adapter/")
     home = settings.home
     assert outside_cache(home, version, "mlartifacts") == []
+    assert not (home / "feedback").exists()  # the copies llm_adapter read are on S3
+    assert "platform/feedback/answers.parquet" in stored_keys(s3, "feedback/")
 
     replica_home = tmp_path / "replica"
     replica = QpbotSettings(home=replica_home, generator_model=str(tiny_base))

@@ -124,7 +124,12 @@ def test_uploads_land_in_the_inbox_on_s3_and_the_inbox_sensor_finds_them(
         "AWS_ENDPOINT_URL": endpoint,
     }.items():
         monkeypatch.setenv(name, value)
-    settings = QpbotSettings(home=tmp_path / "replica", storage_url="s3://qpbot/site")
+    # The document records in a database the replica and the worker share (PostgreSQL in
+    # production), everything else on S3.
+    records = f"sqlite:///{tmp_path / 'records.db'}"
+    settings = QpbotSettings(
+        home=tmp_path / "replica", storage_url="s3://qpbot/site", database_url=records
+    )
     first = save_upload(settings, "notes.md", io.BytesIO(b"# Notes\n\nThe office closes at 6."))
     again = save_upload(settings, "notes.md", io.BytesIO(b"# Notes\n\nThe office closes at 7."))
     assert (first["replaced"], again["replaced"]) == (False, True)
@@ -135,7 +140,9 @@ def test_uploads_land_in_the_inbox_on_s3_and_the_inbox_sensor_finds_them(
         save_upload(settings.model_copy(update={"max_upload_mb": 0}), "big.md", io.BytesIO(b"x"))
     assert too_big.value.status == 413
 
-    documents = DocumentStoreResource(home=str(tmp_path / "worker"), inbox_url=settings.inbox_url)
+    documents = DocumentStoreResource(
+        home=str(tmp_path / "worker"), storage_url=settings.storage_url, database_url=records
+    )
     with dg.instance_for_test() as instance:
         result = tick(inbox_sensor, instance, None, documents=documents, s3=S3Resource())
         assert instance.get_dynamic_partitions("documents") == [first["document_id"]]

@@ -159,14 +159,14 @@ def test_sql_sources_come_from_one_json_setting_and_reach_dagster_only_by_name(m
 
 def test_listing_reads_versions_and_fetches_only_changed_rows(database_url, tmp_path):
     write_rows(database_url, ROWS)
-    store = DocumentStore(tmp_path / "home")
+    store = DocumentStore(QpbotSettings(home=tmp_path / "home"))
     with SqlTable(faq_source(database_url)) as table:  # no updated column: a hash of the row
         first = table.list_rows()
         assert table.stage(store, first) == 2
         assert table.stage(store, first) == 0  # snapshots already at these versions
     [one, two] = sorted(first, key=lambda o: o.uri)
     snapshot = store.snapshot(one.document_id)
-    document = store.blob_path(snapshot["sha256"], snapshot["suffix"]).read_text()
+    document = store.blob_file(snapshot["sha256"], snapshot["suffix"]).read_text()
     assert "# Resetting the robot" in document and "author: Ann" in document
 
     write_rows(database_url, {2: ("Warranty", "The warranty lasts 36 months.")})

@@ -1,10 +1,22 @@
+"""The document store: stage records in a database, content as objects (local or S3)."""
+
+import json
+
+import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from qpbot_assets.documents.store import DocumentStore, Quarantined, fingerprint
+from qpbot_serving.document_store import INLINE_OUTPUT_BYTES, document_stages
+from qpbot_serving.settings import QpbotSettings
+
+
+def local_store(home) -> DocumentStore:
+    return DocumentStore(QpbotSettings(home=home))
 
 
 def test_a_stage_is_not_recomputed_for_the_same_input(tmp_path):
-    store = DocumentStore(tmp_path)
+    store = local_store(tmp_path)
     store.register("doc", "file:///doc.txt")
     calls = []
 
@@ -13,19 +25,18 @@ def test_a_stage_is_not_recomputed_for_the_same_input(tmp_path):
         return {"value": len(calls)}
 
     first = store.run_stage("doc", "stage", fingerprint("v1"), compute)
-    path = tmp_path / "documents" / "doc" / "stage.json"
-    written_at = path.stat().st_mtime_ns
     again = store.run_stage("doc", "stage", fingerprint("v1"), compute)
     changed = store.run_stage("doc", "stage", fingerprint("v2"), compute)
 
     assert first.computed and not again.computed and changed.computed
     assert again.output == {"value": 1} and changed.output == {"value": 2}
     assert len(calls) == 2
-    assert path.stat().st_mtime_ns != written_at or changed.output != first.output
+    # A new store object (another process) reads what the first one wrote.
+    assert local_store(tmp_path).read_stage("doc", "stage")["output"] == {"value": 2}
 
 
 def test_quarantine_is_recorded_once_and_propagates_downstream(tmp_path):
-    store = DocumentStore(tmp_path)
+    store = local_store(tmp_path)
     store.register("doc", "file:///broken.pdf")
 
     def extract():
@@ -50,7 +61,7 @@ def test_quarantine_is_recorded_once_and_propagates_downstream(tmp_path):
 
 
 def test_output_digest_can_ignore_fields_that_do_not_matter(tmp_path):
-    store = DocumentStore(tmp_path)
+    store = local_store(tmp_path)
     store.run_stage("doc", "raw", "a", lambda: {"sha256": "x", "modified": 1})
     before = store.output_digest("doc", "raw", fields=("sha256",))
     store.run_stage("doc", "raw", "b", lambda: {"sha256": "x", "modified": 2})
@@ -59,26 +70,117 @@ def test_output_digest_can_ignore_fields_that_do_not_matter(tmp_path):
 
 
 def test_blobs_are_content_addressed(tmp_path):
-    store = DocumentStore(tmp_path / "store")
+    store = local_store(tmp_path / "store")
     (tmp_path / "a.txt").write_text("same")
     (tmp_path / "b.txt").write_text("same")
     assert store.put_blob(tmp_path / "a.txt", ".txt") == store.put_blob(tmp_path / "b.txt", ".txt")
     assert len(list((tmp_path / "store" / "blobs").rglob("*.txt"))) == 1
 
 
-def test_vectors_lie_beside_the_records_and_old_stores_still_read(tmp_path):
-    import numpy as np
+def test_large_outputs_are_objects_named_by_their_row(tmp_path):
+    store = local_store(tmp_path)
+    store.register("doc", "file:///long.pdf")
+    long_text = {"text": "word " * INLINE_OUTPUT_BYTES}
+    store.run_stage("doc", "extracted", "v1", lambda: long_text)
+    with store.engine.connect() as conn:
+        row = conn.scalar(sa.select(document_stages.c.record))
+    assert "output" not in row and row["output_key"].startswith("outputs/doc/")
+    assert store.stage_output("doc", "extracted") == long_text
+    first = tmp_path / row["output_key"]
 
-    store = DocumentStore(tmp_path)
+    # A new output replaces the object; a small one goes back into the row.
+    store.run_stage("doc", "extracted", "v2", lambda: {"text": "short"})
+    assert not first.exists() and store.stage_output("doc", "extracted") == {"text": "short"}
+
+    store.run_stage("doc", "extracted", "v3", lambda: long_text)
+    store.forget("doc")
+    assert not (tmp_path / "outputs" / "doc").exists() or not any(
+        (tmp_path / "outputs" / "doc").iterdir()
+    )
+    assert store.read_stage("doc", "extracted") is None and store.is_registered("doc")
+
+
+def test_vectors_are_kept_per_model_and_leave_with_the_document(tmp_path):
+    store = local_store(tmp_path)
     vectors = np.eye(2, 4, dtype=np.float32)
-    # A store written before the move kept them in a vectors/ folder per document.
-    store.write_vectors("doc", "model-a", ["c1", "c2"], vectors)
-    legacy = store._legacy_vectors_path("doc", "model-b")
-    legacy.parent.mkdir()
-    store._vectors_path("doc", "model-a").rename(legacy)
-    assert list(store.read_vectors("doc", "model-b")) == ["c1", "c2"]
+    store.write_vectors("doc-ab", "model-a", ["c1", "c2"], vectors)
+    store.write_vectors("doc-ab", "model-b", ["c1", "c2"], 2 * vectors)
+    assert (store.read_vectors("doc-ab", "model-a")["c2"] == vectors[1]).all()
+    assert (store.read_vectors("doc-ab", "model-b")["c2"] == 2 * vectors[1]).all()
+    assert store.read_vectors("other", "model-a") == {}
+    for model in ("model-a", "model-b"):
+        store.run_stage("doc-ab", f"embeddings.{model}", "fp", lambda: {"chunks": 2})
+    store.forget("doc-ab")
+    assert store.read_vectors("doc-ab", "model-a") == {} == store.read_vectors("doc-ab", "model-b")
 
-    store.write_vectors("doc", "model-b", ["c1", "c2"], vectors)
-    # No folder per document beside its records: one inode and disk block less each.
-    assert [p.name for p in store.document_dir("doc").iterdir() if p.is_dir()] == []
-    assert (store.read_vectors("doc", "model-b")["c2"] == vectors[1]).all()
+
+def test_bulk_reads_match_single_reads(tmp_path, monkeypatch):
+    store = local_store(tmp_path)
+    for i in range(30):
+        store.run_stage(f"doc-{i}", "chunks", "fp", lambda i=i: [i])
+    store.run_stage("doc-3", "metadata", "fp", lambda: {"title": "three"})
+    ids = [f"doc-{i}" for i in range(0, 30, 3)]
+    expected = {
+        (d, s): store.read_stage(d, s)
+        for d in ids
+        for s in ("chunks", "metadata")
+        if store.read_stage(d, s) is not None
+    }
+    assert store.read_stages(ids, ["chunks", "metadata"]) == expected
+    # Past SCAN_ABOVE_DOCUMENTS the stages are scanned instead: the same answer.
+    monkeypatch.setattr("qpbot_serving.document_store.SCAN_ABOVE_DOCUMENTS", 2)
+    assert store.read_stages(ids, ["chunks", "metadata"]) == expected
+
+
+def test_a_store_of_the_earlier_file_layout_is_imported_once(tmp_path):
+    """Homes written before the records moved into the database keep every record."""
+    docs = tmp_path / "documents" / "doc-1"
+    docs.mkdir(parents=True)
+    (docs / "raw.json").write_text(json.dumps({"fingerprint": "f", "output": {"sha256": "x"}}))
+    quarantine = {"document_id": "doc-1", "source": "file:///a.pdf", "stage": "raw"}
+    (docs / "quarantine.json").write_text(json.dumps(quarantine))
+    buffer_path = docs / "vectors.model-a.npz"
+    np.savez(buffer_path, chunk_ids=np.array(["c1"], dtype=object), vectors=np.ones((1, 4)))
+    (tmp_path / "sources").mkdir()
+    source = {"document_id": "doc-1", "uri": "file:///a.pdf"}
+    (tmp_path / "sources" / "doc-1.json").write_text(json.dumps(source))
+
+    store = local_store(tmp_path)
+    assert store.source_uri("doc-1") == "file:///a.pdf"
+    assert store.read_stage("doc-1", "raw") == {"fingerprint": "f", "output": {"sha256": "x"}}
+    assert list(store.quarantined()) == [quarantine]
+    assert list(store.read_vectors("doc-1", "model-a")) == ["c1"]
+    assert not (tmp_path / "documents").exists() and (tmp_path / "documents.imported").is_dir()
+    assert local_store(tmp_path).processed_document_ids() == ["doc-1"]
+
+
+def test_the_store_on_postgresql_and_s3_keeps_nothing_on_local_disk(
+    tmp_path, postgres_database, object_store, monkeypatch
+):
+    from conftest import s3_client
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", object_store)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "qpbot")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "qpbot-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    s3_client(object_store).create_bucket(Bucket="records")
+    settings = QpbotSettings(
+        home=tmp_path / "home", storage_url="s3://records/p", database_url=postgres_database
+    )
+    store = DocumentStore(settings)
+    source = tmp_path / "a.md"
+    source.write_text("# A\n\nSome text.")
+    store.register("doc-1", source.as_uri())
+    sha256, _ = store.put_blob(source, ".md")
+    store.run_stage("doc-1", "raw", "f", lambda: {"sha256": sha256})
+    store.run_stage("doc-1", "extracted", "f", lambda: {"text": "x" * INLINE_OUTPUT_BYTES})
+    store.write_vectors("doc-1", "model-a", ["c1"], np.ones((1, 4), np.float32))
+
+    home = tmp_path / "home"
+    assert not home.exists() or not any(p.is_file() for p in home.rglob("*"))
+    reader = DocumentStore(settings)
+    assert reader.stage_output("doc-1", "extracted") == {"text": "x" * INLINE_OUTPUT_BYTES}
+    assert list(reader.read_vectors("doc-1", "model-a")) == ["c1"]
+    # Reading a blob on object storage leaves a copy in the cache, nowhere else.
+    assert reader.blob_file(sha256, ".md").read_text() == "# A\n\nSome text."
+    assert {p.relative_to(home).parts[0] for p in home.rglob("*") if p.is_file()} == {"cache"}

@@ -32,11 +32,15 @@ def _default(setting: str):
     return QpbotSettings.model_fields[setting].default
 
 
-def home_paths(home: str | Path, storage_url: str | None = None) -> QpbotSettings:
-    """The settings of `home` (and the storage URL) with no other setting read, for the
-    paths they derive (`inbox_dir`, `models_dir`, the state store, ...): resources keep only
-    `home` and `storage_url`."""
-    return QpbotSettings.model_construct(home=Path(home), storage_url=storage_url)
+def home_paths(
+    home: str | Path, storage_url: str | None = None, database_url: str | None = None
+) -> QpbotSettings:
+    """The settings of `home` (and the storage and database URLs) with no other setting
+    read, for the paths they derive (`inbox_dir`, `models_dir`, the state store, ...):
+    resources keep only `home`, `storage_url` and `database_url`."""
+    return QpbotSettings.model_construct(
+        home=Path(home), storage_url=storage_url, database_url=database_url
+    )
 
 
 class DocumentStoreResource(dg.ConfigurableResource):
@@ -45,7 +49,8 @@ class DocumentStoreResource(dg.ConfigurableResource):
     QPBOT_MAX_CHUNKS_PER_DOCUMENT)."""
 
     home: str
-    inbox_url: str | None = None  # QpbotSettings.inbox_url: the inbox on S3, or the local one
+    storage_url: str | None = None  # QpbotSettings.storage_url: blobs and vectors on S3
+    database_url: str | None = None  # QpbotSettings.database_url: the records in PostgreSQL
     pdf_passwords: list[str] = []
     max_document_mb: int = _default("max_document_mb")
     max_unpacked_mb: int = _default("max_unpacked_mb")
@@ -54,7 +59,12 @@ class DocumentStoreResource(dg.ConfigurableResource):
 
     @property
     def store(self) -> DocumentStore:
-        return DocumentStore(Path(self.home))
+        return DocumentStore(home_paths(self.home, self.storage_url, self.database_url))
+
+    @property
+    def inbox_url(self) -> str | None:
+        """The inbox on S3 (`QpbotSettings.inbox_url`), or None for the local folder."""
+        return home_paths(self.home, self.storage_url).inbox_url
 
     @property
     def inbox_dir(self) -> Path:
@@ -227,11 +237,13 @@ class SqlSourcesResource(dg.ConfigurableResource):
 
 
 class FeedbackDatabaseResource(dg.ConfigurableResource):
-    """The database the answer service logs answers and feedback to, and the folder where the
-    feedback assets keep their copies (events, metrics, training pairs)."""
+    """The database the answer service logs answers and feedback to, and the state store
+    where the feedback assets keep their copies (events, metrics, training pairs) under
+    `feedback/`: QPBOT_STORAGE_URL, else QPBOT_HOME."""
 
-    database_url: str
-    feedback_dir: str
+    database_url: str  # QpbotSettings.feedback_database_url
+    home: str
+    storage_url: str | None = None  # QpbotSettings.storage_url
 
     def engine(self):
         from qpbot_serving.answer_log import engine_for
@@ -239,8 +251,8 @@ class FeedbackDatabaseResource(dg.ConfigurableResource):
         return engine_for(self.database_url)
 
     @property
-    def folder(self) -> Path:
-        return Path(self.feedback_dir)
+    def state(self) -> StateStore:
+        return StateStore.from_settings(home_paths(self.home, self.storage_url))
 
 
 class MlflowResource(dg.ConfigurableResource):
@@ -420,7 +432,8 @@ def resources() -> dg.Definitions:
         resources={
             "documents": DocumentStoreResource(
                 home=home,
-                inbox_url=settings.inbox_url,
+                storage_url=settings.storage_url,
+                database_url=settings.database_url,
                 pdf_passwords=settings.pdf_passwords,
                 max_document_mb=settings.max_document_mb,
                 max_unpacked_mb=settings.max_unpacked_mb,
@@ -438,7 +451,8 @@ def resources() -> dg.Definitions:
             ),
             "feedback_db": FeedbackDatabaseResource(
                 database_url=settings.feedback_database_url,
-                feedback_dir=str(settings.feedback_dir),
+                home=home,
+                storage_url=settings.storage_url,
             ),
             "retraining": RetrainingPolicyResource(
                 feedback_window=settings.feedback_window,

@@ -114,7 +114,7 @@ def local_copy(uri: str, s3_client=None, store: DocumentStore | None = None):
         snapshot = store.snapshot(document_id_for(uri)) if store else None
         if snapshot is None:
             raise ValueError(f"{uri} has no snapshot: list its table first (`qpbot ingest --sql`)")
-        yield store.blob_path(snapshot["sha256"], snapshot["suffix"])
+        yield store.blob_file(snapshot["sha256"], snapshot["suffix"])
     elif parsed.scheme == "s3":
         if s3_client is None:
             raise ValueError(f"{uri} needs an S3 client: configure QPBOT_S3_* settings")

@@ -1,29 +1,39 @@
-"""The document store: per-document stage outputs and content-addressed raw bytes.
+"""The document store: per-document stage records and content-addressed raw bytes.
 
-Its layout (which file holds what) is the read side's contract,
+Its layout (which table and object holds what) is the read side's contract,
 `qpbot_serving.document_store`; this class writes it.
 
-A stage whose input fingerprint has not changed is not recomputed and nothing is written;
-every write is a rename of a finished temporary file, so a killed process never leaves a
+A stage whose input fingerprint has not changed is not recomputed and nothing is written.
+A stage's record, and the quarantine record it sets or clears, change in one transaction;
+objects are written whole before a record names them, so a killed process never leaves a
 half-written stage behind.
 """
 
 from __future__ import annotations
 
-import contextlib
+import fcntl
 import hashlib
+import io
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sqlalchemy as sa
+from tqdm import tqdm
 
-from qpbot_serving.document_store import QUARANTINE, DocumentRecords
+from qpbot_serving.document_store import (
+    EMBEDDINGS_PREFIX,
+    INLINE_OUTPUT_BYTES,
+    QUARANTINE,
+    DocumentRecords,
+    document_sources,
+    document_stages,
+    vectors_key,
+)
 from qpbot_serving.index import model_slug
 
 
@@ -52,83 +62,107 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
-
-
 class DocumentStore(DocumentRecords):
-    """Writes the layout that `DocumentRecords` reads."""
+    """Writes the records and content that `DocumentRecords` reads."""
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        if self.is_local:
+            import_file_records(self)
 
     # --- raw bytes -------------------------------------------------------------------
     def put_blob(self, source: Path, suffix: str = "") -> tuple[str, int]:
-        """Copies a file into the store by content; returns (sha256, size)."""
+        """Stores a file by content (once); returns (sha256, size)."""
         digest = hashlib.sha256()
         with open(source, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         sha256 = digest.hexdigest()
-        target = self.blob_path(sha256, suffix)
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".tmp")
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
-        return sha256, target.stat().st_size
+        key = self.blob_key(sha256, suffix)
+        if not self.objects.exists(key):
+            self.objects.upload(key, source)
+        return sha256, source.stat().st_size
 
     # --- document registry -----------------------------------------------------------
     def register(self, document_id: str, source_uri: str) -> None:
         """Records where a document comes from; sources call this before adding a partition."""
-        path = self.source_path(document_id)
-        record = {"document_id": document_id, "uri": source_uri}
-        if not path.exists() or json.loads(path.read_text()) != record:
-            atomic_write_bytes(path, json.dumps(record).encode())
+        self.register_many([(document_id, source_uri)])
+
+    def register_many(self, documents: Iterable[tuple[str, str]]) -> None:
+        """`register` for many (document_id, uri) pairs, in one transaction."""
+        documents = dict(documents)
+        if not documents:
+            return
+        known = self.source_uris(documents)
+        changed = [d for d in sorted(documents) if known.get(d) != documents[d]]
+        with self.engine.begin() as conn:
+            for document_id in changed:
+                conn.execute(
+                    _upsert(conn, document_sources, ["document_id"]),
+                    {"document_id": document_id, "uri": documents[document_id]},
+                )
 
     def put_snapshot(self, document_id: str, content: bytes, suffix: str, version: str) -> bool:
         """Keeps a document's content for a source that has no file of its own (a database
         row, rendered as a document), with the version its source listed; raw_document reads
-        it from here. Returns whether it changed; an unchanged snapshot is not written."""
+        it from here. Returns whether it changed; an unchanged snapshot is not written. The
+        document must be registered."""
         sha256 = hashlib.sha256(content).hexdigest()
-        blob = self.blob_path(sha256, suffix)
-        if not blob.exists():
-            atomic_write_bytes(blob, content)
+        key = self.blob_key(sha256, suffix)
+        if not self.objects.exists(key):
+            self.objects.put(key, content, None)
         record = {"sha256": sha256, "suffix": suffix, "size": len(content), "version": version}
         if self.snapshot(document_id) == record:
             return False
-        atomic_write_bytes(self.snapshot_path(document_id), json.dumps(record).encode())
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                sa.update(document_sources)
+                .where(document_sources.c.document_id == document_id)
+                .values(snapshot=record)
+            )
+        if updated.rowcount != 1:
+            raise KeyError(f"register {document_id!r} before keeping its snapshot")
         return True
 
     def processed_document_ids(self) -> list[str]:
-        """Documents with stage outputs on disk."""
-        if not self.documents_dir.exists():
-            return []
-        return sorted(p.name for p in self.documents_dir.iterdir() if p.is_dir())
+        """Documents with stage records."""
+        with self.engine.connect() as conn:
+            query = sa.select(document_stages.c.document_id).distinct()
+            return sorted(conn.scalars(query))
 
     def forget(self, document_id: str) -> None:
-        """Removes a deleted document's stage outputs (blobs stay, shared by content)."""
-        shutil.rmtree(self.document_dir(document_id), ignore_errors=True)
+        """Removes a deleted document's stage records, vectors and large outputs (its source
+        record stays, and its blobs, shared by content)."""
+        with self.engine.begin() as conn:
+            stages = conn.scalars(
+                sa.select(document_stages.c.stage).where(
+                    document_stages.c.document_id == document_id
+                )
+            ).all()
+            conn.execute(
+                sa.delete(document_stages).where(document_stages.c.document_id == document_id)
+            )
+        for stage in stages:
+            if stage.startswith(EMBEDDINGS_PREFIX):
+                self.objects.delete(vectors_key(document_id, stage.removeprefix(EMBEDDINGS_PREFIX)))
+        self.objects.remove_folder(f"outputs/{document_id}")
 
     # --- stage outputs ---------------------------------------------------------------
     def stage_output(self, document_id: str, stage: str) -> Any:
         """The output of a stage that has run; raises Quarantined if it quarantined the document."""
-        record = self.read_stage(document_id, stage)
-        if record is None:
-            raise LookupError(
-                f"stage {stage!r} has not run for document {document_id!r}: materialize it first"
-            )
-        if "quarantined" in record:
-            q = record["quarantined"]
-            raise Quarantined(q["reason"], q["kind"], stage=q["stage"])
-        return record["output"]
+        return output_of(self.read_stage(document_id, stage), document_id, stage)
 
     def output_digest(
-        self, document_id: str, stage: str, fields: Sequence[str] | None = None
+        self,
+        document_id: str,
+        stage: str,
+        fields: Sequence[str] | None = None,
+        record: dict | None = None,
     ) -> str:
         """A hash of a stage's outcome (or of some of its fields): what the next stage's
-        input fingerprint is made of, so an unchanged outcome means no recomputation."""
-        record = self.read_stage(document_id, stage) or {}
+        input fingerprint is made of, so an unchanged outcome means no recomputation.
+        `record` is the stage's record when the caller has read it already."""
+        record = (record if record is not None else self.read_stage(document_id, stage)) or {}
         output = record.get("output")
         if fields is not None and isinstance(output, dict):
             output = {name: output.get(name) for name in fields}
@@ -142,75 +176,169 @@ class DocumentStore(DocumentRecords):
         A `Quarantined` raised by `compute` is stored as the stage's outcome, with a
         quarantine record that `qpbot status` shows; a later successful run clears it.
         """
-        previous = self.read_stage(document_id, stage)
-        if previous is not None and previous["fingerprint"] == input_fingerprint:
-            return StageResult(previous.get("output"), input_fingerprint, computed=False)
+        stored = self._stored_record(document_id, stage)
+        if stored is not None and stored["fingerprint"] == input_fingerprint:
+            output = self._resolved(stored).get("output")
+            return StageResult(output, input_fingerprint, computed=False)
+        quarantine = None
         try:
             output = compute()
-            record = {"fingerprint": input_fingerprint, "output": output}
-            self._clear_quarantine(document_id, stage)
+            record = self._stored_output(document_id, stage, input_fingerprint, output)
         except Quarantined as problem:
             output = None
-            quarantined = {
+            found = {
                 "stage": problem.stage or stage,
                 "kind": problem.kind,
                 "reason": problem.reason,
             }
-            record = {"fingerprint": input_fingerprint, "quarantined": quarantined}
+            record = {"fingerprint": input_fingerprint, "quarantined": found}
             if problem.stage is None:  # this stage found the problem; upstream ones are recorded
-                self._write_quarantine(document_id, quarantined)
-        atomic_write_bytes(
-            self.stage_path(document_id, stage), json.dumps(record, ensure_ascii=False).encode()
-        )
+                source = self.source_uri(document_id)
+                quarantine = {"document_id": document_id, "source": source, **found}
+        with self.engine.begin() as conn:
+            self._write_record(conn, document_id, stage, record)
+            if quarantine is not None:
+                self._write_record(conn, document_id, QUARANTINE, quarantine)
+            elif "quarantined" not in record:
+                self._clear_quarantine(conn, document_id, stage)
+        replaced = (stored or {}).get("output_key")
+        if replaced and replaced != record.get("output_key"):
+            self.objects.delete(replaced)
         return StageResult(output, input_fingerprint, computed=True)
 
-    # --- quarantine ------------------------------------------------------------------
-    def _write_quarantine(self, document_id: str, record: dict) -> None:
-        record = {"document_id": document_id, "source": self.source_uri(document_id), **record}
-        atomic_write_bytes(self.stage_path(document_id, QUARANTINE), json.dumps(record).encode())
+    def _stored_output(self, document_id: str, stage: str, input_fp: str, output: Any) -> dict:
+        """The record of an output: inline, or the key of an object of its own when large.
+        The object is written first, under a key of its input, so a row never names a
+        missing or half-written object."""
+        data = json.dumps(output, ensure_ascii=False).encode()
+        if len(data) <= INLINE_OUTPUT_BYTES:
+            return {"fingerprint": input_fp, "output": output}
+        key = f"outputs/{document_id}/{stage}.{input_fp}.json"
+        self.objects.put(key, data, None)
+        return {"fingerprint": input_fp, "output_key": key}
 
-    def _clear_quarantine(self, document_id: str, stage: str) -> None:
-        path = self.stage_path(document_id, QUARANTINE)
-        if path.exists() and json.loads(path.read_text()).get("stage") == stage:
-            path.unlink()
+    @staticmethod
+    def _write_record(conn, document_id: str, stage: str, record: dict) -> None:
+        conn.execute(
+            _upsert(conn, document_stages, ["document_id", "stage"]),
+            {"document_id": document_id, "stage": stage, "record": record},
+        )
+
+    # --- quarantine ------------------------------------------------------------------
+    @staticmethod
+    def _clear_quarantine(conn, document_id: str, stage: str) -> None:
+        quarantine = conn.scalar(
+            sa.select(document_stages.c.record).where(
+                document_stages.c.document_id == document_id,
+                document_stages.c.stage == QUARANTINE,
+            )
+        )
+        if quarantine is not None and quarantine.get("stage") == stage:
+            conn.execute(
+                sa.delete(document_stages).where(
+                    document_stages.c.document_id == document_id,
+                    document_stages.c.stage == QUARANTINE,
+                )
+            )
 
     def quarantined(self) -> Iterator[dict]:
-        for document_id in self.processed_document_ids():
-            if (record := self.quarantine(document_id)) is not None:
-                yield record
+        with self.engine.connect() as conn:
+            query = (
+                sa.select(document_stages.c.record)
+                .where(document_stages.c.stage == QUARANTINE)
+                .order_by(document_stages.c.document_id)
+            )
+            yield from conn.scalars(query).all()
 
     # --- vectors ---------------------------------------------------------------------
-    def _vectors_path(self, document_id: str, model: str) -> Path:
-        # Beside the stage records, not in a folder of its own: a folder per document is
-        # one more inode and disk block (4 KB) for every document.
-        return self.document_dir(document_id) / f"vectors.{model_slug(model)}.npz"
-
-    def _legacy_vectors_path(self, document_id: str, model: str) -> Path:
-        """Where stores written before the file moved keep a document's vectors."""
-        return self.document_dir(document_id) / "vectors" / f"{model_slug(model)}.npz"
-
     def write_vectors(
         self, document_id: str, model: str, chunk_ids: list[str], vectors: np.ndarray
     ) -> None:
-        """Keeps one file of vectors per document and embedding model, so a candidate model's
-        vectors never replace those of the model that serves."""
-        path = self._vectors_path(document_id, model)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".npz") as tmp:
-            np.savez(tmp, chunk_ids=np.array(chunk_ids, dtype=object), vectors=vectors)
-        os.replace(tmp.name, path)
-        legacy = self._legacy_vectors_path(document_id, model)
-        if legacy.exists():
-            legacy.unlink()
-            with contextlib.suppress(OSError):  # another model's vectors are still there
-                legacy.parent.rmdir()
+        """Keeps one object of vectors per document and embedding model, so a candidate
+        model's vectors never replace those of the model that serves."""
+        buffer = io.BytesIO()
+        np.savez(buffer, chunk_ids=np.array(chunk_ids, dtype=str), vectors=vectors)
+        self.objects.put(vectors_key(document_id, model_slug(model)), buffer.getvalue(), None)
 
     def read_vectors(self, document_id: str, model: str) -> dict[str, np.ndarray]:
         """chunk_id -> vector of the document's last chunks embedded by `model` (empty if none)."""
-        path = self._vectors_path(document_id, model)
-        if not path.exists():
-            path = self._legacy_vectors_path(document_id, model)
-        if not path.exists():
+        found = self.objects.get(vectors_key(document_id, model_slug(model)))
+        if found is None:
             return {}
-        with np.load(path, allow_pickle=True) as data:
+        with np.load(io.BytesIO(found[0]), allow_pickle=True) as data:
             return dict(zip(data["chunk_ids"].tolist(), data["vectors"], strict=True))
+
+
+def output_of(record: dict | None, document_id: str, stage: str) -> Any:
+    """A stage record's output; raises Quarantined if the stage quarantined the document."""
+    if record is None:
+        raise LookupError(
+            f"stage {stage!r} has not run for document {document_id!r}: materialize it first"
+        )
+    if "quarantined" in record:
+        q = record["quarantined"]
+        raise Quarantined(q["reason"], q["kind"], stage=q["stage"])
+    return record["output"]
+
+
+def _upsert(conn, table: sa.Table, keys: list[str]):
+    """An INSERT that replaces the row with the same key (SQLite and PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise ValueError(f"the document store needs SQLite or PostgreSQL, not {conn.dialect.name}")
+    statement = insert(table)
+    values = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
+    return statement.on_conflict_do_update(index_elements=keys, set_=values)
+
+
+# --- stores written before the records moved into a database --------------------------
+
+
+def import_file_records(store: DocumentStore) -> int:
+    """Moves the per-file records of an earlier layout under the home (`documents/<id>/
+    <stage>.json`, `sources/`, `snapshots/`, vectors files) into the store, once, and
+    renames those folders to `<name>.imported`. Returns the number of documents moved."""
+    home = store.home
+    legacy = [home / name for name in ("documents", "sources", "snapshots")]
+    if not any(folder.is_dir() for folder in legacy):
+        return 0
+    lock = os.open(home, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be importing the same home
+        if not any(folder.is_dir() for folder in legacy):
+            return 0
+        return _import_files(store, *legacy)
+    finally:
+        os.close(lock)
+
+
+def _import_files(store: DocumentStore, documents: Path, sources: Path, snapshots: Path) -> int:
+    registry = {}
+    for path in sorted(sources.glob("*.json")) if sources.is_dir() else []:
+        record = json.loads(path.read_text())
+        registry[record["document_id"]] = record["uri"]
+    store.register_many(registry.items())
+    for path in sorted(snapshots.glob("*.json")) if snapshots.is_dir() else []:
+        with store.engine.begin() as conn:
+            conn.execute(
+                sa.update(document_sources)
+                .where(document_sources.c.document_id == path.stem)
+                .values(snapshot=json.loads(path.read_text()))
+            )
+    moved = 0
+    folders = sorted(p for p in documents.iterdir() if p.is_dir()) if documents.is_dir() else []
+    for folder in tqdm(folders, desc="importing document records", disable=len(folders) < 100):
+        with store.engine.begin() as conn:
+            for path in folder.glob("*.json"):
+                store._write_record(conn, folder.name, path.stem, json.loads(path.read_text()))
+        for path in [*folder.glob("vectors.*.npz"), *folder.glob("vectors/*.npz")]:
+            slug = path.name.removeprefix("vectors.").removesuffix(".npz")
+            store.objects.upload(vectors_key(folder.name, slug), path)
+        moved += 1
+    for folder in (documents, sources, snapshots):
+        if folder.is_dir():
+            os.rename(folder, folder.with_name(f"{folder.name}.imported"))
+    return moved

@@ -12,13 +12,14 @@ prompt, the answer mode, policy and generator. It is scored item by item, as the
   reference answered right (the answer contains it), a question without one (`"answer":
   null`) declined.
 
-The champion is the evaluation record of what is deployed now (`evaluation_record`), written
-by `qpbot gate --accept` when a candidate passed. Each metric is compared paired, over the
-items both scored, with the gates' noise rule (`gate.compare_paired`); the candidate passes
-when no metric is worse beyond noise. With no record yet the candidate passes as the
-baseline: the first deployment has nothing to be compared with, and refusing it would only
-force a manual bypass; `--require-champion` refuses instead (for a CI whose champion record
-must exist).
+The champion is the evaluation record of what is deployed now (`state.EvaluationRecord`),
+written by `qpbot gate --accept` when a candidate passed: the pointer `state.CHAMPION_SCORES`
+on the state store (QPBOT_STORAGE_URL, else QPBOT_HOME), or the file QPBOT_GATE_CHAMPION
+names. Each metric is compared paired, over the items both scored, with the gates' noise
+rule (`gate.compare_paired`); the candidate passes when no metric is worse beyond noise.
+With no record yet the candidate passes as the baseline: the first deployment has nothing to
+be compared with, and refusing it would only force a manual bypass; `--require-champion`
+refuses instead (for a CI whose champion record must exist).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from qpbot_assets.evaluation.record import Deployment, EvaluationRecord, read_record
+from pydantic import ValidationError
+
 from qpbot_assets.learning.gate import (
     GATE_MODES,
     GateSet,
@@ -40,7 +42,15 @@ from qpbot_assets.learning.gate import (
     retrieval_scores,
 )
 from qpbot_assets.learning.golden import query_id
+from qpbot_serving.object_store import write_json_atomic
 from qpbot_serving.settings import QpbotSettings
+from qpbot_serving.state import (
+    CHAMPION_SCORES,
+    Deployment,
+    EvaluationRecord,
+    StateError,
+    StateStore,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -162,8 +172,8 @@ def compare_with_champion(
     only the candidate has is reported, not gated (the champion was never measured on it); a
     metric only the champion has refuses."""
     verdict = {
-        "candidate": asdict(candidate.deployment),
-        "champion": asdict(champion.deployment) if champion else None,
+        "candidate": candidate.deployment.model_dump(),
+        "champion": champion.deployment.model_dump() if champion else None,
         "champion_recorded_at": champion.recorded_at if champion else None,
     }
     if champion is None:
@@ -267,13 +277,37 @@ def _prompt() -> tuple[str, str]:
     return PROMPT_VERSION, hashlib.sha256(layout.encode()).hexdigest()[:16]
 
 
+def champion_location(settings: QpbotSettings) -> str:
+    """Where the champion's record is: the file QPBOT_GATE_CHAMPION names, else the pointer's
+    place on the state store (a path, or its s3:// URI)."""
+    if settings.gate_champion is not None:
+        return str(settings.gate_champion)
+    return StateStore.from_settings(settings).location(CHAMPION_SCORES)
+
+
 def load_champion(settings: QpbotSettings) -> EvaluationRecord | None:
-    """The champion's record (QPBOT_GATE_CHAMPION); raises GateMisconfigured when the file is
-    not a record."""
+    """The champion's record (`champion_location`), None before the first `--accept`; raises
+    GateMisconfigured when what is there is not a record."""
+    path = settings.gate_champion
     try:
-        return read_record(settings.gate_champion_path)
-    except ValueError as problem:
-        raise GateMisconfigured(f"QPBOT_GATE_CHAMPION: {problem}") from None
+        if path is None:
+            return StateStore.from_settings(settings).read(CHAMPION_SCORES)
+        return EvaluationRecord.model_validate_json(path.read_bytes()) if path.is_file() else None
+    except ValidationError as problem:  # the file QPBOT_GATE_CHAMPION names
+        first = problem.errors()[0]["msg"]
+        raise GateMisconfigured(
+            f"QPBOT_GATE_CHAMPION: {path} is not an evaluation record ({first})"
+        ) from None
+    except StateError as problem:  # the pointer: its message says where and what to do
+        raise GateMisconfigured(f"the champion's record: {problem}") from None
+
+
+def record_champion(settings: QpbotSettings, record: EvaluationRecord) -> None:
+    """Makes `record` the champion's (`champion_location`), replacing the old one whole."""
+    if settings.gate_champion is not None:
+        write_json_atomic(settings.gate_champion, record.model_dump(mode="json"))
+    else:
+        StateStore.from_settings(settings).write(CHAMPION_SCORES, record)
 
 
 def format_verdict(verdict: dict) -> str:

@@ -16,10 +16,16 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from qpbot_assets.documents.store import DocumentStore, Quarantined, StageResult, fingerprint
+from qpbot_assets.documents.store import (
+    DocumentStore,
+    Quarantined,
+    StageResult,
+    fingerprint,
+    output_of,
+)
 from qpbot_assets.documents.versions import INDEX_ROWS_VERSION
 from qpbot_serving import index as contract
-from qpbot_serving.document_store import indexed_stage
+from qpbot_serving.document_store import EMBEDDINGS_PREFIX, indexed_stage
 from qpbot_serving.embedding import Embedder
 from qpbot_serving.state import IndexSnapshot
 
@@ -28,11 +34,14 @@ MERGE_BATCH_DOCUMENTS = 500
 
 def embedding_stage(model: str) -> str:
     """The store stage that records a document's vectors for `model`."""
-    return f"embeddings.{contract.model_slug(model)}"
+    return f"{EMBEDDINGS_PREFIX}{contract.model_slug(model)}"
 
 
-def embedding_fingerprint(store: DocumentStore, document_id: str, model: str) -> str:
-    return fingerprint(model, store.output_digest(document_id, "chunks"))
+def embedding_fingerprint(
+    store: DocumentStore, document_id: str, model: str, chunks_record: dict | None = None
+) -> str:
+    """`chunks_record` is the document's chunks record when the caller has read it."""
+    return fingerprint(model, store.output_digest(document_id, "chunks", record=chunks_record))
 
 
 def embed_documents(
@@ -53,15 +62,19 @@ def embed_documents(
 
     model = embedder.vectors_key
     stage = embedding_stage(model)
+    records = store.read_stages(document_ids, ["chunks", stage])
     # A document whose chunks stage has not run yet has nothing to embed.
-    document_ids = [d for d in document_ids if store.read_stage(d, "chunks") is not None]
+    document_ids = [d for d in document_ids if (d, "chunks") in records]
+    fingerprints = {
+        d: embedding_fingerprint(store, d, model, records[(d, "chunks")]) for d in document_ids
+    }
     pending: dict[str, tuple[list[dict], dict[str, np.ndarray]]] = {}
     for document_id in document_ids:
-        record = store.read_stage(document_id, stage)
-        if record and record["fingerprint"] == embedding_fingerprint(store, document_id, model):
+        record = records.get((document_id, stage))
+        if record and record["fingerprint"] == fingerprints[document_id]:
             continue
         try:
-            doc_chunks = store.stage_output(document_id, "chunks")
+            doc_chunks = output_of(records[(document_id, "chunks")], document_id, "chunks")
         except Quarantined:
             continue
         pending[document_id] = (doc_chunks, store.read_vectors(document_id, model))
@@ -93,7 +106,7 @@ def embed_documents(
         document_id: store.run_stage(
             document_id,
             stage,
-            embedding_fingerprint(store, document_id, model),
+            fingerprints[document_id],
             lambda document_id=document_id: embed(document_id),
         )
         for document_id in document_ids
@@ -162,12 +175,21 @@ def in_filter(document_ids: list[str]) -> str:
     return f"document_id IN ({quoted})"
 
 
-def indexed_fingerprint(store: DocumentStore, document_id: str, model: str, table: str) -> str:
-    """Changes whenever a document's rows would: its vectors or its metadata."""
+def indexed_fingerprint(
+    store: DocumentStore, document_id: str, model: str, table: str, records: dict | None = None
+) -> str:
+    """Changes whenever a document's rows would: its vectors or its metadata. `records`
+    holds the document's embedding and metadata records when the caller read them in bulk
+    (`DocumentStore.read_stages`)."""
+    if records is None:
+        stages = [embedding_stage(model), "metadata"]
+        records = store.read_stages([document_id], stages)
     return fingerprint(
         table,
-        store.read_stage(document_id, embedding_stage(model)),
-        store.output_digest(document_id, "metadata"),
+        records.get((document_id, embedding_stage(model))),
+        store.output_digest(
+            document_id, "metadata", record=records.get((document_id, "metadata"), {})
+        ),
         INDEX_ROWS_VERSION,
     )
 
@@ -193,12 +215,15 @@ def sync_table(
 
     model = embedder.vectors_key
     stage = indexed_stage(table.name)
+    # Every live document's records in a few queries: at a million documents, one read
+    # per document and stage would take minutes on each run.
+    records = store.read_stages(live, ["chunks", "metadata", embedding_stage(model), stage])
     changed = [
         document_id
         for document_id in live
-        if store.read_stage(document_id, "chunks") is not None  # else nothing to write yet
-        and (store.read_stage(document_id, stage) or {}).get("fingerprint")
-        != indexed_fingerprint(store, document_id, model, table.name)
+        if (document_id, "chunks") in records  # else nothing to write yet
+        and (records.get((document_id, stage)) or {}).get("fingerprint")
+        != indexed_fingerprint(store, document_id, model, table.name, records)
     ]
     embed_documents(store, embedder, changed, batch_size)  # usually all there already
 

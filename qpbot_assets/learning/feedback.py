@@ -1,8 +1,10 @@
 """Feedback events: an incremental copy of the service's answer and feedback rows.
 
 The service writes to the feedback database (answer_log.py). `sync_feedback_events` copies
-rows newer than a cursor into Parquet files under `$QPBOT_HOME/feedback/`, so everything
-downstream reads files, not the live database:
+rows newer than a cursor into Parquet files under `feedback/` of the state store
+(QPBOT_STORAGE_URL, else QPBOT_HOME), so everything downstream reads files, not the live
+database. Each file is rewritten whole (a PUT on object storage, a rename on local disk), so
+a reader sees the old copy or the new one:
 
 - `answers.parquet`: answer_id, created_at (UTC), query, mode, retrieved (JSON list of
   {chunk_id, document_id, score}), prompt_version, model_version, index_version, answer,
@@ -24,15 +26,16 @@ was answered, which can be earlier than rows already copied.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
 
 from qpbot_serving.answer_log import TABLES, add_missing_columns, metadata
+from qpbot_serving.state import FEEDBACK_DIR, StateStore
 
 LOOKBACK = timedelta(hours=1)
 KEYS = {"answers": "answer_id", "feedback": "feedback_id"}
@@ -49,16 +52,15 @@ class SyncResult:
     cursor: dict[str, str | None]
 
 
-def sync_feedback_events(engine: sa.Engine, feedback_dir: Path) -> SyncResult:
-    """Copies answer and feedback rows into Parquet: those created since the newest row
-    copied before, minus LOOKBACK (rows committed late), are fetched and the unseen ones
-    added. The copies are their own cursor, so copy and cursor never part."""
-    feedback_dir.mkdir(parents=True, exist_ok=True)
+def sync_feedback_events(engine: sa.Engine, state: StateStore) -> SyncResult:
+    """Copies answer and feedback rows into Parquet on `state`: those created since the
+    newest row copied before, minus LOOKBACK (rows committed late), are fetched and the
+    unseen ones added. The copies are their own cursor, so copy and cursor never part."""
     metadata.create_all(engine)  # a service that never answered has not created them yet
     add_missing_columns(engine)
     new_rows, total_rows, new_cursor = {}, {}, {}
     for name, table in TABLES.items():
-        existing = read_table(feedback_dir, name, parse_json=False)
+        existing = read_table(state, name, parse_json=False)
         since = existing["created_at"].max() if not existing.empty else None
         query = sa.select(table)
         if since is not None:
@@ -75,7 +77,7 @@ def sync_feedback_events(engine: sa.Engine, feedback_dir: Path) -> SyncResult:
         combined = pd.concat([existing, fresh], ignore_index=True) if not fresh.empty else existing
         if not fresh.empty:
             combined = combined.sort_values(["created_at", key], ignore_index=True)
-            _atomic_parquet(combined, feedback_dir / f"{name}.parquet")
+            state.put_file(_table_key(name), combined.to_parquet(index=False))
         new_rows[name] = len(fresh)
         total_rows[name] = len(combined)
         latest = combined["created_at"].max() if not combined.empty else None
@@ -83,13 +85,13 @@ def sync_feedback_events(engine: sa.Engine, feedback_dir: Path) -> SyncResult:
     return SyncResult(new_rows, total_rows, new_cursor)
 
 
-def read_table(feedback_dir: Path, name: str, parse_json: bool = True) -> pd.DataFrame:
-    """One of the copied tables ("answers" or "feedback"); empty when nothing was copied.
-    With `parse_json`, the JSON columns are Python lists and dicts."""
-    path = feedback_dir / f"{name}.parquet"
-    if not path.exists():
+def read_table(state: StateStore, name: str, parse_json: bool = True) -> pd.DataFrame:
+    """One of the tables ("answers" or "feedback") copied to `state`; empty when nothing was
+    copied. With `parse_json`, the JSON columns are Python lists and dicts."""
+    data = state.get_file(_table_key(name))
+    if data is None:
         return pd.DataFrame(columns=[column.name for column in TABLES[name].columns])
-    frame = pd.read_parquet(path)
+    frame = pd.read_parquet(io.BytesIO(data))
     for column in TABLES[name].columns:  # copied before a qpbot that added the column
         if column.name not in frame.columns:
             frame[column.name] = None
@@ -111,14 +113,14 @@ def latest_feedback(feedback: pd.DataFrame) -> pd.DataFrame:
     return ordered.drop_duplicates("answer_id", keep="last")
 
 
-def rated_answers(feedback_dir: Path) -> pd.DataFrame:
-    """Answers joined with their latest feedback row (`latest_feedback`): one row per rated
-    answer, newest rating last.
+def rated_answers(state: StateStore) -> pd.DataFrame:
+    """Answers joined with their latest feedback row (`latest_feedback`), from the copies
+    on `state`: one row per rated answer, newest rating last.
 
     Columns: those of answers, plus rating, source_judgments, rated_at.
     """
-    answers = read_table(feedback_dir, "answers")
-    feedback = read_table(feedback_dir, "feedback")
+    answers = read_table(state, "answers")
+    feedback = read_table(state, "feedback")
     if answers.empty or feedback.empty:
         return pd.DataFrame(columns=[*answers.columns, "rating", "source_judgments", "rated_at"])
     latest = latest_feedback(feedback)[
@@ -133,7 +135,6 @@ def _to_json(value) -> str | None:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".parquet.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+def _table_key(name: str) -> str:
+    """Where the copy of table `name` ("answers" or "feedback") lives on the state store."""
+    return f"{FEEDBACK_DIR}/{name}.parquet"

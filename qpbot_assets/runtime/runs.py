@@ -42,7 +42,7 @@ def ingest_paths(settings: QpbotSettings, paths: list[Path], quiet: bool = False
 
     Runs the ingest job in this process over as few partition ranges as possible.
     """
-    store = DocumentStore(settings.home)
+    store = DocumentStore(settings)
     objects: list[SourceObject] = []
     folders: list[Path] = []
     for path in (p.resolve() for p in paths):
@@ -52,9 +52,8 @@ def ingest_paths(settings: QpbotSettings, paths: list[Path], quiet: bool = False
         else:
             objects.append(SourceObject(path.as_uri(), ""))
     wanted = list(dict.fromkeys(obj.document_id for obj in objects))
-    for obj in objects:
-        store.register(obj.document_id, obj.uri)
-    return _ingest_documents(settings, store, wanted, lambda d: _is_under(store, d, folders), quiet)
+    store.register_many((obj.document_id, obj.uri) for obj in objects)
+    return _ingest_documents(settings, store, wanted, lambda uri: _is_under(uri, folders), quiet)
 
 
 def ingest_sql(
@@ -68,17 +67,16 @@ def ingest_sql(
     setting behind a field of `source` in errors (SqlSourceError)."""
     from qpbot_assets.documents.sql_source import SqlTable  # SQLAlchemy only when asked for
 
-    store = DocumentStore(settings.home)
+    store = DocumentStore(settings)
     with SqlTable(source, setting) as table:
         rows = table.list_rows()
         table.stage(store, rows)
-    for row in rows:
-        store.register(row.document_id, row.uri)
+    store.register_many((row.document_id, row.uri) for row in rows)
     return _ingest_documents(
         settings,
         store,
         [row.document_id for row in rows],
-        lambda d: _source_starts_with(store, d, table.uri_prefix),
+        lambda uri: uri.startswith(table.uri_prefix),
         quiet,
     )
 
@@ -91,15 +89,16 @@ def _ingest_documents(
     quiet: bool,
 ) -> dict:
     """Adds partitions for the `wanted` documents, deletes those of live documents that
-    `owned` claims for this source but are no longer wanted, and runs the ingest job over
-    the documents not indexed from their current version."""
+    `owned(source_uri)` claims for this source but are no longer wanted, and runs the ingest
+    job over the documents not indexed from their current version."""
     instance = get_instance(settings)
     partitions = documents_partitions.name
     live = instance.get_dynamic_partitions(partitions)
     live_set = set(live)
     wanted_set = set(wanted)
     new = [d for d in wanted if d not in live_set]
-    removed = [d for d in live if d not in wanted_set and owned(d)]
+    uris = store.source_uris(live_set | wanted_set)  # one query per 500, not one per document
+    removed = [d for d in live if d not in wanted_set and d in uris and owned(uris[d])]
     if new:
         instance.add_dynamic_partitions(partitions, new)
     for document_id in removed:
@@ -110,7 +109,12 @@ def _ingest_documents(
     model = serving_embedding_model(state, settings.embedding_model)
     backend = resolve_backend(settings.embedding_backend)
     table_name = contract.table_name_for(contract.vectors_key(model, backend))
-    stale = [d for d in wanted if not is_up_to_date(store, d, table_name)]
+    indexed = store.read_stages(wanted, [indexed_stage(table_name)])
+    stale = [
+        d
+        for d in wanted
+        if not is_up_to_date(store, uris[d], indexed.get((d, indexed_stage(table_name))))
+    ]
     ordered = instance.get_dynamic_partitions(partitions)
     ranges = contiguous_ranges(ordered, stale)
     # A run killed after writing the index but before promoting it left nothing stale.
@@ -163,29 +167,18 @@ def _promotion_pending(state: StateStore) -> bool:
     return snapshot.label != promoted.label
 
 
-def is_up_to_date(store: DocumentStore, document_id: str, table_name: str) -> bool:
-    """True when the document was indexed from its current source version by this pipeline."""
-    indexed = (store.read_stage(document_id, indexed_stage(table_name)) or {}).get("output")
+def is_up_to_date(store: DocumentStore, uri: str, indexed_record: dict | None) -> bool:
+    """True when a document (from `uri`, with this indexed record of the serving table) was
+    indexed from its current source version by this pipeline."""
+    indexed = (indexed_record or {}).get("output")
     if not indexed or indexed["pipeline_version"] != PIPELINE_VERSION:
         return False
-    uri = store.source_uri(document_id)
     if uri.startswith("s3://"):
         return False  # checking an S3 object needs a client; the run itself skips unchanged ones
     return indexed["raw_fingerprint"] == raw_fingerprint(uri, source_version(uri, store=store))
 
 
-def _source_starts_with(store: DocumentStore, document_id: str, prefix: str) -> bool:
-    try:
-        return store.source_uri(document_id).startswith(prefix)
-    except KeyError:
-        return False
-
-
-def _is_under(store: DocumentStore, document_id: str, folders: list[Path]) -> bool:
-    try:
-        uri = store.source_uri(document_id)
-    except KeyError:
-        return False
+def _is_under(uri: str, folders: list[Path]) -> bool:
     if not uri.startswith("file://"):
         return False
     path = Path(uri.removeprefix("file://"))
@@ -196,7 +189,7 @@ def index_status(settings: QpbotSettings) -> dict:
     """{"documents", "chunks", "quarantined": [{"source", "stage", "reason", ...}], "index_version"}"""
     instance = get_instance(settings)
     live = set(instance.get_dynamic_partitions(documents_partitions.name))
-    store = DocumentStore(settings.home)
+    store = DocumentStore(settings)
     promoted = StateStore.from_settings(settings).read(PROMOTED_INDEX)
     quarantined = [
         {

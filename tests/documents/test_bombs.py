@@ -163,7 +163,7 @@ def test_ingest_quarantines_a_bomb_and_a_document_over_the_chunk_cap_and_goes_on
     assert {row["document_id"] for row in rows.to_list()} == {good}
 
     # `qpbot status` shows the uploaded name, never the stored blob's hash.
-    sha256 = DocumentStore(settings.home).stage_output(
+    sha256 = DocumentStore(settings).stage_output(
         document_id_for((folder / "report.docx").resolve().as_uri()), "raw"
     )["sha256"]
     qpbot = Path(sys.executable).parent / "qpbot"

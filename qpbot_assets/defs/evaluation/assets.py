@@ -31,8 +31,8 @@ from qpbot_assets.learning.golden import feedback_golden_set
 from qpbot_assets.learning.plots import daily_answers_and_rating, grouped_bars, markdown_image
 from qpbot_assets.learning.qa_eval import evaluate_qa, read_qa_set, result_rows
 from qpbot_serving.evaluation import evaluate_queries, read_qrels, read_queries
-from qpbot_serving.object_store import write_json_atomic
 from qpbot_serving.retrieval import MODES, IndexNotReady, Retriever
+from qpbot_serving.state import FEEDBACK_DIR
 
 EVALUATION = {"group_name": "evaluation"}
 EXPERIMENT = "qpbot-evaluation"
@@ -94,7 +94,7 @@ def retrieval_evaluation(
         beir.name: (read_queries(Path(beir.queries)), read_qrels(Path(beir.qrels)))
         for beir in evaluation.beir_sets
     }
-    golden = feedback_golden_set(rated_answers(feedback_db.folder), split=None)
+    golden = feedback_golden_set(rated_answers(feedback_db.state), split=None)
     if golden[0]:
         sets[FEEDBACK_SET] = golden
     if not sets:
@@ -353,14 +353,17 @@ def feedback_metrics(
     """Per UTC day, from the copied feedback events: answers, errors, thumbs-up rate, latency
     percentiles per stage, and the documents and chunks most cited in good and bad answers
     (see `qpbot_assets.learning.feedback_metrics`). Each day is written to
-    `$QPBOT_HOME/feedback/metrics/DAY.json`; the metadata shows the last day's figures and a
-    plot of the 30 days up to it."""
-    answers = read_table(feedback_db.folder, "answers")
-    feedback = read_table(feedback_db.folder, "feedback")
+    `feedback/metrics/DAY.json` of the state store; the metadata shows the last day's figures
+    and a plot of the 30 days up to it."""
+    state = feedback_db.state
+    answers = read_table(state, "answers")
+    feedback = read_table(state, "feedback")
     days = [date.fromisoformat(key) for key in context.partition_keys]
     figures = [daily_metrics(answers, feedback, day) for day in days]
     for metrics in figures:
-        write_json_atomic(feedback_db.folder / "metrics" / f"{metrics['day']}.json", metrics)
+        state.put_file(
+            f"{FEEDBACK_DIR}/metrics/{metrics['day']}.json", json.dumps(metrics, indent=2).encode()
+        )
     last = figures[-1]
     series = daily_series(answers, feedback, days[-1], days=30)
     png = daily_answers_and_rating(series, f"Answers and thumbs-up rate, 30 days to {days[-1]}")

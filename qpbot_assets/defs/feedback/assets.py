@@ -6,7 +6,7 @@ import dagster as dg
 from qpbot_assets.defs.resources import FeedbackDatabaseResource, SearchIndexResource
 from qpbot_assets.learning.feedback import rated_answers, sync_feedback_events
 from qpbot_assets.learning.pairs import build_training_pairs, pairs_version
-from qpbot_serving.state import TRAINING_PAIRS, TrainingPairsVersion
+from qpbot_serving.state import FEEDBACK_DIR, TRAINING_PAIRS, TrainingPairsVersion
 
 FEEDBACK = {"group_name": "feedback"}
 
@@ -16,11 +16,11 @@ def feedback_events(
     context: dg.AssetExecutionContext, feedback_db: FeedbackDatabaseResource
 ) -> dg.MaterializeResult:
     """Answers and feedback rows newer than the last copy, appended to Parquet files under
-    `$QPBOT_HOME/feedback/` (each row once, by primary key). Reads SQLite or PostgreSQL,
-    whichever QPBOT_DATABASE_URL names."""
+    `feedback/` of the state store (QPBOT_STORAGE_URL, else QPBOT_HOME; each row once, by
+    primary key). Reads SQLite or PostgreSQL, whichever QPBOT_DATABASE_URL names."""
     engine = feedback_db.engine()
     try:
-        result = sync_feedback_events(engine, feedback_db.folder)
+        result = sync_feedback_events(engine, feedback_db.state)
     finally:
         engine.dispose()
     context.log.info(f"feedback_events: new rows {result.new_rows}")
@@ -31,7 +31,7 @@ def feedback_events(
             "answers": result.total_rows["answers"],
             "feedback": result.total_rows["feedback"],
             "cursor": dg.MetadataValue.json(result.cursor),
-            "folder": dg.MetadataValue.path(str(feedback_db.folder)),
+            "folder": dg.MetadataValue.path(feedback_db.state.uri(FEEDBACK_DIR)),
         }
     )
 
@@ -46,19 +46,20 @@ def training_pairs(
     """(query, positive chunk, hard negative) rows from rated answers and judged sources,
     with the chunk texts of the promoted index. Versioned by content: a new version file
     only when the pairs change; the pointer `state.TRAINING_PAIRS` names the current one."""
-    folder = feedback_db.folder / "training_pairs"  # the versions; the pointer names one
-    pairs = build_training_pairs(rated_answers(feedback_db.folder), index.chunk_texts)
+    state = feedback_db.state
+    pairs = build_training_pairs(rated_answers(state), index.chunk_texts)
     version = pairs_version(pairs)
     previous = index.state.read(TRAINING_PAIRS)
-    path = folder / f"{version}.parquet"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        pairs.to_parquet(path, index=False)
+    # One file per version (its content hash); the pointer names the current one.
+    key = f"{FEEDBACK_DIR}/training_pairs/{version}.parquet"
+    if not state.has_file(key):
+        state.put_file(key, pairs.to_parquet(index=False))
+    path = state.uri(key)
     latest = index.state.write(
         TRAINING_PAIRS,
         TrainingPairsVersion(
             version=version,
-            path=str(path),
+            path=path,
             pairs=len(pairs),
             train_pairs=int((pairs["split"] == "train").sum()),
             validation_pairs=int((pairs["split"] == "validation").sum()),
@@ -78,7 +79,7 @@ def training_pairs(
         data_version=dg.DataVersion(version),
         metadata={
             **latest.model_dump(exclude={"path"}),
-            "path": dg.MetadataValue.path(str(path)),
+            "path": dg.MetadataValue.path(path),
             "preview": dg.MetadataValue.md(
                 "| query | positive | hard negative |\n|---|---|---|\n" + table
             ),

@@ -72,7 +72,7 @@ def llm_adapter(
     "qpbot-llm-adapter" with the alias `challenger`. Held-out loss is measured for the base
     model, the adapter and the promoted adapter on the same questions; the blocking check
     judges it. With too few examples nothing is trained and the metadata says why."""
-    rated = rated_answers(feedback_db.folder).tail(config.max_examples)
+    rated = rated_answers(feedback_db.state).tail(config.max_examples)
     examples, left_out = build_examples(rated)
     counts = {
         split: sum(example.split == split for example in examples)

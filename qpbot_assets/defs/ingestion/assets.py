@@ -123,7 +123,7 @@ def extracted_text(
     def step(document_id: str):
         def extract() -> dict:
             raw = store.stage_output(document_id, "raw")
-            blob = store.blob_path(raw["sha256"], suffix=Path(raw["filename"]).suffix)
+            blob = store.blob_file(raw["sha256"], suffix=Path(raw["filename"]).suffix)
             try:
                 doc = extract_document(
                     blob, name=raw["filename"], passwords=documents.pdf_passwords, limits=limits

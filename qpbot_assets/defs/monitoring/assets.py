@@ -4,7 +4,6 @@ what came before? evidently reports kept under `monitoring/drift/` of the state 
 
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -87,7 +86,7 @@ def drift_report(
     table.checkout(promoted.version)
     sides = {
         "documents": DocumentRows(table, documents.store),
-        "queries": QueryRows(feedback_db.folder, embedding_model.index_embedder(promoted)),
+        "queries": QueryRows(feedback_db.state, embedding_model.index_embedder(promoted)),
     }
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     report_key = f"{DRIFT_DIR}/{stamp}-{context.run_id[:8]}"
@@ -223,8 +222,8 @@ class QueryRows:
     """The questions of the copied answer log (`feedback_events`), each at the time it was
     asked, embedded on demand with the promoted index's model."""
 
-    def __init__(self, feedback_dir: Path, embedder: Embedder):
-        answers = read_table(feedback_dir, "answers", parse_json=False)
+    def __init__(self, feedback: st.StateStore, embedder: Embedder):
+        answers = read_table(feedback, "answers", parse_json=False)
         answers = answers[answers["query"].fillna("").str.strip() != ""]
         self.queries = answers["query"].tolist()
         self.times = answers["created_at"].tolist()

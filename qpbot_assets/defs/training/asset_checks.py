@@ -41,7 +41,7 @@ def candidate_at_least_as_good_as_champion(
     ]
     from qpbot_assets.learning.golden import feedback_golden_set
 
-    queries, qrels = feedback_golden_set(rated_answers(feedback_db.folder), split="validation")
+    queries, qrels = feedback_golden_set(rated_answers(feedback_db.state), split="validation")
     if queries:
         sets.append(GateSet("feedback-validation", queries, qrels))
     verdict = compare_retrievers(champion, challenger, sets)

@@ -25,6 +25,7 @@ from qpbot_assets.indexing.sync import adopt_table_vectors, reembed_table, snaps
 from qpbot_assets.learning.finetune import FineTuneParams, fine_tune_embedder
 from qpbot_serving import index as contract
 from qpbot_serving import state as st
+from qpbot_serving.object_store import cached_file
 
 TRAINING = {"group_name": "training"}
 REGISTERED_EMBEDDER = "qpbot-embedder"
@@ -68,7 +69,7 @@ def fine_tuned_embedder(
     version of `qpbot-embedder` with the alias `challenger`. Always starts from the
     configured model, so a version depends only on its pairs and hyperparameters."""
     latest = read_upstream(index, st.TRAINING_PAIRS)
-    pairs = pd.read_parquet(latest.path)
+    pairs = pd.read_parquet(cached_file(latest.path, index.cache_dir))
     train_pairs = int((pairs["split"] == "train").sum())
     if train_pairs < config.min_pairs:
         raise dg.Failure(
