@@ -25,11 +25,11 @@ cost a 4 KB block each on ext4 and millions of inodes; rows cost their bytes.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 import re
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
@@ -108,10 +108,20 @@ INLINE_OUTPUT_BYTES = 64 * 1024
 SCAN_ABOVE_DOCUMENTS = 5_000
 
 
-@functools.cache
+_engines: dict[str, sa.Engine] = {}
+_engines_lock = threading.Lock()  # threads of the service open it at once (uploads)
+
+
 def records_engine(database_url: str) -> sa.Engine:
-    """The engine of the records database, its tables created. SQLite runs in WAL mode, so
-    readers (the service) never wait for the writer, and writers wait for each other."""
+    """The engine of the records database (one per process), its tables created. SQLite
+    runs in WAL mode, so readers (the service) never wait for the writer."""
+    with _engines_lock:
+        if database_url not in _engines:
+            _engines[database_url] = _new_engine(database_url)
+        return _engines[database_url]
+
+
+def _new_engine(database_url: str) -> sa.Engine:
     engine = engine_for(database_url)
     if engine.dialect.name == "sqlite" and engine.url.database:
         Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -122,17 +132,40 @@ def records_engine(database_url: str) -> sa.Engine:
             connection.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints
             connection.execute("PRAGMA busy_timeout=60000")
 
-    metadata.create_all(engine)
+    try:
+        metadata.create_all(engine)
+    except sa.exc.DBAPIError:  # another process created the tables meanwhile
+        metadata.create_all(engine)
     return engine
 
 
-# A forked child must not share its parent's connections.
-os.register_at_fork(after_in_child=records_engine.cache_clear)
+def _forget_engines() -> None:
+    """In a forked child: its own connections, and a lock no parent thread holds."""
+    global _engines_lock
+    _engines.clear()
+    _engines_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_engines)
 
 
 def vectors_key(document_id: str, model_slug: str) -> str:
     # Spread over 256 folders: a folder of millions of files is slow to list.
     return f"vectors/{model_slug}/{document_id[-2:]}/{document_id}.npz"
+
+
+def upsert(conn, table: sa.Table, keys: list[str]):
+    """An INSERT that replaces the row with the same key (SQLite and PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise ValueError(f"the document store needs SQLite or PostgreSQL, not {conn.dialect.name}")
+    statement = insert(table)
+    values = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
+    return statement.on_conflict_do_update(index_elements=keys, set_=values)
+
 
 
 class DocumentRecords:
@@ -163,6 +196,22 @@ class DocumentRecords:
         return copy
 
     # --- records -----------------------------------------------------------------------
+    def register_sources(self, documents: Iterable[tuple[str, str]]) -> None:
+        """Records where documents come from, (document_id, uri) pairs in one transaction:
+        the source sensors and `qpbot ingest` before they add partitions, uploads as they
+        land (so the service can say "queued" at once)."""
+        documents = dict(documents)
+        known = self.source_uris(documents)
+        changed = [d for d in sorted(documents) if known.get(d) != documents[d]]
+        if not changed:
+            return
+        with self.engine.begin() as conn:
+            for document_id in changed:
+                conn.execute(
+                    upsert(conn, document_sources, ["document_id"]),
+                    {"document_id": document_id, "uri": documents[document_id]},
+                )
+
     def is_registered(self, document_id: str) -> bool:
         """Whether a source has listed the document (also after it was deleted there)."""
         return self._source_row(document_id) is not None

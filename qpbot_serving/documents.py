@@ -9,6 +9,7 @@ import threading
 import unicodedata
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import unquote, urlparse
 
 from qpbot_serving.document_store import (
     RAW_STAGE,
@@ -92,8 +93,11 @@ def save_upload(settings: QpbotSettings, filename: str, data: BinaryIO) -> dict:
             partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
-    document_id = document_id_for(target.resolve().as_uri())
-    replaced = replaced or DocumentRecords(settings).is_registered(document_id)
+    uri = target.resolve().as_uri()
+    document_id = document_id_for(uri)
+    records = DocumentRecords(settings)
+    replaced = replaced or records.is_registered(document_id)
+    records.register_sources([(document_id, uri)])  # its status is "queued" from now on
     return _upload_reply(document_id, name, size, sha256, replaced)
 
 
@@ -112,7 +116,9 @@ def _save_to_object_storage(settings: QpbotSettings, name: str, data: BinaryIO) 
             existing = client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
             replaced = any(item["Key"] == key for item in existing.get("Contents", []))
             client.upload_fileobj(spool, bucket, key)
-    return _upload_reply(document_id_for(f"s3://{bucket}/{key}"), name, size, sha256, replaced)
+    uri = f"s3://{bucket}/{key}"
+    DocumentRecords(settings).register_sources([(document_id_for(uri), uri)])
+    return _upload_reply(document_id_for(uri), name, size, sha256, replaced)
 
 
 def _copy_within_limit(data: BinaryIO, out: BinaryIO, max_upload_mb: int) -> tuple[int, str]:
@@ -156,21 +162,14 @@ def document_status(
     queued until it is fetched, then processing until its rows are in that table.
     """
     records = DocumentRecords(settings)
-    in_inbox = (
-        [p for p in settings.inbox_dir.glob("*") if p.is_file()]
-        if settings.inbox_dir.exists()
-        else []
-    )
-    pending = [p for p in in_inbox if document_id_for(p.resolve().as_uri()) == document_id]
     if not records.is_registered(document_id):
-        if pending:
-            return {"document_id": document_id, "filename": pending[0].name, "status": "queued"}
         raise DocumentNotFound(f"no document with id {document_id}")
+    uri = records.source_uri(document_id)
     # The name, never the server's path to it.
-    status: dict = {
-        "document_id": document_id,
-        "filename": display_name(records.source_uri(document_id)),
-    }
+    status: dict = {"document_id": document_id, "filename": display_name(uri)}
+    raw = records.read_stage(document_id, RAW_STAGE)
+    if _newer_version_waits(settings, uri, (raw or {}).get("output")):
+        return {**status, "status": "queued"}
     quarantine = records.quarantine(document_id)
     if quarantine is not None:
         return {
@@ -179,9 +178,6 @@ def document_status(
             "stage": quarantine["stage"],
             "reason": quarantine["reason"],
         }
-    raw = records.read_stage(document_id, RAW_STAGE)
-    if pending and not _is_fetched(pending[0], (raw or {}).get("output")):
-        return {**status, "status": "queued"}
     indexed = records.read_stage(document_id, indexed_stage(served_table)) if served_table else None
     indexed_from = ((indexed or {}).get("output") or {}).get("raw_fingerprint")
     # The rows the table holds were made from an earlier version of the document.
@@ -190,6 +186,34 @@ def document_status(
     if chunks and not outdated:
         return {**status, "status": "indexed", "chunks": chunks}
     return {**status, "status": "processing"}
+
+
+def _newer_version_waits(settings: QpbotSettings, uri: str, raw: dict | None) -> bool:
+    """Whether the document's source holds a version the store has not fetched yet: a file
+    changed since, an upload to the S3 inbox not fetched yet (or replaced since)."""
+    if uri.startswith("file://"):
+        return not _is_fetched(Path(unquote(urlparse(uri).path)), raw)
+    if settings.inbox_url and uri.startswith(settings.inbox_url):
+        head = _s3_head(uri)
+        if head is None:  # deleted meanwhile: no newer version waits
+            return False
+        return not raw or (raw.get("etag"), raw.get("size")) != head
+    return raw is None
+
+
+def _s3_head(uri: str) -> tuple[str, int] | None:
+    """(ETag without quotes, size) of an S3 object, or None when there is none."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3_url(uri)
+    try:
+        head = boto3.client("s3").head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+    return head["ETag"].strip('"'), head["ContentLength"]
 
 
 def _is_fetched(path: Path, raw: dict | None) -> bool:

@@ -121,7 +121,7 @@ def test_an_index_written_but_not_promoted_is_promoted_by_the_next_ingest(
     # are in the table (so nothing is stale any more), the pointer is at the old version.
     uri = Path(shutil.copy(sample_documents / "warranty-and-returns-policy.docx", folder)).as_uri()
     added = document_id_for(uri)
-    DocumentStore(settings).register(added, uri)
+    DocumentStore(settings).register_sources([(added, uri)])
     instance = get_instance(settings)
     instance.add_dynamic_partitions("documents", [added])
     job = load_definitions().resolve_job_def("ingest_documents")

@@ -40,7 +40,7 @@ def test_a_replaced_upload_is_not_reported_as_indexed_from_its_old_version(home)
     notes.write_text("The first version.")
     document_id = document_id_for(notes.resolve().as_uri())
     store = DocumentStore(home)
-    store.register(document_id, notes.resolve().as_uri())
+    store.register_sources([(document_id, notes.resolve().as_uri())])
     _ingest(store, notes, document_id)
     assert _status(home, document_id) == {
         "document_id": document_id,
@@ -69,7 +69,7 @@ def test_status_reads_the_stores_quarantine_and_original(home):
     os.utime(report, ns=(1, 1))
     document_id = document_id_for(report.resolve().as_uri())
     store = DocumentStore(home)
-    store.register(document_id, report.resolve().as_uri())
+    store.register_sources([(document_id, report.resolve().as_uri())])
     assert _status(home, document_id, chunks=0)["status"] == "queued"
 
     _ingest(store, report, document_id)

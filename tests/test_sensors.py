@@ -113,7 +113,7 @@ def test_s3_sensor_skips_clearly_without_a_bucket(tmp_path):
 def test_uploads_land_in_the_inbox_on_s3_and_the_inbox_sensor_finds_them(
     tmp_path, s3_server, monkeypatch
 ):
-    from qpbot_serving.documents import save_upload
+    from qpbot_serving.documents import DocumentNotFound, document_status, save_upload
     from qpbot_serving.settings import QpbotSettings
 
     endpoint, root = s3_server
@@ -147,3 +147,22 @@ def test_uploads_land_in_the_inbox_on_s3_and_the_inbox_sensor_finds_them(
         result = tick(inbox_sensor, instance, None, documents=documents, s3=S3Resource())
         assert instance.get_dynamic_partitions("documents") == [first["document_id"]]
         assert [r.job_name for r in result.run_requests] == ["ingest_documents"]
+
+    # The replica tells an upload's status from the shared records: queued until a worker
+    # fetches the version uploaded last, processing after, queued again for a newer upload.
+    def status():
+        return document_status(settings, first["document_id"], lambda _: None)["status"]
+
+    assert status() == "queued"
+    with pytest.raises(DocumentNotFound):
+        document_status(settings, "notes.md-0123456789ab", lambda _: None)
+    head = s3_client(endpoint).head_object(Bucket="qpbot", Key="site/inbox/notes.md")
+    fetched = {
+        "filename": "notes.md",
+        "etag": head["ETag"].strip('"'),
+        "size": head["ContentLength"],
+    }
+    documents.store.run_stage(first["document_id"], "raw", "fetched", lambda: fetched)
+    assert status() == "processing"
+    save_upload(settings, "notes.md", io.BytesIO(b"# Notes\n\nThe office closes at 8 pm."))
+    assert status() == "queued"

@@ -17,7 +17,7 @@ def local_store(home) -> DocumentStore:
 
 def test_a_stage_is_not_recomputed_for_the_same_input(tmp_path):
     store = local_store(tmp_path)
-    store.register("doc", "file:///doc.txt")
+    store.register_sources([("doc", "file:///doc.txt")])
     calls = []
 
     def compute():
@@ -37,7 +37,7 @@ def test_a_stage_is_not_recomputed_for_the_same_input(tmp_path):
 
 def test_quarantine_is_recorded_once_and_propagates_downstream(tmp_path):
     store = local_store(tmp_path)
-    store.register("doc", "file:///broken.pdf")
+    store.register_sources([("doc", "file:///broken.pdf")])
 
     def extract():
         raise Quarantined("the PDF is damaged", "malformed")
@@ -79,7 +79,7 @@ def test_blobs_are_content_addressed(tmp_path):
 
 def test_large_outputs_are_objects_named_by_their_row(tmp_path):
     store = local_store(tmp_path)
-    store.register("doc", "file:///long.pdf")
+    store.register_sources([("doc", "file:///long.pdf")])
     long_text = {"text": "word " * INLINE_OUTPUT_BYTES}
     store.run_stage("doc", "extracted", "v1", lambda: long_text)
     with store.engine.connect() as conn:
@@ -170,7 +170,7 @@ def test_the_store_on_postgresql_and_s3_keeps_nothing_on_local_disk(
     store = DocumentStore(settings)
     source = tmp_path / "a.md"
     source.write_text("# A\n\nSome text.")
-    store.register("doc-1", source.as_uri())
+    store.register_sources([("doc-1", source.as_uri())])
     sha256, _ = store.put_blob(source, ".md")
     store.run_stage("doc-1", "raw", "f", lambda: {"sha256": sha256})
     store.run_stage("doc-1", "extracted", "f", lambda: {"text": "x" * INLINE_OUTPUT_BYTES})

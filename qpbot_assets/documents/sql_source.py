@@ -261,7 +261,7 @@ class SqlTable:
             for obj in objects
             if (store.snapshot(obj.document_id) or {}).get("version") != obj.version
         ]
-        store.register_many((obj.document_id, obj.uri) for obj in due)
+        store.register_sources((obj.document_id, obj.uri) for obj in due)
         for obj, document in self.fetch_documents(due):
             store.put_snapshot(obj.document_id, document, ROW_DOCUMENT_SUFFIX, obj.version)
         return len(due)

@@ -16,7 +16,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from qpbot_serving.document_store import (
     DocumentRecords,
     document_sources,
     document_stages,
+    upsert,
     vectors_key,
 )
 from qpbot_serving.index import model_slug
@@ -82,25 +83,6 @@ class DocumentStore(DocumentRecords):
         if not self.objects.exists(key):
             self.objects.upload(key, source)
         return sha256, source.stat().st_size
-
-    # --- document registry -----------------------------------------------------------
-    def register(self, document_id: str, source_uri: str) -> None:
-        """Records where a document comes from; sources call this before adding a partition."""
-        self.register_many([(document_id, source_uri)])
-
-    def register_many(self, documents: Iterable[tuple[str, str]]) -> None:
-        """`register` for many (document_id, uri) pairs, in one transaction."""
-        documents = dict(documents)
-        if not documents:
-            return
-        known = self.source_uris(documents)
-        changed = [d for d in sorted(documents) if known.get(d) != documents[d]]
-        with self.engine.begin() as conn:
-            for document_id in changed:
-                conn.execute(
-                    _upsert(conn, document_sources, ["document_id"]),
-                    {"document_id": document_id, "uri": documents[document_id]},
-                )
 
     def put_snapshot(self, document_id: str, content: bytes, suffix: str, version: str) -> bool:
         """Keeps a document's content for a source that has no file of its own (a database
@@ -220,7 +202,7 @@ class DocumentStore(DocumentRecords):
     @staticmethod
     def _write_record(conn, document_id: str, stage: str, record: dict) -> None:
         conn.execute(
-            _upsert(conn, document_stages, ["document_id", "stage"]),
+            upsert(conn, document_stages, ["document_id", "stage"]),
             {"document_id": document_id, "stage": stage, "record": record},
         )
 
@@ -281,19 +263,6 @@ def output_of(record: dict | None, document_id: str, stage: str) -> Any:
     return record["output"]
 
 
-def _upsert(conn, table: sa.Table, keys: list[str]):
-    """An INSERT that replaces the row with the same key (SQLite and PostgreSQL)."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif conn.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise ValueError(f"the document store needs SQLite or PostgreSQL, not {conn.dialect.name}")
-    statement = insert(table)
-    values = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
-    return statement.on_conflict_do_update(index_elements=keys, set_=values)
-
-
 # --- stores written before the records moved into a database --------------------------
 
 
@@ -320,7 +289,7 @@ def _import_files(store: DocumentStore, documents: Path, sources: Path, snapshot
     for path in sorted(sources.glob("*.json")) if sources.is_dir() else []:
         record = json.loads(path.read_text())
         registry[record["document_id"]] = record["uri"]
-    store.register_many(registry.items())
+    store.register_sources(registry.items())
     for path in sorted(snapshots.glob("*.json")) if snapshots.is_dir() else []:
         with store.engine.begin() as conn:
             conn.execute(

@@ -52,7 +52,7 @@ def ingest_paths(settings: QpbotSettings, paths: list[Path], quiet: bool = False
         else:
             objects.append(SourceObject(path.as_uri(), ""))
     wanted = list(dict.fromkeys(obj.document_id for obj in objects))
-    store.register_many((obj.document_id, obj.uri) for obj in objects)
+    store.register_sources((obj.document_id, obj.uri) for obj in objects)
     return _ingest_documents(settings, store, wanted, lambda uri: _is_under(uri, folders), quiet)
 
 
@@ -71,7 +71,7 @@ def ingest_sql(
     with SqlTable(source, setting) as table:
         rows = table.list_rows()
         table.stage(store, rows)
-    store.register_many((row.document_id, row.uri) for row in rows)
+    store.register_sources((row.document_id, row.uri) for row in rows)
     return _ingest_documents(
         settings,
         store,

@@ -54,7 +54,7 @@ def sync_source(
 
     known = set(context.instance.get_dynamic_partitions(documents_partitions.name))
     new_ids = [obj.document_id for obj in changes.added if obj.document_id not in known]
-    store.register_many((obj.document_id, obj.uri) for obj in changes.added + changes.changed)
+    store.register_sources((obj.document_id, obj.uri) for obj in changes.added + changes.changed)
     removed_ids = [SourceObject(uri, "").document_id for uri in changes.removed]
 
     run_requests = []
