@@ -10,7 +10,6 @@ from qpbot_assets.defs.resources import (
     EmbeddingModelResource,
     SearchIndexResource,
 )
-from qpbot_assets.documents.store import Quarantined
 from qpbot_assets.indexing.sync import scan
 from qpbot_serving import index as contract
 from qpbot_serving.state import INDEX_SNAPSHOT
@@ -38,13 +37,12 @@ def index_rows_match_live_chunks(
     duplicates = [cid for cid, n in Counter(r["chunk_id"] for r in rows).items() if n > 1]
     mismatched = []
     expected_total = 0
-    for document_id in live_document_ids(context):
-        try:
-            expected = [c["chunk_id"] for c in documents.store.stage_output(document_id, "chunks")]
-        except Quarantined:
-            expected = []
-        except LookupError:  # registered but not processed yet: it has no rows either
-            expected = []
+    live = live_document_ids(context)
+    chunk_records = documents.store.read_stages(live, ["chunks"])  # a few queries, not one each
+    for document_id in live:
+        # Not processed yet, or quarantined: it has no rows either.
+        record = chunk_records.get((document_id, "chunks")) or {}
+        expected = [c["chunk_id"] for c in record.get("output") or []]
         expected_total += len(expected)
         if sorted(expected) != sorted(in_index.get(document_id, [])):
             mismatched.append(document_id)
