@@ -129,7 +129,8 @@ def _new_engine(database_url: str) -> sa.Engine:
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(connection, _record) -> None:
             connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints
+            # A power cut may lose the last commits, never corrupt: those stages run again.
+            connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA busy_timeout=60000")
 
     try:
@@ -154,8 +155,9 @@ def vectors_key(document_id: str, model_slug: str) -> str:
     return f"vectors/{model_slug}/{document_id[-2:]}/{document_id}.npz"
 
 
-def upsert(conn, table: sa.Table, keys: list[str]):
-    """An INSERT that replaces the row with the same key (SQLite and PostgreSQL)."""
+def upsert(conn, table: sa.Table, keys: list[str], update: list[str]):
+    """An INSERT that, for a row with the same key, sets the columns `update` instead
+    (SQLite and PostgreSQL)."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif conn.dialect.name == "sqlite":
@@ -163,9 +165,8 @@ def upsert(conn, table: sa.Table, keys: list[str]):
     else:
         raise ValueError(f"the document store needs SQLite or PostgreSQL, not {conn.dialect.name}")
     statement = insert(table)
-    values = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
+    values = {name: statement.excluded[name] for name in update}
     return statement.on_conflict_do_update(index_elements=keys, set_=values)
-
 
 
 class DocumentRecords:
@@ -208,7 +209,7 @@ class DocumentRecords:
         with self.engine.begin() as conn:
             for document_id in changed:
                 conn.execute(
-                    upsert(conn, document_sources, ["document_id"]),
+                    upsert(conn, document_sources, ["document_id"], update=["uri"]),
                     {"document_id": document_id, "uri": documents[document_id]},
                 )
 

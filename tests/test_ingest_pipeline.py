@@ -214,3 +214,52 @@ def test_a_large_enough_index_gets_a_vector_index(
         assert [h.chunk_id for h in retriever.search(question, 5, mode)] == [
             h.chunk_id for h in flat.search(question, 5, mode)
         ]
+
+
+def test_the_index_check_sees_missing_rows_and_leaves_documents_in_flight_alone(
+    qpbot_home, sample_documents, tmp_path
+):
+    """`index_rows_match_live_chunks` on the snapshot: a document another run is still
+    processing (its chunks changed since the sync) is pending, not a failure; a document
+    the index records as current but whose rows are gone fails the check."""
+    from qpbot_assets.defs.indexing.asset_checks import index_rows_match_live_chunks
+    from qpbot_assets.defs.indexing.assets import search_index
+    from qpbot_assets.runtime.instance import get_instance
+    from qpbot_serving.state import INDEX_SNAPSHOT
+
+    folder = tmp_path / "docs"
+    shutil.copytree(sample_documents, folder)
+    settings = QpbotSettings()
+    assert ingest_paths(settings, [folder], quiet=True)["success"]
+    store = DocumentStore(settings)
+    defs = load_definitions()
+
+    def check() -> dg.AssetCheckEvaluation:
+        result = dg.materialize(
+            [search_index, index_rows_match_live_chunks],
+            selection=dg.AssetSelection.checks(index_rows_match_live_chunks),
+            resources=defs.resources,
+            instance=get_instance(settings),
+            raise_on_error=False,
+        )
+        [evaluation] = result.get_asset_check_evaluations()
+        return evaluation
+
+    assert check().passed
+
+    # In flight: new chunks written by a run that has not reached search_index yet.
+    policy = document_id_for((folder / "travel-and-expense-policy.md").resolve().as_uri())
+    store.run_stage(policy, "chunks", "a later version", lambda: [])
+    in_flight = check()
+    assert in_flight.passed and in_flight.metadata["pending_documents"].value == 1
+
+    # Rows gone from a document the index records as current: the check fails.
+    handbook = document_id_for((folder / "kestrel-k2-user-handbook.pdf").resolve().as_uri())
+    state = StateStore.from_settings(settings)
+    snapshot = state.read(INDEX_SNAPSHOT)
+    table = contract.connect(state).open_table(snapshot.table)
+    table.delete(f"document_id = '{handbook}'")
+    state.write(INDEX_SNAPSHOT, snapshot.model_copy(update={"version": table.version}))
+    broken = check()
+    assert not broken.passed
+    assert broken.metadata["mismatched_documents"].value == [handbook]

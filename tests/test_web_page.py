@@ -108,7 +108,9 @@ def token_service(ingested_home, chat_server, tmp_path_factory):
     """The same documents served with two tokens configured: one may read and write, the
     other only read. On a copy of the home, so that uploads and feedback stay apart."""
     home = tmp_path_factory.mktemp("web-tokens") / "home"
-    shutil.copytree(ingested_home, home, ignore=shutil.ignore_patterns("inbox", "spool", "*.db"))
+    # Not the answer log (feedback.db): the document records (documents.db) are needed.
+    apart = shutil.ignore_patterns("inbox", "spool", "feedback.db*")
+    shutil.copytree(ingested_home, home, ignore=apart)
     tokens = [
         {"token": READ_WRITE_TOKEN, "scopes": ["read", "write"]},
         {"token": READ_ONLY_TOKEN, "scopes": ["read"]},

@@ -202,7 +202,7 @@ class DocumentStore(DocumentRecords):
     @staticmethod
     def _write_record(conn, document_id: str, stage: str, record: dict) -> None:
         conn.execute(
-            upsert(conn, document_stages, ["document_id", "stage"]),
+            upsert(conn, document_stages, ["document_id", "stage"], update=["record"]),
             {"document_id": document_id, "stage": stage, "record": record},
         )
 
