@@ -151,7 +151,7 @@ def test_a_store_of_the_earlier_file_layout_is_imported_once(tmp_path):
     assert list(store.quarantined()) == [quarantine]
     assert list(store.read_vectors("doc-1", "model-a")) == ["c1"]
     assert not (tmp_path / "documents").exists() and (tmp_path / "documents.imported").is_dir()
-    assert local_store(tmp_path).processed_document_ids() == ["doc-1"]
+    assert local_store(tmp_path).read_stage("doc-1", "raw")["output"] == {"sha256": "x"}
 
 
 def test_the_store_on_postgresql_and_s3_keeps_nothing_on_local_disk(

@@ -106,12 +106,6 @@ class DocumentStore(DocumentRecords):
             raise KeyError(f"register {document_id!r} before keeping its snapshot")
         return True
 
-    def processed_document_ids(self) -> list[str]:
-        """Documents with stage records."""
-        with self.engine.connect() as conn:
-            query = sa.select(document_stages.c.document_id).distinct()
-            return sorted(conn.scalars(query))
-
     def forget(self, document_id: str) -> None:
         """Removes a deleted document's stage records, vectors and large outputs (its source
         record stays, and its blobs, shared by content)."""
