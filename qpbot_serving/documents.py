@@ -162,13 +162,14 @@ def document_status(
     queued until it is fetched, then processing until its rows are in that table.
     """
     records = DocumentRecords(settings)
-    if not records.is_registered(document_id):
-        raise DocumentNotFound(f"no document with id {document_id}")
-    uri = records.source_uri(document_id)
+    try:
+        uri = records.source_uri(document_id)
+    except KeyError:
+        raise DocumentNotFound(f"no document with id {document_id}") from None
     # The name, never the server's path to it.
     status: dict = {"document_id": document_id, "filename": display_name(uri)}
     raw = records.read_stage(document_id, RAW_STAGE)
-    if _newer_version_waits(settings, uri, (raw or {}).get("output")):
+    if _newer_version_waits(records, uri, (raw or {}).get("output")):
         return {**status, "status": "queued"}
     quarantine = records.quarantine(document_id)
     if quarantine is not None:
@@ -188,32 +189,18 @@ def document_status(
     return {**status, "status": "processing"}
 
 
-def _newer_version_waits(settings: QpbotSettings, uri: str, raw: dict | None) -> bool:
+def _newer_version_waits(records: DocumentRecords, uri: str, raw: dict | None) -> bool:
     """Whether the document's source holds a version the store has not fetched yet: a file
-    changed since, an upload to the S3 inbox not fetched yet (or replaced since)."""
+    changed since, an upload to the S3 inbox (under the storage root) not fetched yet or
+    replaced since."""
     if uri.startswith("file://"):
         return not _is_fetched(Path(unquote(urlparse(uri).path)), raw)
-    if settings.inbox_url and uri.startswith(settings.inbox_url):
-        head = _s3_head(uri)
+    if not records.is_local and uri.startswith(f"{records.objects.url}/"):
+        head = records.objects.head(uri.removeprefix(f"{records.objects.url}/"))
         if head is None:  # deleted meanwhile: no newer version waits
             return False
         return not raw or (raw.get("etag"), raw.get("size")) != head
     return raw is None
-
-
-def _s3_head(uri: str) -> tuple[str, int] | None:
-    """(ETag without quotes, size) of an S3 object, or None when there is none."""
-    import boto3
-    from botocore.exceptions import ClientError
-
-    bucket, key = split_s3_url(uri)
-    try:
-        head = boto3.client("s3").head_object(Bucket=bucket, Key=key)
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return None
-        raise
-    return head["ETag"].strip('"'), head["ContentLength"]
 
 
 def _is_fetched(path: Path, raw: dict | None) -> bool:

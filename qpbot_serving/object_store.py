@@ -166,15 +166,19 @@ class S3Objects:
         self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
 
     def exists(self, key: str) -> bool:
+        return self.head(key) is not None
+
+    def head(self, key: str) -> tuple[str, int] | None:
+        """(ETag without quotes, size) of the object `key`, or None when there is none."""
         from botocore.exceptions import ClientError
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+            head = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
+                return None
             raise
-        return True
+        return head["ETag"].strip('"'), head["ContentLength"]
 
     def upload(self, key: str, source: Path) -> None:
         """Stores the file `source` as `key` (multipart for large files)."""

@@ -137,6 +137,8 @@ def test_a_store_of_the_earlier_file_layout_is_imported_once(tmp_path):
     docs = tmp_path / "documents" / "doc-1"
     docs.mkdir(parents=True)
     (docs / "raw.json").write_text(json.dumps({"fingerprint": "f", "output": {"sha256": "x"}}))
+    long_text = {"text": "word " * INLINE_OUTPUT_BYTES}
+    (docs / "extracted.json").write_text(json.dumps({"fingerprint": "e", "output": long_text}))
     quarantine = {"document_id": "doc-1", "source": "file:///a.pdf", "stage": "raw"}
     (docs / "quarantine.json").write_text(json.dumps(quarantine))
     buffer_path = docs / "vectors.model-a.npz"
@@ -152,6 +154,9 @@ def test_a_store_of_the_earlier_file_layout_is_imported_once(tmp_path):
     assert list(store.read_vectors("doc-1", "model-a")) == ["c1"]
     assert not (tmp_path / "documents").exists() and (tmp_path / "documents.imported").is_dir()
     assert local_store(tmp_path).read_stage("doc-1", "raw")["output"] == {"sha256": "x"}
+    # A large output of the old layout became an object, as run_stage would store it.
+    assert store.stage_output("doc-1", "extracted") == long_text
+    assert "output_key" in store._stored_record("doc-1", "extracted")
 
 
 def test_the_store_on_postgresql_and_s3_keeps_nothing_on_local_disk(

@@ -96,6 +96,10 @@ class DocumentStore(DocumentRecords):
         record = {"sha256": sha256, "suffix": suffix, "size": len(content), "version": version}
         if self.snapshot(document_id) == record:
             return False
+        self._set_snapshot(document_id, record)
+        return True
+
+    def _set_snapshot(self, document_id: str, record: dict) -> None:
         with self.engine.begin() as conn:
             updated = conn.execute(
                 sa.update(document_sources)
@@ -104,7 +108,6 @@ class DocumentStore(DocumentRecords):
             )
         if updated.rowcount != 1:
             raise KeyError(f"register {document_id!r} before keeping its snapshot")
-        return True
 
     def forget(self, document_id: str) -> None:
         """Removes a deleted document's stage records, vectors and large outputs (its source
@@ -285,18 +288,18 @@ def _import_files(store: DocumentStore, documents: Path, sources: Path, snapshot
         registry[record["document_id"]] = record["uri"]
     store.register_sources(registry.items())
     for path in sorted(snapshots.glob("*.json")) if snapshots.is_dir() else []:
-        with store.engine.begin() as conn:
-            conn.execute(
-                sa.update(document_sources)
-                .where(document_sources.c.document_id == path.stem)
-                .values(snapshot=json.loads(path.read_text()))
-            )
+        store._set_snapshot(path.stem, json.loads(path.read_text()))
     moved = 0
     folders = sorted(p for p in documents.iterdir() if p.is_dir()) if documents.is_dir() else []
     for folder in tqdm(folders, desc="importing document records", disable=len(folders) < 100):
+        records = {path.stem: json.loads(path.read_text()) for path in folder.glob("*.json")}
+        for stage, record in records.items():
+            if "output" in record:  # a large output becomes an object, as run_stage makes it
+                fp = record["fingerprint"]
+                records[stage] = store._stored_output(folder.name, stage, fp, record["output"])
         with store.engine.begin() as conn:
-            for path in folder.glob("*.json"):
-                store._write_record(conn, folder.name, path.stem, json.loads(path.read_text()))
+            for stage, record in records.items():
+                store._write_record(conn, folder.name, stage, record)
         for path in [*folder.glob("vectors.*.npz"), *folder.glob("vectors/*.npz")]:
             slug = path.name.removeprefix("vectors.").removesuffix(".npz")
             store.objects.upload(vectors_key(folder.name, slug), path)
