@@ -183,6 +183,12 @@ def test_a_locked_index_falls_back_to_single_events(tmp_path, monkeypatch):
     monkeypatch.setattr(BatchingSqliteEventLogStorage, "index_transaction", locked_once)
     instance = run_ranges(tmp_path / "home", qpbot_storage, monkeypatch, batch_size="1000")
     assert failed
+    assert_batch_written_once(instance)
+
+
+def assert_batch_written_once(instance) -> None:
+    """After a batch that failed and was written again event by event: every partition
+    materialized, each planned event there once."""
     assert sorted(instance.get_materialized_partitions(dg.AssetKey("second"))) == KEYS
     first_run = instance.get_runs()[-1]
     planned = [
@@ -190,7 +196,7 @@ def test_a_locked_index_falls_back_to_single_events(tmp_path, monkeypatch):
         for e in instance.all_logs(first_run.run_id)
         if e.dagster_event_type == dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED
     ]
-    assert len(planned) == 2 * len(KEYS)  # the failed batch (planned events) written once
+    assert len(planned) == 2 * len(KEYS)
 
 
 def connect(url: str):
@@ -302,11 +308,4 @@ def test_a_failed_postgres_batch_writes_nothing(postgres_database, tmp_path, mon
     )
     assert failed
     assert FELL_BACK in capfd.readouterr().err
-    assert sorted(instance.get_materialized_partitions(dg.AssetKey("second"))) == KEYS
-    first_run = instance.get_runs()[-1]
-    planned = [
-        e
-        for e in instance.all_logs(first_run.run_id)
-        if e.dagster_event_type == dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED
-    ]
-    assert len(planned) == 2 * len(KEYS)  # the failed batch (planned events) written once
+    assert_batch_written_once(instance)
