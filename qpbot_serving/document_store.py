@@ -37,7 +37,7 @@ from urllib.parse import quote, unquote, urlparse
 import sqlalchemy as sa
 
 from qpbot_serving.answer_log import engine_for
-from qpbot_serving.object_store import objects_at
+from qpbot_serving.object_store import cached_file, objects_at
 
 QUARANTINE = "quarantine"
 RAW_STAGE = "raw"
@@ -188,13 +188,7 @@ class DocumentRecords:
     def blob_file(self, sha256: str, suffix: str = "") -> Path:
         """A local file with the blob's bytes: the stored file itself on local disk, else a
         copy in the cache (blobs never change, so a copy once made stays right)."""
-        key = self.blob_key(sha256, suffix)
-        if self.is_local:
-            return self.objects.root / key
-        copy = self.cache_dir / key
-        if not copy.is_file():
-            self.objects.download(key, copy)
-        return copy
+        return cached_file(f"{self.objects.url}/{self.blob_key(sha256, suffix)}", self.cache_dir)
 
     # --- records -----------------------------------------------------------------------
     def register_sources(self, documents: Iterable[tuple[str, str]]) -> None:

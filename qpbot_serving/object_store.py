@@ -8,6 +8,7 @@ gets it on local disk through `cached_folder`.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -17,7 +18,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,31 @@ def _flocked(folder: Path) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
+_AWS_VARIABLES = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+)
+
+
+def _aws_environment() -> tuple[str | None, ...]:
+    return tuple(os.environ.get(name) for name in _AWS_VARIABLES)
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_session(environment: tuple[str | None, ...]):
+    """(session, S3 client) for one AWS_* configuration, made once per process: a session
+    and its client take tens of milliseconds to build, and every StateStore, document
+    store and status request would otherwise build them again (clients are thread-safe)."""
+    import boto3
+
+    session = boto3.session.Session()
+    return session, session.client("s3")
+
+
 class S3Objects:
     """Objects under `s3://bucket/prefix`. The endpoint, region and credentials are boto3's:
     the standard AWS_* variables (AWS_ENDPOINT_URL for an S3-compatible server), or its
@@ -130,15 +155,13 @@ class S3Objects:
         self.bucket, prefix = split_s3_url(self.url)
         self.prefix = f"{prefix}/" if prefix else ""
 
-    @cached_property
+    @property
     def session(self):
-        import boto3
+        return _s3_session(_aws_environment())[0]
 
-        return boto3.session.Session()
-
-    @cached_property
+    @property
     def client(self):
-        return self.session.client("s3")
+        return _s3_session(_aws_environment())[1]
 
     def get(self, key: str) -> tuple[bytes, str] | None:
         try:
@@ -220,15 +243,9 @@ class S3Objects:
             n for n, size in remote.items() if n not in local or local[n].stat().st_size != size
         ]
 
-        def download(name: str) -> None:
-            target = folder / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
-            self.client.download_file(self.bucket, under + name, str(partial))
-            os.replace(partial, target)  # a crash never leaves half a file under its name
-
+        base = key.rstrip("/")
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(download, missing))
+            list(pool.map(lambda name: self.download(f"{base}/{name}", folder / name), missing))
         return len(missing)
 
     def storage_options(self) -> dict[str, str]:
