@@ -8,8 +8,9 @@ Records (small, many, rewritten in place) are rows of a relational database; con
 needed on a worker's disk when both are remote (PostgreSQL and S3).
 
     database: QPBOT_DATABASE_URL, by default SQLite at $QPBOT_HOME/documents.db
-      document_sources (document_id, uri, snapshot)  where a document comes from (kept
-          after its deletion), and the content a source keeps here (a database row's)
+      document_sources (document_id, uri, snapshot, shard, live)  where a document comes
+          from (kept after its deletion, no longer live), the content a source keeps here
+          (a database row's), and its shard: the Dagster partition it is processed in
       document_stages (document_id, stage, record)  each stage's output with the
           fingerprint of its input: raw, extracted, cleaned, metadata, chunks,
           embeddings.<model>, indexed.<table> (what it last wrote into a LanceDB table)
@@ -46,8 +47,19 @@ EMBEDDINGS_PREFIX = "embeddings."  # + the model's slug: a document's vectors of
 ROW_DOCUMENT_SUFFIX = ".md"
 
 
+# Documents are processed in 256 shards, the Dagster partitions of the per-document assets:
+# few and fixed, so partitions stay far below Dagster's ~100k per asset and its storage per
+# document falls with the shard size (docs/scaling.md). A shard is the id's last two hex
+# digits (of the URI's hash), so documents spread evenly and never move.
+SHARD_DIGITS = 2
+
+
+def shard_of(document_id: str) -> str:
+    return document_id[-SHARD_DIGITS:]
+
+
 def document_id_for(uri: str) -> str:
-    """A document's id (its partition key): a readable slug of its file name plus a hash of
+    """A document's id: a readable slug of its file name plus a hash of
     the full source URI, so it is stable across runs, unique per source and safe in any path."""
     name = display_name(uri).lower()
     slug = re.sub(r"[^a-z0-9._-]+", "-", name)
@@ -89,6 +101,10 @@ document_sources = sa.Table(
     sa.Column("document_id", sa.String(200), primary_key=True),
     sa.Column("uri", sa.Text, nullable=False),
     sa.Column("snapshot", sa.JSON),  # {"sha256", "suffix", "size", "version"}
+    sa.Column("shard", sa.String(8), nullable=False),
+    # False once its source no longer lists it: search_index then removes its chunks.
+    sa.Column("live", sa.Boolean, nullable=False),
+    sa.Index("document_sources_by_shard", "shard", "live"),
 )
 
 document_stages = sa.Table(
@@ -137,7 +153,46 @@ def _new_engine(database_url: str) -> sa.Engine:
         metadata.create_all(engine)
     except sa.exc.DBAPIError:  # another process created the tables meanwhile
         metadata.create_all(engine)
+    _add_shard_columns(engine)
     return engine
+
+
+def _add_shard_columns(engine: sa.Engine) -> None:
+    """Adds `shard` and `live` to a records database made before documents had shards (the
+    live set was Dagster's partitions then). A document is taken as live when it has stage
+    records or its file still exists; one without records and without a file was deleted
+    from its source (and forgotten) or, for S3 and database rows, cannot be checked here:
+    a source sensor that lists it again registers it again."""
+    columns = {column["name"] for column in sa.inspect(engine).get_columns("document_sources")}
+    if "shard" in columns:
+        return
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE document_sources ADD COLUMN shard VARCHAR(8)"))
+            conn.execute(sa.text("ALTER TABLE document_sources ADD COLUMN live BOOLEAN"))
+            with_records = set(conn.scalars(sa.select(document_stages.c.document_id).distinct()))
+            for document_id, uri in conn.execute(
+                sa.select(document_sources.c.document_id, document_sources.c.uri)
+            ).all():
+                conn.execute(
+                    sa.update(document_sources)
+                    .where(document_sources.c.document_id == document_id)
+                    .values(
+                        shard=shard_of(document_id),
+                        live=document_id in with_records or _file_exists(uri),
+                    )
+                )
+            conn.execute(sa.text(
+                "CREATE INDEX document_sources_by_shard ON document_sources (shard, live)"
+            ))
+    except sa.exc.DBAPIError:  # another process added them meanwhile
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("document_sources")}
+        if "shard" not in columns:
+            raise
+
+
+def _file_exists(uri: str) -> bool:
+    return uri.startswith("file://") and Path(unquote(urlparse(uri).path)).exists()
 
 
 def _forget_engines() -> None:
@@ -152,7 +207,7 @@ os.register_at_fork(after_in_child=_forget_engines)
 
 def vectors_key(document_id: str, model_slug: str) -> str:
     # Spread over 256 folders: a folder of millions of files is slow to list.
-    return f"vectors/{model_slug}/{document_id[-2:]}/{document_id}.npz"
+    return f"vectors/{model_slug}/{shard_of(document_id)}/{document_id}.npz"
 
 
 def upsert(conn, table: sa.Table, keys: list[str], update: list[str]):
@@ -192,20 +247,38 @@ class DocumentRecords:
 
     # --- records -----------------------------------------------------------------------
     def register_sources(self, documents: Iterable[tuple[str, str]]) -> None:
-        """Records where documents come from, (document_id, uri) pairs in one transaction:
-        the source sensors and `qpbot ingest` before they add partitions, uploads as they
-        land (so the service can say "queued" at once)."""
+        """Records where live documents come from, (document_id, uri) pairs in one
+        transaction: the source sensors and `qpbot ingest` before they start runs, uploads
+        as they land (so the service can say "queued" at once)."""
         documents = dict(documents)
-        known = self.source_uris(documents)
+        known = self.source_uris(documents, live_only=True)
         changed = [d for d in sorted(documents) if known.get(d) != documents[d]]
         if not changed:
             return
         with self.engine.begin() as conn:
             for document_id in changed:
                 conn.execute(
-                    upsert(conn, document_sources, ["document_id"], update=["uri"]),
-                    {"document_id": document_id, "uri": documents[document_id]},
+                    upsert(conn, document_sources, ["document_id"], update=["uri", "live"]),
+                    {
+                        "document_id": document_id,
+                        "uri": documents[document_id],
+                        "shard": shard_of(document_id),
+                        "live": True,
+                    },
                 )
+
+    def live_documents(self, shards: Iterable[str] | None = None) -> list[str]:
+        """The ids of the live documents, of the given shards or of all, in id order."""
+        query = sa.select(document_sources.c.document_id).where(document_sources.c.live)
+        if shards is not None:
+            query = query.where(document_sources.c.shard.in_(sorted(set(shards))))
+        with self.engine.connect() as conn:
+            return list(conn.scalars(query.order_by(document_sources.c.document_id)))
+
+    def live_count(self) -> int:
+        with self.engine.connect() as conn:
+            query = sa.select(sa.func.count()).where(document_sources.c.live)
+            return conn.scalar(query.select_from(document_sources))
 
     def is_registered(self, document_id: str) -> bool:
         """Whether a source has listed the document (also after it was deleted there)."""
@@ -217,8 +290,8 @@ class DocumentRecords:
             raise KeyError(f"document {document_id!r} is not registered with any source")
         return row.uri
 
-    def source_uris(self, document_ids: Iterable[str]) -> dict[str, str]:
-        """{document_id: uri} of the registered ones among many documents."""
+    def source_uris(self, document_ids: Iterable[str], live_only: bool = False) -> dict[str, str]:
+        """{document_id: uri} of the registered (or only the live) ones among many documents."""
         ids = sorted(set(document_ids))
         found: dict[str, str] = {}
         with self.engine.connect() as conn:
@@ -226,6 +299,8 @@ class DocumentRecords:
                 query = sa.select(document_sources.c.document_id, document_sources.c.uri).where(
                     document_sources.c.document_id.in_(ids[start : start + 500])
                 )
+                if live_only:
+                    query = query.where(document_sources.c.live)
                 found.update((row.document_id, row.uri) for row in conn.execute(query))
         return found
 

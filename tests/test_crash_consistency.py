@@ -27,6 +27,7 @@ from qpbot_assets.documents.store import DocumentStore
 from qpbot_assets.runtime.instance import PROCESS_TAG, get_instance, process_tags
 from qpbot_assets.runtime.runs import ingest_paths, load_definitions
 from qpbot_serving import index as contract
+from qpbot_serving.document_store import shard_of
 from qpbot_serving.settings import QpbotSettings
 from qpbot_serving.state import INDEX_SNAPSHOT, PROMOTED_INDEX, StateStore
 
@@ -123,11 +124,11 @@ def test_an_index_written_but_not_promoted_is_promoted_by_the_next_ingest(
     added = document_id_for(uri)
     DocumentStore(settings).register_sources([(added, uri)])
     instance = get_instance(settings)
-    instance.add_dynamic_partitions("documents", [added])
+    instance.add_dynamic_partitions("document_shards", [shard_of(added)])
     job = load_definitions().resolve_job_def("ingest_documents")
     unpromoted = job.execute_in_process(
         instance=instance,
-        tags=partition_range_tags(added, added),
+        tags=partition_range_tags(shard_of(added), shard_of(added)),
         asset_selection=[k for k in job.asset_layer.executable_asset_keys if k != PROMOTED],
     )
     assert unpromoted.success

@@ -1,4 +1,4 @@
-"""Source sensors under a real test instance: partitions added and deleted, run keys, S3."""
+"""Source sensors under a real test instance: live documents, shard partitions, run keys, S3."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from qpbot_assets.defs.ingestion.assets import raw_document
 from qpbot_assets.defs.ingestion.sensors import inbox_sensor, s3_sensor
 from qpbot_assets.defs.resources import DocumentStoreResource, S3SourceResource
 from qpbot_assets.documents.sources import document_id_for
+from qpbot_serving.document_store import shard_of
 from qpbot_serving.documents import UploadRefused
 
 
@@ -28,16 +29,20 @@ def test_inbox_sensor_adds_edits_and_deletes(tmp_path, sample_documents):
     with dg.instance_for_test() as instance:
         first = tick(inbox_sensor, instance, None, documents=documents, s3=S3Resource())
         assert isinstance(first, dg.SensorResult)
-        keys = instance.get_dynamic_partitions("documents")
-        assert sorted(keys) == sorted(
-            document_id_for(p.resolve().as_uri()) for p in inbox.iterdir()
-        )
-        [run] = first.run_requests
-        assert run.job_name == "ingest_documents"
-        assert {
-            run.tags["dagster/asset_partition_range_start"],
-            run.tags["dagster/asset_partition_range_end"],
-        } == set(keys)
+        keys = documents.store.live_documents()
+        assert keys == sorted(document_id_for(p.resolve().as_uri()) for p in inbox.iterdir())
+        shards = instance.get_dynamic_partitions("document_shards")
+        assert sorted(shards) == sorted({shard_of(key) for key in keys})
+        assert all(len(shard) == 2 for shard in shards)
+        runs = [
+            (
+                r.tags["dagster/asset_partition_range_start"],
+                r.tags["dagster/asset_partition_range_end"],
+            )
+            for r in first.run_requests
+        ]
+        assert {r.job_name for r in first.run_requests} == {"ingest_documents"}
+        assert {shard for run in runs for shard in run} == set(shards)
         assert documents.store.source_uri(keys[0]).startswith("file://")
 
         # Same state again: nothing to do, and a repeated tick would reuse the run key.
@@ -49,12 +54,15 @@ def test_inbox_sensor_adds_edits_and_deletes(tmp_path, sample_documents):
         (inbox / "travel-and-expense-policy.md").write_text("# Travel\n\nAll travel is by train.")
         (inbox / "release-notes.html").unlink()
         second = tick(inbox_sensor, instance, first.cursor, documents=documents, s3=S3Resource())
-        jobs = sorted(r.job_name for r in second.run_requests)
-        assert jobs == ["ingest_documents", "refresh_index"]
-        assert instance.get_dynamic_partitions("documents") == [
-            document_id_for((inbox / "travel-and-expense-policy.md").resolve().as_uri())
-        ]
-        assert len({r.run_key for r in first.run_requests + second.run_requests}) == 3
+        # The ingest run's search_index also removes the deleted document's chunks.
+        edited = document_id_for((inbox / "travel-and-expense-policy.md").resolve().as_uri())
+        [run] = second.run_requests
+        assert run.job_name == "ingest_documents"
+        assert run.tags["dagster/asset_partition_range_start"] == shard_of(edited)
+        assert documents.store.live_documents() == [edited]
+        assert instance.get_dynamic_partitions("document_shards") == shards  # shards stay
+        run_keys = {r.run_key for r in first.run_requests + second.run_requests}
+        assert len(run_keys) == len(first.run_requests) + 1
 
 
 def test_s3_sensor_and_raw_document_against_a_real_s3_server(tmp_path, s3_server, sample_documents):
@@ -79,12 +87,13 @@ def test_s3_sensor_and_raw_document_against_a_real_s3_server(tmp_path, s3_server
     }
     with dg.instance_for_test() as instance:
         result = tick(s3_sensor, instance, None, **resources)
-        [key] = instance.get_dynamic_partitions("documents")
+        [key] = resources["documents"].store.live_documents()
         assert key == document_id_for("s3://docs/handbooks/release-notes.html")
-        assert result.run_requests[0].tags["dagster/asset_partition_range_start"] == key
+        assert instance.get_dynamic_partitions("document_shards") == [shard_of(key)]
+        assert result.run_requests[0].tags["dagster/asset_partition_range_start"] == shard_of(key)
 
         materialized = dg.materialize(
-            [raw_document], instance=instance, partition_key=key, resources=resources
+            [raw_document], instance=instance, partition_key=shard_of(key), resources=resources
         )
         assert materialized.success
         record = resources["documents"].store.stage_output(key, "raw")
@@ -93,7 +102,7 @@ def test_s3_sensor_and_raw_document_against_a_real_s3_server(tmp_path, s3_server
 
         client.delete_object(Bucket="docs", Key="handbooks/release-notes.html")
         removed = tick(s3_sensor, instance, result.cursor, **resources)
-        assert instance.get_dynamic_partitions("documents") == []
+        assert resources["documents"].store.live_documents() == []
         assert [r.job_name for r in removed.run_requests] == ["refresh_index"]
 
 
@@ -145,7 +154,7 @@ def test_uploads_land_in_the_inbox_on_s3_and_the_inbox_sensor_finds_them(
     )
     with dg.instance_for_test() as instance:
         result = tick(inbox_sensor, instance, None, documents=documents, s3=S3Resource())
-        assert instance.get_dynamic_partitions("documents") == [first["document_id"]]
+        assert documents.store.live_documents() == [first["document_id"]]
         assert [r.job_name for r in result.run_requests] == ["ingest_documents"]
 
     # The replica tells an upload's status from the shared records: queued until a worker

@@ -1,8 +1,8 @@
 import os
 
+from qpbot_assets.defs.partitions import MAX_RANGES_PER_CHANGE, contiguous_ranges, shard_ranges
 from qpbot_assets.documents.sources import (
     SourceObject,
-    contiguous_ranges,
     diff_listing,
     document_id_for,
     scan_folder,
@@ -54,3 +54,10 @@ def test_contiguous_ranges_groups_neighbours():
     assert contiguous_ranges(ordered, ["b", "c", "e", "zz"]) == [("b", "c"), ("e", "e")]
     assert contiguous_ranges(ordered, []) == []
     assert contiguous_ranges(ordered, ordered) == [("a", "f")]
+
+
+def test_shard_ranges_become_one_run_past_the_limit():
+    shards = [f"{i:02x}" for i in range(256)]
+    every_other = shards[: 2 * MAX_RANGES_PER_CHANGE : 2]
+    assert shard_ranges(shards, every_other) == [(s, s) for s in every_other]
+    assert shard_ranges(shards, [*every_other, "fe"]) == [("00", "fe")]

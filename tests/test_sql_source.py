@@ -24,7 +24,7 @@ from qpbot_assets.documents.sql_source import (
 )
 from qpbot_assets.documents.store import DocumentStore
 from qpbot_serving.answer_log import engine_for
-from qpbot_serving.document_store import display_name, document_id_for, row_uri
+from qpbot_serving.document_store import display_name, document_id_for, row_uri, shard_of
 from qpbot_serving.retrieval import Retriever
 from qpbot_serving.settings import QpbotSettings, SqlSource
 
@@ -304,7 +304,7 @@ def test_sql_sensor_adds_edits_and_deletes_rows_and_a_failed_tick_loses_nothing(
 
     with dg.instance_for_test() as instance:
         first = tick(sql_sensor, instance, None, **resources(source))
-        assert sorted(instance.get_dynamic_partitions("documents")) == sorted(ids.values())
+        assert documents.store.live_documents() == sorted(ids.values())
         [run] = first.run_requests
         assert run.job_name == "ingest_documents"
         assert documents.store.source_uri(ids[1]).startswith("sql://")
@@ -317,21 +317,21 @@ def test_sql_sensor_adds_edits_and_deletes_rows_and_a_failed_tick_loses_nothing(
         write_rows(database_url, {1: (ROWS[1][0], "Hold the power button for twenty seconds.")})
         edited = tick(sql_sensor, instance, first.cursor, **resources(source))
         [run] = edited.run_requests
-        assert run.tags["dagster/asset_partition_range_start"] == ids[1]
-        assert run.tags["dagster/asset_partition_range_end"] == ids[1]
-        assert edited.dynamic_partitions_requests == []
+        assert run.tags["dagster/asset_partition_range_start"] == shard_of(ids[1])
+        assert run.tags["dagster/asset_partition_range_end"] == shard_of(ids[1])
+        assert edited.dynamic_partitions_requests == []  # its shard has its partition
 
         # A tick that cannot read its table fails, naming the setting; nothing is removed.
         broken = source.model_copy(update={"text_column": "body"})
         with pytest.raises(SqlSourceError, match=r"QPBOT_SQL_SOURCES\[1\]\.text_column"):
             tick(sql_sensor, instance, edited.cursor, **resources(source, broken))
-        assert len(instance.get_dynamic_partitions("documents")) == 2
+        assert len(documents.store.live_documents()) == 2
         again = tick(sql_sensor, instance, edited.cursor, **resources(source))
         assert isinstance(again, dg.SkipReason)  # the cursor it kept is still the truth
 
         write_rows(database_url, {}, delete=(2,))
         removed = tick(sql_sensor, instance, edited.cursor, **resources(source))
-        assert instance.get_dynamic_partitions("documents") == [ids[1]]
+        assert documents.store.live_documents() == [ids[1]]
         assert [r.job_name for r in removed.run_requests] == ["refresh_index"]
 
 
@@ -349,9 +349,9 @@ def test_sql_sensor_takes_a_large_first_listing_over_several_ticks(tmp_path, mon
     }
     with dg.instance_for_test() as instance:
         first = tick(sql_sensor, instance, None, **resources)
-        assert len(instance.get_dynamic_partitions("documents")) == 2
+        assert len(resources["documents"].store.live_documents()) == 2
         second = tick(sql_sensor, instance, first.cursor, **resources)
-        assert len(instance.get_dynamic_partitions("documents")) == 3
+        assert len(resources["documents"].store.live_documents()) == 3
         assert [r.job_name for r in second.run_requests] == ["ingest_documents"]
         assert isinstance(tick(sql_sensor, instance, second.cursor, **resources), dg.SkipReason)
 

@@ -132,6 +132,57 @@ def test_bulk_reads_match_single_reads(tmp_path, monkeypatch):
     assert store.read_stages(ids, ["chunks", "metadata"]) == expected
 
 
+def test_documents_are_live_until_removed_and_registering_again_revives_them(tmp_path):
+    store = local_store(tmp_path)
+    store.register_sources([("a-00000000000a", "file:///a"), ("b-00000000000b", "file:///b")])
+    store.remove_sources(["a-00000000000a"])
+    assert store.live_documents() == ["b-00000000000b"] and store.live_count() == 1
+    assert store.live_documents(shards=["0a"]) == []
+    assert store.source_uri("a-00000000000a") == "file:///a"  # the record stays
+    store.register_sources([("a-00000000000a", "file:///a")])
+    assert store.live_documents(shards=["0a", "0c"]) == ["a-00000000000a"]
+
+
+def test_a_records_database_from_before_shards_gets_them_and_its_live_set(tmp_path):
+    """The live set was Dagster's partitions then: a document with records, or whose file
+    still exists, is live; one with neither was deleted (and forgotten)."""
+    kept = tmp_path / "kept.md"
+    kept.write_text("still here")
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'documents.db'}")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE document_sources (document_id VARCHAR(200) PRIMARY KEY, "
+                "uri TEXT NOT NULL, snapshot JSON)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE TABLE document_stages (document_id VARCHAR(200), stage VARCHAR(200), "
+                "record JSON NOT NULL, PRIMARY KEY (document_id, stage))"
+            )
+        )
+        for document_id, uri in [
+            ("indexed-0000000000a1", "file:///gone-but-processed.md"),
+            ("queued-0000000000b2", kept.as_uri()),
+            ("deleted-0000000000c3", "file:///deleted.md"),
+            ("row-0000000000d4", "sql://faq/faq/4"),
+        ]:
+            conn.execute(
+                sa.text("INSERT INTO document_sources VALUES (:id, :uri, NULL)"),
+                {"id": document_id, "uri": uri},
+            )
+        conn.execute(
+            sa.text("INSERT INTO document_stages VALUES ('indexed-0000000000a1', 'raw', '{}')")
+        )
+    engine.dispose()
+
+    store = local_store(tmp_path)
+    assert store.live_documents() == ["indexed-0000000000a1", "queued-0000000000b2"]
+    assert store.live_documents(shards=["b2"]) == ["queued-0000000000b2"]
+    assert local_store(tmp_path).live_count() == 2  # once
+
+
 def test_a_store_of_the_earlier_file_layout_is_imported_once(tmp_path):
     """Homes written before the records moved into the database keep every record."""
     docs = tmp_path / "documents" / "doc-1"

@@ -1,60 +1,69 @@
-"""Runs one store stage over the documents of a Dagster run and reports per document.
+"""Runs one store stage over the documents of a Dagster run and reports per shard.
 
-A run covers a range of document partitions (backfills run as one run), so each asset loops
-over `context.partition_keys`, reuses unchanged outputs, and attaches metadata to each
-partition's materialization.
+A run covers a range of shard partitions (backfills run as one run), so each asset loops
+over the live documents of `context.partition_keys`, reuses unchanged outputs, and attaches
+counts to each shard's materialization. What happened to one document is in the document
+store's records (`qpbot status`, the service's document status), not in Dagster.
 """
 
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import dagster as dg
 from tqdm import tqdm
 
-from qpbot_assets.documents.store import StageResult
+from qpbot_assets.documents.store import DocumentStore, StageResult
+from qpbot_serving.document_store import shard_of
 
-# Dagster checks each per-partition metadata call against every partition of the run, so
-# for large backfills no document gets metadata of its own (the details stay in the store).
-MAX_DOCUMENTS_WITH_OWN_METADATA = 100
+
+def documents_of_run(context: dg.AssetExecutionContext, store: DocumentStore) -> list[str]:
+    """The live documents of the run's shards, in id order."""
+    return store.live_documents(context.partition_keys)
 
 
 def run_for_each_document(
     context: dg.AssetExecutionContext,
-    step: Callable[[str], tuple[StageResult, dict]],
+    store: DocumentStore,
+    step: Callable[[str], StageResult],
 ) -> dg.MaterializeResult:
-    """Calls `step(document_id)` for every partition in the run.
+    """Calls `step(document_id)` for every live document of the run's shards.
 
-    `step` returns the stage result and metadata for that document, attached to its
-    materialization in runs of up to MAX_DOCUMENTS_WITH_OWN_METADATA documents; the run's
-    summary (documents, recomputed, reused, quarantined, seconds) goes to the run's log.
+    Each shard's materialization gets the counts of its documents: documents, recomputed,
+    unchanged, quarantined (stopped at or before this stage) and recomputed_quarantined
+    (those of them whose new version stopped: what the monitoring counts per run).
     """
-    computed = reused = quarantined = 0
     started = time.perf_counter()
     name = context.asset_key.to_user_string()
-    own_metadata = len(context.partition_keys) <= MAX_DOCUMENTS_WITH_OWN_METADATA
-    for document_id in tqdm(context.partition_keys, desc=name, unit="doc", mininterval=1.0):
-        step_started = time.perf_counter()
-        result, metadata = step(document_id)
-        computed += result.computed
-        reused += not result.computed
-        quarantined += result.output is None
-        if own_metadata:
-            context.add_asset_metadata(
-                {
-                    **metadata,
-                    "recomputed": result.computed,
-                    "seconds": round(time.perf_counter() - step_started, 4),
-                },
-                partition_key=document_id,
-            )
-    summary = {
-        "run_documents": len(context.partition_keys),
-        "run_recomputed": computed,
-        "run_unchanged": reused,
-        "run_quarantined": quarantined,
-        "run_seconds": round(time.perf_counter() - started, 2),
-    }
-    context.log.info(f"{name}: {summary}")
+    counts: dict[str, Counter] = {shard: Counter() for shard in context.partition_keys}
+    for document_id in tqdm(
+        documents_of_run(context, store), desc=name, unit="doc", mininterval=1.0
+    ):
+        result = step(document_id)
+        shard = counts[shard_of(document_id)]
+        shard["documents"] += 1
+        shard["recomputed" if result.computed else "unchanged"] += 1
+        shard["quarantined"] += result.output is None
+        shard["recomputed_quarantined"] += result.computed and result.output is None
+    for shard, shard_counts in counts.items():
+        context.add_asset_metadata(
+            {
+                key: shard_counts[key]
+                for key in (
+                    "documents",
+                    "recomputed",
+                    "unchanged",
+                    "quarantined",
+                    "recomputed_quarantined",
+                )
+            },
+            partition_key=shard,
+        )
+    total = sum(counts.values(), Counter())
+    context.log.info(
+        f"{name}: {len(counts)} shards, {dict(total)}, "
+        f"{time.perf_counter() - started:.2f}s"
+    )
     # Not as metadata: Dagster copies a result's metadata into every partition's
-    # materialization, 755 bytes per document and asset, twice on SQLite (BENCHMARKS.md).
+    # materialization.
     return dg.MaterializeResult()

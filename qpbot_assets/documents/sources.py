@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,27 +80,6 @@ def diff_listing(previous: dict[str, str], current: Iterable[SourceObject]) -> S
         ],
         removed=sorted(uri for uri in previous if uri not in seen),
     )
-
-
-def contiguous_ranges(ordered_keys: Sequence[str], wanted: Iterable[str]) -> list[tuple[str, str]]:
-    """Groups `wanted` into (first, last) runs of neighbours in `ordered_keys`.
-
-    Dagster runs a range of partitions in one run, so this turns any selection of documents
-    into as few runs as the partition order allows.
-    """
-    wanted = set(wanted)
-    ranges: list[tuple[str, str]] = []
-    start = previous = None
-    for key in ordered_keys:
-        if key in wanted:
-            start = start or key
-            previous = key
-        elif start is not None:
-            ranges.append((start, previous))
-            start = None
-    if start is not None:
-        ranges.append((start, previous))
-    return ranges
 
 
 @contextmanager

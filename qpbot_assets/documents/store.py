@@ -16,7 +16,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,18 @@ class DocumentStore(DocumentRecords):
             )
         if updated.rowcount != 1:
             raise KeyError(f"register {document_id!r} before keeping its snapshot")
+
+    def remove_sources(self, document_ids: Iterable[str]) -> None:
+        """Marks documents that their source no longer lists as not live; the next
+        search_index removes their chunks and forgets their records."""
+        ids = sorted(set(document_ids))
+        with self.engine.begin() as conn:
+            for start in range(0, len(ids), 500):
+                conn.execute(
+                    sa.update(document_sources)
+                    .where(document_sources.c.document_id.in_(ids[start : start + 500]))
+                    .values(live=False)
+                )
 
     def forget(self, document_id: str) -> None:
         """Removes a deleted document's stage records, vectors and large outputs (its source
@@ -221,10 +233,15 @@ class DocumentStore(DocumentRecords):
             )
 
     def quarantined(self) -> Iterator[dict]:
+        """The quarantine records of the live documents."""
         with self.engine.connect() as conn:
             query = (
                 sa.select(document_stages.c.record)
-                .where(document_stages.c.stage == QUARANTINE)
+                .join(
+                    document_sources,
+                    document_sources.c.document_id == document_stages.c.document_id,
+                )
+                .where(document_stages.c.stage == QUARANTINE, document_sources.c.live)
                 .order_by(document_stages.c.document_id)
             )
             yield from conn.scalars(query).all()

@@ -1,5 +1,5 @@
-"""Ingestion from the command line: register files or table rows, sync their partitions, run
-in-process."""
+"""Ingestion from the command line: register files or table rows as live documents, run the
+ingest job in-process over the shards whose documents changed."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from qpbot_assets.defs.partitions import documents_partitions, partition_range_tags
-from qpbot_assets.documents.sources import (
-    SourceObject,
-    contiguous_ranges,
-    scan_folder,
-    source_version,
+from qpbot_assets.defs.partitions import (
+    document_shards,
+    partition_range_tags,
+    shard_ranges,
+    shards_of,
 )
+from qpbot_assets.documents.sources import SourceObject, scan_folder, source_version
 from qpbot_assets.documents.store import DocumentStore
 from qpbot_assets.documents.versions import PIPELINE_VERSION, raw_fingerprint
 from qpbot_assets.indexing.embedding_process import child_embedder
@@ -40,7 +40,7 @@ def ingest_paths(settings: QpbotSettings, paths: list[Path], quiet: bool = False
     """Makes the index hold exactly the given files, and for folders exactly their current
     files: new and edited files are ingested, files gone from a folder are removed.
 
-    Runs the ingest job in this process over as few partition ranges as possible.
+    Runs the ingest job in this process over as few ranges of shards as possible.
     """
     store = DocumentStore(settings)
     objects: list[SourceObject] = []
@@ -88,35 +88,31 @@ def _ingest_documents(
     owned: Callable[[str], bool],
     quiet: bool,
 ) -> dict:
-    """Adds partitions for the `wanted` documents, deletes those of live documents that
-    `owned(source_uri)` claims for this source but are no longer wanted, and runs the ingest
-    job over the documents not indexed from their current version."""
+    """Makes the `wanted` documents (registered already) live, marks as removed the live
+    documents that `owned(source_uri)` claims for this source but are no longer wanted, and
+    runs the ingest job over the shards of documents not indexed from their current version."""
     instance = get_instance(settings)
-    partitions = documents_partitions.name
-    live = instance.get_dynamic_partitions(partitions)
-    live_set = set(live)
+    live = store.live_documents()
     wanted_set = set(wanted)
-    new = [d for d in wanted if d not in live_set]
-    uris = store.source_uris(live_set | wanted_set)  # one query per 500, not one per document
+    uris = store.source_uris(set(live) | wanted_set)  # one query per 500, not one per document
     removed = [d for d in live if d not in wanted_set and d in uris and owned(uris[d])]
-    if new:
-        instance.add_dynamic_partitions(partitions, new)
-    for document_id in removed:
-        instance.delete_dynamic_partition(partitions, document_id)
+    store.remove_sources(removed)
 
     # Only documents whose source or pipeline changed since they were indexed need a run.
     state = StateStore.from_settings(settings)
     model = serving_embedding_model(state, settings.embedding_model)
     backend = resolve_backend(settings.embedding_backend)
     table_name = contract.table_name_for(contract.vectors_key(model, backend))
-    indexed = store.read_stages(wanted, [indexed_stage(table_name)])
-    stale = [
-        d
-        for d in wanted
-        if not is_up_to_date(store, uris[d], indexed.get((d, indexed_stage(table_name))))
-    ]
-    ordered = instance.get_dynamic_partitions(partitions)
-    ranges = contiguous_ranges(ordered, stale)
+    stage = indexed_stage(table_name)
+    indexed = store.read_stages(wanted, [stage])
+    stale = [d for d in wanted if not is_up_to_date(store, uris[d], indexed.get((d, stage)))]
+    new = [d for d in stale if (d, stage) not in indexed]  # never in this index
+    shards = shards_of(stale)
+    known = instance.get_dynamic_partitions(document_shards.name)
+    new_shards = [shard for shard in shards if shard not in set(known)]
+    if new_shards:
+        instance.add_dynamic_partitions(document_shards.name, new_shards)
+    ranges = shard_ranges([*known, *new_shards], shards)
     # A run killed after writing the index but before promoting it left nothing stale.
     unpromoted = not ranges and bool(wanted) and _promotion_pending(state)
     if ranges:  # the run's model starts loading now, beside the definitions and first stages
@@ -187,8 +183,6 @@ def _is_under(uri: str, folders: list[Path]) -> bool:
 
 def index_status(settings: QpbotSettings) -> dict:
     """{"documents", "chunks", "quarantined": [{"source", "stage", "reason", ...}], "index_version"}"""
-    instance = get_instance(settings)
-    live = set(instance.get_dynamic_partitions(documents_partitions.name))
     store = DocumentStore(settings)
     promoted = StateStore.from_settings(settings).read(PROMOTED_INDEX)
     quarantined = [
@@ -200,10 +194,9 @@ def index_status(settings: QpbotSettings) -> dict:
             "document_id": record["document_id"],
         }
         for record in store.quarantined()
-        if record["document_id"] in live
     ]
     return {
-        "documents": len(live),
+        "documents": store.live_count(),
         "chunks": promoted.chunks if promoted else 0,
         "quarantined": quarantined,
         "index_version": promoted.label if promoted else None,
@@ -213,11 +206,10 @@ def index_status(settings: QpbotSettings) -> dict:
 def refresh_index(settings: QpbotSettings) -> str | None:
     """Syncs the index of the serving embedder with the live documents and promotes it (the
     refresh_index job, in-process); returns the promoted index version. An index with no
-    live document partitions (one built outside the asset graph, like `qpbot eval
-    retrieval`'s) is left as it is."""
-    instance = get_instance(settings)
-    if instance.get_dynamic_partitions(documents_partitions.name):
-        result = execute_job(load_definitions(), "refresh_index", instance)
+    live documents (one built outside the asset graph, like `qpbot eval retrieval`'s) is
+    left as it is."""
+    if DocumentStore(settings).live_count():
+        result = execute_job(load_definitions(), "refresh_index", get_instance(settings))
         if not result.success:
             raise RuntimeError("the refresh_index run failed: see it in the Dagster UI")
     promoted = StateStore.from_settings(settings).read(PROMOTED_INDEX)

@@ -4,7 +4,7 @@ from collections import Counter
 
 import dagster as dg
 
-from qpbot_assets.defs.indexing.assets import live_document_ids, search_index
+from qpbot_assets.defs.indexing.assets import search_index
 from qpbot_assets.defs.resources import (
     DocumentStoreResource,
     EmbeddingModelResource,
@@ -31,7 +31,6 @@ def snapshot_table(index: SearchIndexResource):
 
 @dg.asset_check(asset=search_index, blocking=True)
 def index_rows_match_live_chunks(
-    context: dg.AssetCheckExecutionContext,
     documents: DocumentStoreResource,
     index: SearchIndexResource,
 ) -> dg.AssetCheckResult:
@@ -46,7 +45,7 @@ def index_rows_match_live_chunks(
         in_index.setdefault(row["document_id"], []).append(row["chunk_id"])
     duplicates = [cid for cid, n in Counter(r["chunk_id"] for r in rows).items() if n > 1]
     store = documents.store
-    live = live_document_ids(context)
+    live = store.live_documents()
     indexed = indexed_stage(table.name)
     records = store.read_stages(live, ["chunks", "metadata", embedding_stage(model), indexed])
     mismatched, pending = [], []
@@ -86,10 +85,10 @@ def index_rows_match_live_chunks(
 
 @dg.asset_check(asset=search_index, blocking=True)
 def no_chunks_of_deleted_documents(
-    context: dg.AssetCheckExecutionContext, index: SearchIndexResource
+    documents: DocumentStoreResource, index: SearchIndexResource
 ) -> dg.AssetCheckResult:
     indexed = set(scan(snapshot_table(index), ["document_id"]).column("document_id").to_pylist())
-    orphans = sorted(indexed - set(live_document_ids(context)))
+    orphans = sorted(indexed - set(documents.store.live_documents()))
     return dg.AssetCheckResult(
         passed=not orphans,
         metadata={"orphan_documents": dg.MetadataValue.json(orphans[:20])},

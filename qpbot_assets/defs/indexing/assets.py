@@ -2,9 +2,8 @@
 
 import dagster as dg
 
-from qpbot_assets.defs.document_runs import run_for_each_document
+from qpbot_assets.defs.document_runs import documents_of_run, run_for_each_document
 from qpbot_assets.defs.ingestion.assets import PER_DOCUMENT, chunks, document_metadata
-from qpbot_assets.defs.partitions import documents_partitions
 from qpbot_assets.defs.resources import (
     DocumentStoreResource,
     EmbeddingModelResource,
@@ -29,24 +28,15 @@ def chunk_embeddings(
     chunks not yet embedded by this model are encoded, all documents of the run in one
     sorted batch, so an edit re-embeds only the chunks that changed and a metadata change
     re-embeds nothing."""
+    store = documents.store
     results = embed_documents(
-        documents.store,
+        store,
         embedding_model.embedder,
-        context.partition_keys,
+        documents_of_run(context, store),
         embedding_model.batch_size,
         on_encoded=lambda n, s: context.log.info(f"encoded {n} chunks in {s:.1f}s"),
     )
-
-    def step(document_id: str):
-        result = results[document_id]
-        out = result.output or {}
-        return result, {key: out.get(key, 0) for key in ("chunks", "embedded", "reused")}
-
-    return run_for_each_document(context, step)
-
-
-def live_document_ids(context) -> list[str]:
-    return context.instance.get_dynamic_partitions(documents_partitions.name)
+    return run_for_each_document(context, store, results.__getitem__)
 
 
 def index_record(store: DocumentStore, document_id: str) -> dict:
@@ -80,7 +70,7 @@ def search_index(
     store = documents.store
     embedder = embedding_model.embedder
     table = open_or_create_table(index.connect(), embedder)
-    live = live_document_ids(context)
+    live = store.live_documents()
     # Until the new snapshot is written, the table may hold writes nobody checked: a run
     # killed in between leaves no snapshot, and `qpbot ingest` then refreshes the index.
     index.state.clear(INDEX_SNAPSHOT)

@@ -1,8 +1,10 @@
 """Per-document assets: raw bytes -> extracted text -> cleaned text -> metadata -> chunks.
 
-Each stage stores its output in the document store with the fingerprint of its input and is
-skipped when that input has not changed. A document that cannot go on is quarantined at the
-stage that found the problem; the later stages record that and move on to the next document.
+Partitioned by document shard: a shard's materialization runs the stage for each live
+document of the shard. Each stage stores its output in the document store with the
+fingerprint of its input and is skipped when that input has not changed. A document that
+cannot go on is quarantined at the stage that found the problem; the later stages record
+that and move on to the next document.
 """
 
 from dataclasses import asdict
@@ -14,7 +16,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from qpbot_assets.defs.document_runs import run_for_each_document
-from qpbot_assets.defs.partitions import documents_partitions
+from qpbot_assets.defs.partitions import document_shards
 from qpbot_assets.defs.resources import DocumentStoreResource, EmbeddingModelResource
 from qpbot_assets.documents.chunking import TooManyChunks, chunk_blocks
 from qpbot_assets.documents.cleaning import clean_document
@@ -37,8 +39,8 @@ from qpbot_assets.documents.versions import (
 from qpbot_serving.document_store import display_name
 
 PER_DOCUMENT = dict(
-    partitions_def=documents_partitions,
-    # A backfill of many documents runs as one run: Dagster's per-run overhead is seconds.
+    partitions_def=document_shards,
+    # A backfill of many shards runs as one run: Dagster's per-run overhead is seconds.
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="ingestion",
 )
@@ -58,10 +60,6 @@ def as_document(record: dict) -> ExtractedDocument:
         page_count=record["page_count"],
         properties=record["properties"],
     )
-
-
-def text_preview(text: str, limit: int = 500) -> dg.MetadataValue:
-    return dg.MetadataValue.md(f"```\n{text[:limit]}{' ...' if len(text) > limit else ''}\n```")
 
 
 @dg.asset(**PER_DOCUMENT, kinds={"python", "s3"})
@@ -102,11 +100,9 @@ def raw_document(
                 "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
 
-        result = store.run_stage(document_id, "raw", raw_fingerprint(uri, version), fetch)
-        out = result.output or {}
-        return result, {"source": uri, "sha256": out.get("sha256", ""), "bytes": out.get("size", 0)}
+        return store.run_stage(document_id, "raw", raw_fingerprint(uri, version), fetch)
 
-    return run_for_each_document(context, step)
+    return run_for_each_document(context, store, step)
 
 
 @dg.asset(**PER_DOCUMENT, deps=[raw_document], kinds={"python", "pdf"})
@@ -138,11 +134,9 @@ def extracted_text(
             sorted(documents.pdf_passwords),
             asdict(limits),  # a raised limit reads a quarantined document again
         )
-        result = store.run_stage(document_id, "extracted", input_fp, extract)
-        out = result.output
-        return result, ({"pages": out["page_count"], "blocks": len(out["blocks"])} if out else {})
+        return store.run_stage(document_id, "extracted", input_fp, extract)
 
-    return run_for_each_document(context, step)
+    return run_for_each_document(context, store, step)
 
 
 @dg.asset(**PER_DOCUMENT, deps=[extracted_text], kinds={"python"})
@@ -161,13 +155,9 @@ def cleaned_text(
             return asdict(cleaned)
 
         input_fp = fingerprint(CLEANER_VERSION, store.output_digest(document_id, "extracted"))
-        result = store.run_stage(document_id, "cleaned", input_fp, clean)
-        if result.output is None:
-            return result, {}
-        text = "\n\n".join(block["text"] for block in result.output["blocks"])
-        return result, {"characters": len(text), "preview": text_preview(text)}
+        return store.run_stage(document_id, "cleaned", input_fp, clean)
 
-    return run_for_each_document(context, step)
+    return run_for_each_document(context, store, step)
 
 
 @dg.asset(**PER_DOCUMENT, deps=[cleaned_text, raw_document], kinds={"python"})
@@ -194,12 +184,9 @@ def document_metadata(
             store.output_digest(document_id, "raw"),
             store.output_digest(document_id, "cleaned"),
         )
-        result = store.run_stage(document_id, "metadata", input_fp, describe)
-        out = result.output or {}
-        shown = ("title", "author", "language", "pages", "format", "created", "modified")
-        return result, {key: out[key] for key in shown if out.get(key) is not None}
+        return store.run_stage(document_id, "metadata", input_fp, describe)
 
-    return run_for_each_document(context, step)
+    return run_for_each_document(context, store, step)
 
 
 @dg.asset(**PER_DOCUMENT, deps=[cleaned_text], kinds={"python"})
@@ -247,11 +234,6 @@ def chunks(
             config.overlap_tokens,
             max_chunks,
         )
-        result = store.run_stage(document_id, "chunks", input_fp, chunk)
-        out = result.output or []
-        metadata = {"chunks": len(out)}
-        if out:
-            metadata["first_chunk"] = text_preview(out[0]["text"], limit=300)
-        return result, metadata
+        return store.run_stage(document_id, "chunks", input_fp, chunk)
 
-    return run_for_each_document(context, step)
+    return run_for_each_document(context, store, step)

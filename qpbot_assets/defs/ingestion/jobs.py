@@ -2,14 +2,14 @@
 
 import dagster as dg
 
-from qpbot_assets.defs.partitions import documents_partitions
+from qpbot_assets.defs.partitions import document_shards
 
-# Everything from the raw bytes to the promoted pointer, for a range of documents.
+# Everything from the raw bytes to the promoted pointer, for a range of document shards.
 ingest_documents_job = dg.define_asset_job(
     "ingest_documents",
     selection=dg.AssetSelection.groups("ingestion", "indexing"),
-    partitions_def=documents_partitions,
-    description="Ingest a range of document partitions and promote the refreshed index.",
+    partitions_def=document_shards,
+    description="Ingest the documents of a range of shards and promote the refreshed index.",
 )
 
 # After documents are deleted: drop their chunks, re-check and promote.

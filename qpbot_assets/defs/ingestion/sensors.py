@@ -1,9 +1,9 @@
 """Source sensors: a watched folder, an S3 prefix and database tables.
 
-Each lists its source, compares the listing with the one in its cursor, registers new
-documents, adds and deletes their partitions, and asks for the runs that bring the index up
-to date. New documents are added together, so they form one contiguous range of partitions
-and are ingested in one run.
+Each lists its source, compares the listing with the one in its cursor, registers new and
+changed documents as live and marks deleted ones, adds the partitions of shards that get
+their first document, and asks for the runs that bring the index up to date: one per
+contiguous range of the shards that changed.
 """
 
 import hashlib
@@ -13,15 +13,14 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from qpbot_assets.defs.ingestion.jobs import ingest_documents_job, refresh_index_job
-from qpbot_assets.defs.partitions import documents_partitions, partition_range_tags
-from qpbot_assets.defs.resources import DocumentStoreResource, S3SourceResource, SqlSourcesResource
-from qpbot_assets.documents.sources import (
-    SourceObject,
-    contiguous_ranges,
-    diff_listing,
-    list_s3,
-    scan_folder,
+from qpbot_assets.defs.partitions import (
+    document_shards,
+    partition_range_tags,
+    shard_ranges,
+    shards_of,
 )
+from qpbot_assets.defs.resources import DocumentStoreResource, S3SourceResource, SqlSourcesResource
+from qpbot_assets.documents.sources import SourceObject, diff_listing, list_s3, scan_folder
 from qpbot_assets.documents.sql_source import SqlTable
 from qpbot_assets.documents.store import DocumentStore
 from qpbot_serving.object_store import split_s3_url
@@ -32,7 +31,7 @@ SQL_ROWS_PER_TICK = 2000
 
 
 def range_run_request(first: str, last: str, run_key: str) -> dg.RunRequest:
-    """One run over the partitions first..last of the ingest job."""
+    """One run over the shards first..last of the ingest job."""
     return dg.RunRequest(
         run_key=run_key,
         job_name=ingest_documents_job.name,
@@ -46,30 +45,27 @@ def sync_source(
     source_name: str,
     listing: list[SourceObject],
 ) -> dg.SensorResult | dg.SkipReason:
-    """Turns the difference between a listing and the cursor into partitions and runs."""
+    """Turns the difference between a listing and the cursor into records, partitions and
+    runs. The records change first: a tick that fails after them repeats them harmlessly."""
     previous: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     changes = diff_listing(previous, listing)
     if changes.is_empty():
         return dg.SkipReason(f"{source_name}: {len(listing)} documents, nothing changed")
 
-    known = set(context.instance.get_dynamic_partitions(documents_partitions.name))
-    new_ids = [obj.document_id for obj in changes.added if obj.document_id not in known]
-    store.register_sources((obj.document_id, obj.uri) for obj in changes.added + changes.changed)
+    touched = changes.added + changes.changed
+    store.register_sources((obj.document_id, obj.uri) for obj in touched)
     removed_ids = [SourceObject(uri, "").document_id for uri in changes.removed]
+    store.remove_sources(removed_ids)
 
-    run_requests = []
-    if new_ids:  # appended together, so contiguous in partition order
-        run_requests.append(
-            range_run_request(new_ids[0], new_ids[-1], _run_key("new", new_ids, listing))
-        )
-    # Documents re-added or edited already have partitions; group them into ranges.
-    existing = [o.document_id for o in changes.added + changes.changed if o.document_id in known]
-    ordered = context.instance.get_dynamic_partitions(documents_partitions.name)
-    for first, last in contiguous_ranges(ordered, existing):
-        run_requests.append(
-            range_run_request(first, last, _run_key("changed", [first, last], listing))
-        )
-    if removed_ids:
+    known = context.instance.get_dynamic_partitions(document_shards.name)
+    shards = shards_of(obj.document_id for obj in touched)
+    new_shards = [shard for shard in shards if shard not in set(known)]
+    run_requests = [
+        range_run_request(first, last, _run_key("ingest", [first, last], listing))
+        for first, last in shard_ranges([*known, *new_shards], shards)
+    ]
+    # An ingest run's search_index removes deleted documents too; alone, they need a refresh.
+    if removed_ids and not run_requests:
         run_requests.append(
             dg.RunRequest(
                 run_key=_run_key("removed", removed_ids, listing), job_name=refresh_index_job.name
@@ -77,24 +73,21 @@ def sync_source(
         )
     context.log.info(
         f"{source_name}: {len(changes.added)} new, {len(changes.changed)} changed, "
-        f"{len(changes.removed)} removed"
+        f"{len(changes.removed)} removed, in {len(shards)} shards"
     )
     return dg.SensorResult(
         run_requests=run_requests,
-        dynamic_partitions_requests=[
-            *([documents_partitions.build_add_request(new_ids)] if new_ids else []),
-            *([documents_partitions.build_delete_request(removed_ids)] if removed_ids else []),
-        ],
+        dynamic_partitions_requests=(
+            [document_shards.build_add_request(new_shards)] if new_shards else []
+        ),
         cursor=json.dumps({obj.uri: obj.version for obj in listing}),
     )
 
 
-def _run_key(kind: str, document_ids: list[str], listing: list[SourceObject]) -> str:
+def _run_key(kind: str, keys: list[str], listing: list[SourceObject]) -> str:
     """Stable for the same change, so a sensor tick that repeats never runs it twice."""
     state = hashlib.sha256(json.dumps(sorted((o.uri, o.version) for o in listing)).encode())
-    return (
-        f"{kind}:{document_ids[0]}..{document_ids[-1]}:{len(document_ids)}:{state.hexdigest()[:16]}"
-    )
+    return f"{kind}:{keys[0]}..{keys[-1]}:{len(keys)}:{state.hexdigest()[:16]}"
 
 
 @dg.sensor(
@@ -147,7 +140,7 @@ def sql_sensor(
     sql_sources: SqlSourcesResource,
 ) -> dg.SensorResult | dg.SkipReason:
     """Lists each table's ids and versions, fetches the documents of new and changed rows
-    (SQL_ROWS_PER_TICK at most) into the store, then syncs partitions like any source. A
+    (SQL_ROWS_PER_TICK at most) into the store, then syncs them like any source. A
     table that cannot be read fails the tick, naming its setting: the cursor stays as it
     was and no document is removed."""
     sources = sql_sources.sources

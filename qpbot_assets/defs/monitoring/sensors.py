@@ -12,7 +12,6 @@ import sqlalchemy as sa
 
 from qpbot_assets.defs.feedback.sensors import recent_ratings
 from qpbot_assets.defs.generation.asset_checks import adapter_not_worse_than_serving
-from qpbot_assets.defs.partitions import documents_partitions
 from qpbot_assets.defs.resources import (
     DocumentStoreResource,
     FeedbackDatabaseResource,
@@ -21,7 +20,6 @@ from qpbot_assets.defs.resources import (
 )
 from qpbot_assets.defs.training.asset_checks import candidate_at_least_as_good_as_champion
 from qpbot_assets.defs.training.jobs import RETRAIN_JOB_NAME
-from qpbot_assets.documents.store import QUARANTINE, DocumentStore
 from qpbot_serving.answer_log import metadata
 from qpbot_serving.state import PLATFORM_METRICS, PlatformMetrics, StateError, StateStore
 
@@ -81,7 +79,10 @@ def drift_sensor(
 # reads at scrape time (qpbot_serving.metrics): one scrape target for the whole platform,
 # and the read side still never touches Dagster. The snapshot carries its own time, so a
 # stopped daemon shows as a stale snapshot (alert QpbotPlatformMetricsStale).
-INGESTED = dg.AssetKey("raw_document")  # every document of an ingestion run passes here
+# Per shard of a run: raw_document counts the documents fetched anew ("recomputed"), and
+# chunks, the last stage every document passes, those of them that stopped anywhere.
+INGESTED = dg.AssetKey("raw_document")
+STOPPED = dg.AssetKey("chunks")
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 RUNS_PER_TICK = 200  # finished runs folded in per tick; a backlog catches up over ticks
 
@@ -151,12 +152,11 @@ def write_platform_snapshot(
     )
     gates = _gate_checks()
     for record in records:
-        fold_run(snapshot, run_outcome(instance, record, documents.store, gates))
+        fold_run(snapshot, run_outcome(instance, record, gates))
         snapshot["runs_seen_until"] = record.update_timestamp.isoformat()
 
-    live = set(instance.get_dynamic_partitions(documents_partitions.name))
-    kinds = Counter(r["kind"] for r in documents.store.quarantined() if r["document_id"] in live)
-    snapshot["documents"] = {"live": len(live), "quarantined": dict(kinds)}
+    kinds = Counter(record["kind"] for record in documents.store.quarantined())
+    snapshot["documents"] = {"live": documents.store.live_count(), "quarantined": dict(kinds)}
     snapshot["feedback"] = feedback_up_rate(feedback_db, window)
     snapshot["written_at"] = time.time()
     state.write(PLATFORM_METRICS, PlatformMetrics(**snapshot))
@@ -166,13 +166,12 @@ def write_platform_snapshot(
 def run_outcome(
     instance: dg.DagsterInstance,
     record,
-    store: DocumentStore,
     gates: dict[dg.AssetCheckKey, str],
 ) -> dict:
     """What one finished run did: its job and status, the documents it ingested and those
     left quarantined, the drift shares it computed, the gate decisions it made."""
     run = record.dagster_run
-    ingested: set[str] = set()
+    ingested = quarantined = 0
     drift: dict[str, float] = {}
     decisions: list[tuple[str, bool]] = []
     events = instance.all_logs(
@@ -186,8 +185,11 @@ def run_outcome(
         event = entry.dagster_event
         if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
             materialization = event.step_materialization_data.materialization
-            if materialization.asset_key == INGESTED and materialization.partition:
-                ingested.add(materialization.partition)
+            counts = materialization.metadata
+            if materialization.asset_key == INGESTED and "recomputed" in counts:
+                ingested += counts["recomputed"].value
+            elif materialization.asset_key == STOPPED and "recomputed_quarantined" in counts:
+                quarantined += counts["recomputed_quarantined"].value
             elif materialization.asset_key == DRIFT_REPORT:
                 for side in ("documents", "queries"):
                     share = materialization.metadata.get(f"{side}/drift_share")
@@ -197,14 +199,13 @@ def run_outcome(
             evaluation = event.event_specific_data
             if evaluation.asset_check_key in gates:
                 decisions.append((gates[evaluation.asset_check_key], evaluation.passed))
-    quarantined = sum(store.read_stage(d, QUARANTINE) is not None for d in ingested)
     ended = record.end_time or record.update_timestamp.timestamp()
     return {
         "run_id": run.run_id,
         "job": run.job_name,
         "status": run.status.value.lower(),
         "ended_at": ended,
-        "documents": len(ingested),
+        "documents": ingested,
         "quarantined": quarantined,
         "drift": drift,
         "gate_decisions": decisions,
