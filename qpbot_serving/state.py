@@ -25,6 +25,8 @@ backends live in `qpbot_serving.object_store`.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -78,6 +80,7 @@ FEEDBACK_DIR = "feedback"  # copies of the answer log, metrics, training pairs
 MONITORING_DIR = "monitoring"  # drift reports, the platform's figures
 EVALUATION_DIR = "evaluation"  # the evaluation assets' reports (plots, answers)
 CACHE_DIR = "cache"  # under QPBOT_HOME: local copies of what lives on object storage
+LISTINGS_DIR = "listings"  # the source sensors' listings (see SourceListings)
 
 
 # --- the records --------------------------------------------------------------------------
@@ -330,6 +333,53 @@ POINTERS: tuple[Pointer | Log, ...] = (
 )
 
 
+# --- the source sensors' listings ---------------------------------------------------------
+class SourceListings:
+    """A source sensor's last listing, {uri: version}, kept as an object named by its content
+    (`listings/<sensor>/<digest>.json.gz`, written by qpbot_assets.defs.ingestion.sensors);
+    the sensor's Dagster cursor only names it. Dagster keeps a sensor's cursor with every
+    tick that changes it, and a listing of a million files is about 80 MB of JSON.
+
+    A tick reads the listing its cursor names and, when the source changed, writes the new
+    one; a tick that fails leaves its cursor, so the listing it names must stay: the cursor
+    also names the listing before, and only the one before that is deleted."""
+
+    def __init__(self, state: StateStore, sensor: str):
+        self.state = state
+        self.sensor = sensor
+
+    def read(self, cursor: str | None) -> dict[str, str]:
+        """The listing `cursor` names (a cursor of before listings were objects holds the
+        listing itself)."""
+        named = json.loads(cursor) if cursor else {}
+        if "listing" not in named:
+            return named
+        data = self.state.get_file(self._key(named["listing"]))
+        if data is None:
+            raise StateError(
+                f"the listing {self._key(named['listing'])} that the {self.sensor} sensor's "
+                "cursor names is missing; reset the sensor's cursor in the Dagster UI to "
+                "list the source anew"
+            )
+        return json.loads(gzip.decompress(data))
+
+    def write(self, listing: dict[str, str], cursor: str | None) -> str:
+        """Stores `listing`; returns the cursor that names it."""
+        data = gzip.compress(json.dumps(listing, sort_keys=True).encode(), mtime=0)
+        digest = hashlib.sha256(data).hexdigest()[:24]
+        if not self.state.has_file(self._key(digest)):
+            self.state.put_file(self._key(digest), data)
+        named = json.loads(cursor) if cursor else {}
+        previous = named.get("listing") if "listing" in named else None
+        stale = named.get("before")
+        if stale and stale not in (previous, digest):
+            self.state.delete_file(self._key(stale))
+        return json.dumps({"listing": digest, "before": previous})
+
+    def _key(self, digest: str) -> str:
+        return f"{LISTINGS_DIR}/{self.sensor}/{digest}.json.gz"
+
+
 # --- the store ----------------------------------------------------------------------------
 
 
@@ -439,6 +489,9 @@ class StateStore:
 
     def has_file(self, key: str) -> bool:
         return self._objects.exists(key)
+
+    def delete_file(self, key: str) -> None:
+        self._objects.delete(key)
 
     def folders(self, key: str) -> list[str]:
         """The names of the stored folders directly under `key`, sorted."""

@@ -97,7 +97,9 @@ def tick(sensor, instance, cursor, **resources):
     deletes to `instance`; returns its SensorResult or SkipReason."""
     import dagster as dg
 
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources=resources, sensor_name=sensor.name
+    )
     result = sensor(context)
     if isinstance(result, dg.SensorResult):
         for request in result.dynamic_partitions_requests:

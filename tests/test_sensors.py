@@ -44,6 +44,7 @@ def test_inbox_sensor_adds_edits_and_deletes(tmp_path, sample_documents):
         assert {r.job_name for r in first.run_requests} == {"ingest_documents"}
         assert {shard for run in runs for shard in run} == set(shards)
         assert documents.store.source_uri(keys[0]).startswith("file://")
+        assert len(first.cursor) < 100  # it names the listing, an object of its own
 
         # Same state again: nothing to do, and a repeated tick would reuse the run key.
         assert isinstance(

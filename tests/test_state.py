@@ -2,6 +2,7 @@
 promotions and rollbacks that move them."""
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,28 @@ def test_no_other_module_names_a_pointer_file():
             ):
                 named = [f for f in files if f in node.value]
                 assert not named, f"{module} names {named}: read and write it through state"
+
+
+def test_a_sensor_listing_is_an_object_its_cursor_names_and_old_ones_go(tmp_path):
+    listings = st.SourceListings(st.StateStore(tmp_path), "inbox_sensor")
+    folder = tmp_path / st.LISTINGS_DIR / "inbox_sensor"
+    first = {f"file:///inbox/{n}.md": f"{n}:1" for n in range(1000)}
+    second = {**first, "file:///inbox/new.md": "1"}
+    third = dict(list(first.items())[1:])
+
+    one = listings.write(first, None)
+    assert len(one) < 100 and listings.read(one) == first
+    two = listings.write(second, one)
+    # A tick that failed after writing keeps its cursor: the listing it names is still there.
+    assert listings.read(one) == first and listings.read(two) == second
+    three = listings.write(third, two)
+    assert listings.read(three) == third and listings.read(two) == second
+    assert len(list(folder.iterdir())) == 2  # the first, two ticks back, is gone
+    assert listings.write(third, three) != three and listings.read(three) == third
+    # The cursor of before listings were objects held the listing itself.
+    legacy = '{"file:///inbox/a.md": "1"}'
+    assert listings.read(legacy) == {"file:///inbox/a.md": "1"}
+    assert listings.read(listings.write({}, legacy)) == {}
+    (folder / f"{json.loads(three)['listing']}.json.gz").unlink()
+    with pytest.raises(st.StateError, match="reset the sensor's cursor"):
+        listings.read(three)

@@ -43,13 +43,30 @@ def home_paths(
     )
 
 
-class DocumentStoreResource(dg.ConfigurableResource):
-    """The document store and source settings under QPBOT_HOME, and how much one document
-    may hold (QPBOT_MAX_DOCUMENT_MB, QPBOT_MAX_UNPACKED_MB, QPBOT_MAX_COMPRESSION_RATIO,
-    QPBOT_MAX_CHUNKS_PER_DOCUMENT)."""
+class StorageResource(dg.ConfigurableResource):
+    """Where a domain keeps what it shares: the state store (every pointer and cursor) under
+    QPBOT_STORAGE_URL (on object storage) or QPBOT_HOME, and local caches under QPBOT_HOME."""
 
     home: str
-    storage_url: str | None = None  # QpbotSettings.storage_url: blobs and vectors on S3
+    storage_url: str | None = None  # QpbotSettings.storage_url
+
+    @property
+    def state(self) -> StateStore:
+        """The pointers (qpbot_serving.state), where the settings keep them."""
+        return StateStore.from_settings(home_paths(self.home, self.storage_url))
+
+    @property
+    def cache_dir(self) -> Path:
+        """Local copies of what lives on object storage (QpbotSettings.cache_dir)."""
+        return home_paths(self.home).cache_dir
+
+
+class DocumentStoreResource(StorageResource):
+    """The document store and source settings (blobs and vectors under the storage URL,
+    records in QPBOT_DATABASE_URL), and how much one document may hold
+    (QPBOT_MAX_DOCUMENT_MB, QPBOT_MAX_UNPACKED_MB, QPBOT_MAX_COMPRESSION_RATIO,
+    QPBOT_MAX_CHUNKS_PER_DOCUMENT)."""
+
     database_url: str | None = None  # QpbotSettings.database_url: the records in PostgreSQL
     pdf_passwords: list[str] = []
     max_document_mb: int = _default("max_document_mb")
@@ -86,27 +103,14 @@ class DocumentStoreResource(dg.ConfigurableResource):
         )
 
 
-class SearchIndexResource(dg.ConfigurableResource):
-    """The state store (every pointer) and the LanceDB database: under QPBOT_HOME, or under
+class SearchIndexResource(StorageResource):
+    """The state store and the LanceDB database: under QPBOT_HOME, or under
     QPBOT_STORAGE_URL on object storage."""
-
-    home: str
-    storage_url: str | None = None  # QpbotSettings.storage_url
 
     @property
     def models_dir(self) -> Path:
         """Fine-tuned embedders, LoRA adapters and the local generator's model cache."""
         return home_paths(self.home).models_dir
-
-    @property
-    def cache_dir(self) -> Path:
-        """Local copies of what lives on object storage (`object_store.cached_folder`)."""
-        return home_paths(self.home).cache_dir
-
-    @property
-    def state(self) -> StateStore:
-        """The pointers (qpbot_serving.state), where the settings keep them."""
-        return StateStore.from_settings(home_paths(self.home, self.storage_url))
 
     def connect(self):
         return search_index.connect(self.state)
@@ -141,15 +145,13 @@ class SearchIndexResource(dg.ConfigurableResource):
         return texts
 
 
-class EmbeddingModelResource(dg.ConfigurableResource):
+class EmbeddingModelResource(StorageResource):
     """The embedding model new chunks get: the configured one, or its promoted fine-tune
     (see `serving_embedding_model`). It runs in a child process of this one (see
     `embedding_process`), started when a stage first needs it, or by `qpbot ingest` before
     its run, and kept for later runs in this process."""
 
     configured_model: str
-    home: str
-    storage_url: str | None = None  # QpbotSettings.storage_url: where the pointers live
     backend: str  # QpbotSettings.embedding_backend, resolved (`embedding.resolve_backend`)
     exports_dir: str  # QpbotSettings.embedding_exports_dir
     batch_size: int = 32
@@ -166,9 +168,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
 
     @property
     def embedder(self) -> ChildProcessEmbedder:
-        return child_embedder(
-            self.model_name, self.backend, Path(self.exports_dir), self.model_cache
-        )
+        return child_embedder(self.model_name, self.backend, Path(self.exports_dir), self.cache_dir)
 
     def embedder_for(self, model_name: str) -> Embedder:
         """An embedder of another model (a challenger) in this process, with this backend."""
@@ -176,7 +176,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
             model_name,
             backend=self.backend,
             cache_dir=Path(self.exports_dir),
-            model_cache=self.model_cache,
+            model_cache=self.cache_dir,
         )
 
     def index_embedder(self, promoted: PromotedIndex) -> Embedder:
@@ -187,7 +187,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
             promoted.embedding_backend,
             self.backend,
             Path(self.exports_dir),
-            self.model_cache,
+            self.cache_dir,
         )
 
     def retriever(self, pointer: PromotedIndex | None = None) -> Retriever:
@@ -197,24 +197,15 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         options = {
             "backend": self.backend,
             "exports_dir": Path(self.exports_dir),
-            "cache_dir": self.model_cache,  # the table and a stored model, on object storage
+            "cache_dir": self.cache_dir,  # the table and a stored model, on object storage
         }
         if pointer is None:
             return Retriever.open(self.state, **options)
         return Retriever.at(self.state, pointer, **options)
 
     @property
-    def state(self) -> StateStore:
-        return StateStore.from_settings(home_paths(self.home, self.storage_url))
-
-    @property
     def model_name(self) -> str:
         return serving_embedding_model(self.state, self.configured_model)
-
-    @property
-    def model_cache(self) -> Path:
-        """Where a fine-tune stored on object storage is copied to (QpbotSettings.cache_dir)."""
-        return home_paths(self.home).cache_dir
 
 
 class S3SourceResource(dg.ConfigurableResource):
@@ -236,23 +227,17 @@ class SqlSourcesResource(dg.ConfigurableResource):
         return TypeAdapter(list[SqlSource]).validate_json(self.sources_json)
 
 
-class FeedbackDatabaseResource(dg.ConfigurableResource):
+class FeedbackDatabaseResource(StorageResource):
     """The database the answer service logs answers and feedback to, and the state store
     where the feedback assets keep their copies (events, metrics, training pairs) under
     `feedback/`: QPBOT_STORAGE_URL, else QPBOT_HOME."""
 
     database_url: str  # QpbotSettings.feedback_database_url
-    home: str
-    storage_url: str | None = None  # QpbotSettings.storage_url
 
     def engine(self):
         from qpbot_serving.answer_log import engine_for
 
         return engine_for(self.database_url)
-
-    @property
-    def state(self) -> StateStore:
-        return StateStore.from_settings(home_paths(self.home, self.storage_url))
 
 
 class MlflowResource(dg.ConfigurableResource):

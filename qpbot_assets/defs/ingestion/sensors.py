@@ -1,6 +1,7 @@
 """Source sensors: a watched folder, an S3 prefix and database tables.
 
-Each lists its source, compares the listing with the one in its cursor, registers new and
+Each lists its source, compares the listing with the last one (an object its cursor names,
+`state.SourceListings`), registers new and
 changed documents as live and marks deleted ones, adds the partitions of shards that get
 their first document, and asks for the runs that bring the index up to date: one per
 contiguous range of the shards that changed.
@@ -22,8 +23,8 @@ from qpbot_assets.defs.partitions import (
 from qpbot_assets.defs.resources import DocumentStoreResource, S3SourceResource, SqlSourcesResource
 from qpbot_assets.documents.sources import SourceObject, diff_listing, list_s3, scan_folder
 from qpbot_assets.documents.sql_source import SqlTable
-from qpbot_assets.documents.store import DocumentStore
 from qpbot_serving.object_store import split_s3_url
+from qpbot_serving.state import SourceListings
 
 # Rows whose documents one tick fetches: a large table's first listing is taken in over
 # several ticks, each well within the sensor's time limit; the rest wait for the next.
@@ -41,13 +42,18 @@ def range_run_request(first: str, last: str, run_key: str) -> dg.RunRequest:
 
 def sync_source(
     context: dg.SensorEvaluationContext,
-    store: DocumentStore,
+    documents: DocumentStoreResource,
     source_name: str,
     listing: list[SourceObject],
+    previous: dict[str, str] | None = None,
 ) -> dg.SensorResult | dg.SkipReason:
-    """Turns the difference between a listing and the cursor into records, partitions and
-    runs. The records change first: a tick that fails after them repeats them harmlessly."""
-    previous: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    """Turns the difference between a listing and the last one (`previous`, else the one
+    the cursor names) into records, partitions and runs. The records change first: a tick
+    that fails after them repeats them harmlessly."""
+    listings = SourceListings(documents.state, context.sensor_name)
+    if previous is None:
+        previous = listings.read(context.cursor)
+    store = documents.store
     changes = diff_listing(previous, listing)
     if changes.is_empty():
         return dg.SkipReason(f"{source_name}: {len(listing)} documents, nothing changed")
@@ -80,7 +86,7 @@ def sync_source(
         dynamic_partitions_requests=(
             [document_shards.build_add_request(new_shards)] if new_shards else []
         ),
-        cursor=json.dumps({obj.uri: obj.version for obj in listing}),
+        cursor=listings.write({obj.uri: obj.version for obj in listing}, context.cursor),
     )
 
 
@@ -103,9 +109,9 @@ def inbox_sensor(
     if documents.inbox_url:
         bucket, prefix = split_s3_url(documents.inbox_url)
         listing = list_s3(s3.get_client(), bucket, prefix)
-        return sync_source(context, documents.store, documents.inbox_url, listing)
+        return sync_source(context, documents, documents.inbox_url, listing)
     documents.inbox_dir.mkdir(parents=True, exist_ok=True)
-    return sync_source(context, documents.store, "inbox", scan_folder(documents.inbox_dir))
+    return sync_source(context, documents, "inbox", scan_folder(documents.inbox_dir))
 
 
 @dg.sensor(
@@ -123,9 +129,7 @@ def s3_sensor(
     if not s3_source.bucket:
         return dg.SkipReason("no bucket configured: set QPBOT_S3_BUCKET (and QPBOT_S3_PREFIX)")
     listing = list_s3(s3.get_client(), s3_source.bucket, s3_source.prefix)
-    return sync_source(
-        context, documents.store, f"s3://{s3_source.bucket}/{s3_source.prefix}", listing
-    )
+    return sync_source(context, documents, f"s3://{s3_source.bucket}/{s3_source.prefix}", listing)
 
 
 @dg.sensor(
@@ -146,7 +150,7 @@ def sql_sensor(
     sources = sql_sources.sources
     if not sources:
         return dg.SkipReason("no tables configured: set QPBOT_SQL_SOURCES")
-    previous: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    previous = SourceListings(documents.state, context.sensor_name).read(context.cursor)
     store = documents.store
     listing: list[SourceObject] = []
     budget = SQL_ROWS_PER_TICK
@@ -173,4 +177,4 @@ def sql_sensor(
             for obj in rows
             if obj.uri not in deferred or obj.uri in previous
         ]
-    return sync_source(context, store, f"{len(sources)} table(s)", listing)
+    return sync_source(context, documents, f"{len(sources)} table(s)", listing, previous)
