@@ -274,7 +274,7 @@ class Answerer:
         return self.finish(prepared, guard.text.strip(), None, guard.stop_reason)
 
     def _extractive(self, prepared: PreparedAnswer, asked: frozenset[str]) -> FinishedAnswer:
-        text, quoted = extractive_answer(prepared.evidence)
+        text, quoted = extractive_answer(prepared.evidence, prepared.question)
         cited = [i for i, unit in enumerate(prepared.evidence) if unit in quoted]
         return FinishedAnswer(
             text, "extractive", bool(quoted), prepared.evidence, cited, question_words=asked

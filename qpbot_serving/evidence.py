@@ -7,7 +7,9 @@ the words of the question they hold (weighted by how rare each word is among the
 candidates), the cosine of the index's own embedder, and the rank of their chunk. The prompt
 gets the best units, in the generator's own tokens, instead of whole chunks: on a CPU the
 prompt's length sets the time to the first token, and a small model answers better from the
-three lines that matter than from two pages of which one line matters.
+three lines that matter than from two pages of which one line matters. Where the chunker
+cut a table row or a sentence between two retrieved chunks, the units are mended first
+(`mend_chunk_edges`).
 
 No model is loaded here: the embedder and the token counter are passed in.
 """
@@ -197,6 +199,8 @@ def _block_units(text: str, start: int, end: int, section: str | None):
     table = [line for line in lines if _is_table_line(text[line[0] : line[1]])]
     if len(table) >= 2 and len(table) >= 0.6 * len(lines):
         return _table_units(text, lines)
+    if len(table) == 1:
+        return _cut_row_units(text, lines)
     if any(_BULLET.match(text[a:b]) for a, b in lines):
         return _list_units(text, lines)
     return _sentences(text, lines[0][0], lines[-1][1])
@@ -221,6 +225,24 @@ def _table_units(text: str, lines: list[tuple[int, int]]):
             continue
         if any(split_cells(line)):
             units.append(("table_row", line_start, line_end, header))
+    return units
+
+
+def _cut_row_units(text: str, lines: list[tuple[int, int]]):
+    """A block with one table line: a row that the chunker cut from its table (the header
+    is in the chunk before), with sentences around it. The row has no header here;
+    `mend_chunk_edges` gives it its table's."""
+    units: list[tuple[str, int, int, str | None]] = []
+    run: list[tuple[int, int]] = []
+    for line_start, line_end in lines + [(-1, -1)]:
+        if line_start >= 0 and not _is_table_line(text[line_start:line_end]):
+            run.append((line_start, line_end))
+            continue
+        if run:
+            units += _sentences(text, run[0][0], run[-1][1])
+            run = []
+        if line_start >= 0:
+            units.append(("table_row", line_start, line_end, None))
     return units
 
 
@@ -283,7 +305,9 @@ def select_evidence(
     one before it ("It costs 49 EUR.") brings that one along. The result is numbered by
     source in order of each source's best unit; within a source, units keep reading order.
     """
-    candidates = [unit for rank, hit in enumerate(hits) for unit in split_units(hit, rank)]
+    candidates = mend_chunk_edges(
+        [unit for rank, hit in enumerate(hits) for unit in split_units(hit, rank)]
+    )
     scored = score_units(question, candidates, embed, query_vector)
     if not scored:
         return EvidenceSelection([], 0, 0.0, 0)
@@ -313,14 +337,67 @@ def select_evidence(
     # say which kind of answer is wanted are not the subject, and only for that kind:
     # "charge" asks for money in "how much do you charge", but names the subject in "how
     # long does charging take".
-    kind_words = _terms(_ANSWER_TYPE_WORDS) if wanted and wanted[0] in ("money", "unit") else set()
+    kind_words = _terms(_ANSWER_TYPE_WORDS.get(wanted[0], "")) if wanted else set()
     subject = asked_terms(question) - kind_words
+    if wanted and wanted[0] in _KEY_TERM_KINDS:
+        # Nearly every unit names someone or something with a version, so the one that
+        # answers must hold the question's rarest word: "Who is the CEO?" is not answered
+        # by "Owner: Finance", nor "Which version added 5 GHz?" by "Firmware 2.3: no-go
+        # zones".
+        subject = key_terms(subject, candidates)
     found = wanted is None or any(
         carries_answer_type(u, wanted) and _mentions(u, subject) for u in numbered
     )
     return EvidenceSelection(
         numbered, len(candidates), best, used, wanted[0] if wanted else None, found
     )
+
+
+def mend_chunk_edges(units: Sequence[EvidenceUnit]) -> list[EvidenceUnit]:
+    """`units` (of chunks in retrieved order) mended where the chunker cut a table or a
+    sentence between chunks: a row without a header, or whose "header" has another number of
+    cells (the tail of the row before, cut), gets the header of the table with as many
+    cells in its document's section; a unit at the start or end of its chunk that a unit of
+    another chunk of its document holds whole (the cut "E8 | ... | Move the", the overlap
+    "and push the dustbin in") is dropped, as is the second of two equal ones."""
+
+    def fits(unit: EvidenceUnit) -> bool:
+        return bool(unit.header) and len(split_cells(unit.header)) == len(split_cells(unit.text))
+
+    headers: dict[tuple[str, str | None, int], str] = {}
+    for unit in units:
+        if unit.kind == "table_row" and fits(unit):
+            place = (unit.document_id, unit.section, len(split_cells(unit.header)))
+            headers.setdefault(place, unit.header)
+    mended = []
+    for unit in units:
+        if unit.kind == "table_row" and not fits(unit):
+            header = headers.get((unit.document_id, unit.section, len(split_cells(unit.text))))
+            unit = replace(unit, header=header) if header else unit
+        mended.append(unit)
+    last: dict[str, int] = {}
+    by_document: dict[str, list[tuple[int, EvidenceUnit]]] = {}
+    for i, unit in enumerate(mended):
+        last[unit.chunk_id] = max(last.get(unit.chunk_id, 0), unit.position)
+        by_document.setdefault(unit.document_id, []).append((i, unit))
+
+    def held_elsewhere(i: int, unit: EvidenceUnit) -> bool:
+        first, final = unit.position == 0, unit.position == last[unit.chunk_id]
+        if not (first or final):
+            return False
+        for j, other in by_document[unit.document_id]:
+            if other.chunk_id == unit.chunk_id or len(other.text) < len(unit.text):
+                continue
+            if other.text == unit.text:
+                if j < i:
+                    return True
+            elif (first and other.text.endswith(unit.text)) or (
+                final and other.text.startswith(unit.text)
+            ):
+                return True
+        return False
+
+    return [unit for i, unit in enumerate(mended) if not held_elsewhere(i, unit)]
 
 
 def adapted_budget(budget_tokens: int, scored: Sequence[EvidenceUnit]) -> int:
@@ -352,25 +429,9 @@ def score_units(
         return []
     asked = asked_terms(question)
     unit_words = [_terms(u.prompt_text) for u in units]
-    # A section named like its document (a Markdown or DOCX title) says no more than the title.
-    sections = [_terms(u.section if u.section and u.section != u.title else "") for u in units]
+    sections = [_section_terms(u) for u in units]
     titles = [_terms(u.title or "") for u in units]
-    # Document frequency over the retrieved chunks (with their titles and sections), squared:
-    # the product name that most chunks repeat weighs little beside the rare word that only
-    # the answer holds.
-    chunk_terms: dict[str, set[str]] = {}
-    for unit, own, section, title in zip(units, unit_words, sections, titles, strict=True):
-        chunk_terms.setdefault(unit.chunk_id, set()).update(own, section, title)
-    vocabulary = set().union(*chunk_terms.values())
-    # The candidates' words each question word matches: itself, or where no candidate has
-    # it, the words it is a prefix of or that are a prefix of it ("weigh": "weight").
-    matching = {
-        w: {w} if w in vocabulary else {v for v in vocabulary if _term_matches(w, v)} for w in asked
-    }
-    frequency = {w: sum(bool(matching[w] & found) for found in chunk_terms.values()) for w in asked}
-    # A word found nowhere counts as much as the rarest found one: often it is a paraphrase
-    # ("weigh" for "Weight"), not proof that the answer is missing.
-    weight = {w: math.log(1 + len(chunk_terms) / (frequency[w] or 1)) ** 2 for w in asked}
+    matching, weight = _term_weights(asked, units, unit_words, sections, titles)
     total = sum(weight.values()) or 1.0
 
     def held(w, own, section, title) -> float:
@@ -420,11 +481,66 @@ def score_units(
     ]
 
 
+def _section_terms(unit: EvidenceUnit) -> set[str]:
+    # A section named like its document (a Markdown or DOCX title) says no more than the title.
+    return _terms(unit.section if unit.section and unit.section != unit.title else "")
+
+
+def _term_weights(
+    asked: set[str],
+    units: Sequence[EvidenceUnit],
+    unit_words: Sequence[set[str]],
+    sections: Sequence[set[str]],
+    titles: Sequence[set[str]],
+) -> tuple[dict[str, set[str]], dict[str, float]]:
+    """For each asked term: the candidates' terms it matches, and its weight (the squared
+    inverse document frequency over the candidates' chunks)."""
+    # Document frequency over the retrieved chunks (with their titles and sections), squared:
+    # the product name that most chunks repeat weighs little beside the rare word that only
+    # the answer holds.
+    chunk_terms: dict[str, set[str]] = {}
+    for unit, own, section, title in zip(units, unit_words, sections, titles, strict=True):
+        chunk_terms.setdefault(unit.chunk_id, set()).update(own, section, title)
+    vocabulary = set().union(*chunk_terms.values())
+    # The candidates' words each question word matches: itself, and the words it is a
+    # prefix of or that are a prefix of it ("weigh": "weight", "reimburs": "reimbursement").
+    matching = {w: {v for v in vocabulary if _term_matches(w, v)} | {w} for w in asked}
+    frequency = {w: sum(bool(matching[w] & found) for found in chunk_terms.values()) for w in asked}
+    # A word found nowhere counts as much as the rarest found one: often it is a paraphrase
+    # ("weigh" for "Weight"), not proof that the answer is missing.
+    weight = {w: math.log(1 + len(chunk_terms) / (frequency[w] or 1)) ** 2 for w in asked}
+    return matching, weight
+
+
+def key_terms(asked: set[str], units: Sequence[EvidenceUnit]) -> set[str]:
+    """The rarest of the `asked` terms among the chunks of `units` (all those of the
+    highest weight, as `score_units` weighs them; a term no unit holds is among them)."""
+    if not asked or not units:
+        return set(asked)
+    _, weight = _term_weights(
+        asked,
+        units,
+        [_terms(u.prompt_text) for u in units],
+        [_section_terms(u) for u in units],
+        [_terms(u.title or "") for u in units],
+    )
+    rarest = max(weight.values())
+    return {w for w, value in weight.items() if value >= rarest * (1 - 1e-9)}
+
+
+def held_terms(asked: set[str], unit: EvidenceUnit) -> set[str]:
+    """The `asked` terms that `unit`'s own words (a row with its header) or its section hold,
+    equal or by prefix ("weigh": "weight")."""
+    held = _terms(unit.prompt_text) | _section_terms(unit)
+    return {w for w in asked if any(_term_matches(w, v) for v in held)}
+
+
 # --- the kind of answer a question asks for ----------------------------------------------
 # Only question forms that name the kind of their answer unambiguously: "how long" wants a
 # duration, "how much does it cost" an amount of money, "how many employees" a number of
-# employees, "in km/h" a number in km/h. Questions that do not ("what", "who", "why") get
-# None, and no unit is preferred or found wanting for them.
+# employees, "in km/h" a number in km/h, "who" a person, a role or an organization, "which
+# version" a version. Questions that do not ("what", "why") get None, and no unit is
+# preferred or found wanting for them.
 _TIME_UNIT = r"(?:seconds?|secs?|minutes?|mins?|hours?|hrs?|h|days?|weeks?|months?|years?)"
 _CURRENCY = r"(?:eur|euros?|usd|dollars?|gbp|pounds?|chf|cny|jpy|yen|€|\$|£)"
 _MEASURE_UNIT = (
@@ -443,18 +559,45 @@ _ASKS_MONEY = re.compile(
     r"|\b(?:price|prices|priced|allowances?|per[- ]diems?)\b"
 )
 _ASKS_COUNT = re.compile(r"\bhow many ([a-z][\w-]*)")
-_ASKS_QUANTITY = re.compile(r"\bhow (?:much|big|large|heavy|high|far|fast|wide|tall|old)\b")
+_ASKS_QUANTITY = re.compile(
+    r"\bhow (?:much|big|large|heavy|high|far|fast|wide|tall|old|loud|hot|cold|warm|strong)\b"
+)
 _ASKS_IN_UNIT = re.compile(rf"\bin ({_MEASURE_UNIT}|{_CURRENCY})(?![\w/])")
+_ASKS_PERSON = re.compile(r"^\W*(?:(?:to|from|by|for|with) )?(?:who|whom|whose)\b")
+_ASKS_VERSION = re.compile(
+    r"\b(?:which|what) (?:[\w-]+ ){0,3}?(?:version|release)s?\b|\bwhich firmware\b"
+)
 _HAS_DURATION = re.compile(rf"\d\s*(?:business |working |calendar )?{_TIME_UNIT}\b")
 _HAS_MONEY = re.compile(rf"\d\s*{_CURRENCY}(?!\w)|(?<!\w)[€$£]\s*\d")
 _HAS_QUANTITY = re.compile(rf"\d\s*(?:{_MEASURE_UNIT}|{_CURRENCY}|%|percent|x|times)(?![\w/])")
+# Someone named: a title and a name ("Dr. Lena Hartmann"), two capitalized words of which
+# the first is no function word ("Maria Okafor", "Northwind Robotics"), a role, or where to
+# reach someone ("Questions go to travel@northwind-robotics.example").
+_HAS_PERSON = re.compile(
+    r"\b(?:Dr|Mr|Mrs|Ms|Prof)\.?\s+[A-Z]"
+    r"|[\w.+-]+@[\w-]+\.[\w.-]+|\+\d[\d ()/-]{6,}\d"
+    r"|\b(?!(?:The|A|An|In|On|At|To|For|If|When|Our|Your|This|That|It|We|You|Each|All|No)\s)"
+    r"[A-Z][\w'-]+\s+[A-Z][\w'-]+"
+    r"|(?i:\b(?:head|manager|officer|director|president|chair(?:man|woman|person)?|owner|"
+    r"team|department|board|committee|controller|lead|supervisor|staff|administrator|"
+    r"representative|authority|agent|ceo|cfo|cto|coo)s?\b)"
+)
+_HAS_VERSION = re.compile(
+    r"\b(?:version|firmware|release|software|app|v)\s*\d+(?:\.\d+)+\b|\b\d+\.\d+\.\d+\b",
+    re.IGNORECASE,
+)
 
 
 def answer_type(question: str) -> tuple[str, str | None] | None:
     """(kind, detail) of the answer `question` asks for, or None when its form does not say:
     ("duration", None), ("money", None), ("count", the counted word's term), ("unit", the
-    unit), ("quantity", None: a number with a unit of measure, a currency or percent)."""
+    unit), ("quantity", None: a number with a unit of measure, a currency or percent),
+    ("person", None: someone named, a role or an organization), ("version", None)."""
     text = question.lower()
+    if _ASKS_PERSON.search(text):
+        return ("person", None)
+    if _ASKS_VERSION.search(text):
+        return ("version", None)
     if _ASKS_DURATION.search(text):
         return ("duration", None)
     if _ASKS_MONEY.search(text):
@@ -471,6 +614,12 @@ def answer_type(question: str) -> tuple[str, str | None] | None:
 def carries_answer_type(unit: EvidenceUnit, wanted: tuple[str, str | None]) -> bool:
     """Whether `unit` states an answer of the kind `wanted` (from `answer_type`)."""
     kind, detail = wanted
+    if kind == "person":
+        # "Approved by: Your department head": the header's "by" says the row names someone.
+        return bool(_HAS_PERSON.search(unit.prompt_text))
+    if kind == "version":
+        # Release notes say the version in their heading ("Firmware 2.3"), not in each line.
+        return bool(_HAS_VERSION.search(f"{unit.section or ''} {unit.prompt_text}"))
     text = unit.prompt_text.lower()
     if kind == "duration":
         return bool(_HAS_DURATION.search(text))
@@ -489,16 +638,20 @@ def carries_answer_type(unit: EvidenceUnit, wanted: tuple[str, str | None]) -> b
 
 
 # Question words that only say which kind of answer it wants.
-_ANSWER_TYPE_WORDS = "cost costs price prices priced pay paid charge charged km h"
+_MONEY_WORDS = "cost costs price prices priced pay paid charge charged km h"
+_ANSWER_TYPE_WORDS = {
+    "money": _MONEY_WORDS,
+    "unit": _MONEY_WORDS,
+    "version": "version versions release releases firmware software",
+}
+# The kinds that nearly every unit could carry: the unit must hold the question's rarest word.
+_KEY_TERM_KINDS = ("person", "version")
 
 
 def _mentions(unit: EvidenceUnit, subject: set[str]) -> bool:
     """Whether `unit` (with its section) holds one of the `subject` terms, or the question
     names nothing else."""
-    if not subject:
-        return True
-    held = _terms(unit.prompt_text) | _terms(unit.section or "")
-    return any(_term_matches(w, v) for w in subject for v in held)
+    return not subject or bool(held_terms(subject, unit))
 
 
 def _stem_term(word: str) -> str:
@@ -522,16 +675,31 @@ def asked_terms(question: str) -> set[str]:
     return asked
 
 
-_HOW_WORD = re.compile(r"\bhow\s+(long|many|much|often|soon|far|old|big|large|high|fast)\b")
+_HOW_WORD = re.compile(
+    r"\bhow\s+(long|many|much|often|soon|far|old|big|large|high|fast|loud|hot|cold|warm|strong)\b"
+)
 
 
 def _terms(text: str) -> set[str]:
     """Content words (their endings cut: "meaning" and "mean", "replaced" and "replace"
-    match) and whole numbers ("2.2" is not "2.3", though both hold a "2")."""
-    return {_ENDING.sub("", word) for word in content_words(text)} | numbers(text)
+    match), whole numbers ("2.2" is not "2.3", though both hold a "2") and bounds (">2500"
+    for "more than 2,500" and "over 2,500", "<500" for "up to 500")."""
+    bounds = {
+        ("<" if below else ">") + number.replace(",", "")
+        for below, _, number in _BOUND.findall(text.lower())
+    }
+    # Digits only as whole numbers: content_words cuts "2,500" into "2" and "500".
+    content = {_ENDING.sub("", word) for word in content_words(text) if not word.isdigit()}
+    return content | numbers(text) | bounds
 
 
 _ENDING = re.compile(r"(?<=\w{3})(ing|ed|es|e)$")
+# "more than" and "over" are stopwords, but they say which row of a table of amounts
+# answers: "more than 2,500 EUR" is the row "Over 2,500 EUR", not "500 to 2,500 EUR".
+_BOUND = re.compile(
+    r"\b(?:(no more than|not more than|less than|fewer than|under|below|up to|at most)"
+    r"|(more than|over|above|exceeding|greater than|beyond))\s+(\d[\d,]*(?:\.\d+)?)"
+)
 
 
 def _dense_text(unit: EvidenceUnit) -> str:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 
-from qpbot_serving.evidence import EvidenceUnit, split_sentences
+from qpbot_serving.evidence import EvidenceUnit, asked_terms, held_terms, split_sentences
 from qpbot_serving.prompting import NO_ANSWER, source_label
 from qpbot_serving.text import content_words, normalize_answer, numbers
 
@@ -135,14 +135,16 @@ def _with_marker(claim: str, number: int | None) -> str:
     return f"{claim[:end]} [{number}]{claim[end:]}"
 
 
-def extractive_answer(evidence: Sequence[EvidenceUnit]) -> tuple[str, list[EvidenceUnit]]:
-    """The best unit quoted with its citation (and the second best when it scores nearly
-    as well); returns the answer and the quoted units."""
+def extractive_answer(
+    evidence: Sequence[EvidenceUnit], question: str
+) -> tuple[str, list[EvidenceUnit]]:
+    """The best unit for `question` quoted with its citation (and the second best when it
+    answers the same question nearly as well); returns the answer and the quoted units."""
     ranked = sorted(evidence, key=lambda unit: -unit.score)
     if not ranked:
         return NO_ANSWER, []
     quoted = [ranked[0]]
-    if len(ranked) > 1 and ranked[1].score >= SECOND_QUOTE_SHARE * ranked[0].score:
+    if len(ranked) > 1 and _quoted_beside(ranked[1], ranked[0], question):
         quoted.append(ranked[1])
     by_source: dict[tuple[str, int | None], list[str]] = {}
     # Two units of one source under one label, in reading order: "return within 30 days"
@@ -154,6 +156,26 @@ def extractive_answer(evidence: Sequence[EvidenceUnit]) -> tuple[str, list[Evide
         for (label, number), texts in by_source.items()
     ]
     return "\n".join(lines), quoted
+
+
+def _quoted_beside(second: EvidenceUnit, best: EvidenceUnit, question: str) -> bool:
+    """Whether `second` is quoted beside `best`: it scores nearly as well and holds every
+    word of the question that `best` holds, so it answers the same question (the row
+    "E6 | Cliff sensor error" scores close to "E4 | Side brush stuck" for "What does error
+    code E4 mean?", but lacks the "E4"). A row of `best`'s own table must also hold a word
+    of the question that `best` lacks: the rows of a table answer one question each."""
+    if second.score < SECOND_QUOTE_SHARE * best.score:
+        return False
+    asked = asked_terms(question)
+    best_holds, second_holds = held_terms(asked, best), held_terms(asked, second)
+    if not best_holds <= second_holds:
+        return False
+    same_table = (
+        best.kind == second.kind == "table_row"
+        and best.chunk_id == second.chunk_id
+        and best.header == second.header
+    )
+    return not same_table or bool(second_holds - best_holds)
 
 
 def highlights(quote: str, answer: str, asked: Set[str] = frozenset()) -> list[tuple[int, int]]:

@@ -89,21 +89,43 @@ def test_the_no_answer_reply_is_a_decline():
 
 
 def test_the_extractive_answer_quotes_the_best_unit_with_its_source():
-    text, quoted = extractive_answer(EVIDENCE)
+    question = "When is a refund paid?"
+    text, quoted = extractive_answer(EVIDENCE, question)
     assert quoted == [EVIDENCE[0]]
     assert text == f"Policy: “{EVIDENCE[0].text}” [1]"
     close = [EVIDENCE[0], unit(2, "Refunds are paid within 14 days.", 0.75)]
-    assert len(extractive_answer(close)[1]) == 2  # nearly as good: quoted too
+    assert len(extractive_answer(close, question)[1]) == 2  # nearly as good: quoted too
     same_source = [EVIDENCE[0], unit(1, "Refunds are paid within 14 days.", 0.75, position=1)]
-    assert extractive_answer(same_source)[0] == (
+    assert extractive_answer(same_source, question)[0] == (
         f"Policy: “{EVIDENCE[0].text}” … “Refunds are paid within 14 days.” [1]"
     )
+
+
+def test_a_unit_that_answers_another_question_is_not_quoted_beside_the_best():
+    header = "Code | Meaning"
+    e4 = unit(1, "E4 | Side brush stuck", 0.6, kind="table_row", header=header, position=3)
+    e6 = unit(1, "E6 | Cliff sensor error", 0.58, kind="table_row", header=header, position=5)
+    # E6 scores nearly as well ("error", "code") but lacks the "E4" the question names.
+    text, quoted = extractive_answer([e4, e6], "What does error code E4 mean?")
+    assert quoted == [e4] and "E6" not in text
+    # Rows of one table answer one question each: the neighbour that holds no more of the
+    # question than the best row is not quoted either.
+    limits = "Amount | Approved by"
+    over = unit(1, "Over 2,500 EUR | The CFO", 0.8, kind="table_row", header=limits)
+    below = unit(1, "500 to 2,500 EUR | Department head", 0.78, kind="table_row", header=limits)
+    assert extractive_answer([over, below], "Who approves 2,500 EUR?")[1] == [over]
+    # Sentences that hold all the question's words the best one holds are quoted together.
+    new = unit(1, "New: no-go zones and virtual walls.", 0.64, section="Firmware 2.3")
+    draw = unit(
+        1, "Draw up to 10 no-go zones on the map.", 0.61, position=1, section="Firmware 2.3"
+    )
+    assert extractive_answer([new, draw], "Which version added no-go zones?")[1] == [new, draw]
 
 
 def test_two_quotes_of_one_source_keep_the_documents_order():
     refund = unit(1, "We refund the price within 14 days.", 0.9, position=1)
     returns = unit(1, "You may return a product within 30 days.", 0.85, position=0)
-    text, quoted = extractive_answer([refund, returns])
+    text, quoted = extractive_answer([refund, returns], "Within how many days?")
     assert quoted == [refund, returns]  # best first
     assert text.index("30 days") < text.index("14 days")  # as the policy says them
 
