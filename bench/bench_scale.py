@@ -437,7 +437,9 @@ def sensor_ticks(home: Path, repeat: int = 3) -> dict:
     resources = definitions.resources
 
     def tick(cursor):
-        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+        context = dg.build_sensor_context(
+            instance=instance, cursor=cursor, resources=resources, sensor_name="inbox_sensor"
+        )
         started = time.perf_counter()
         result = inbox_sensor(context)
         return time.perf_counter() - started, result
@@ -448,8 +450,12 @@ def sensor_ticks(home: Path, repeat: int = 3) -> dict:
     return {
         "first_tick_s": round(first_seconds, 3),
         "first_tick_run_requests": len(first.run_requests),
-        # The cursor (every file's URI and version) is stored with each tick that changes it.
+        # The cursor is stored with each tick that changes it; it names the listing (every
+        # file's URI and version), an object under listings/ written by ticks that change it.
         "cursor_bytes": len(first.cursor),
+        "listing_object_bytes": sum(
+            path.stat().st_size for path in (home / "listings" / "inbox_sensor").glob("*")
+        ),
         "unchanged_tick_median_s": round(statistics.median(s for s, _ in unchanged), 3),
         "unchanged_ticks_s": [round(s, 3) for s, _ in unchanged],
     }

@@ -285,10 +285,14 @@ class DocumentRecords:
         return self._source_row(document_id) is not None
 
     def source_uri(self, document_id: str) -> str:
+        return self.source(document_id)[0]
+
+    def source(self, document_id: str) -> tuple[str, bool]:
+        """(uri, live) of a registered document."""
         row = self._source_row(document_id)
         if row is None:
             raise KeyError(f"document {document_id!r} is not registered with any source")
-        return row.uri
+        return row.uri, row.live
 
     def source_uris(self, document_ids: Iterable[str], live_only: bool = False) -> dict[str, str]:
         """{document_id: uri} of the registered (or only the live) ones among many documents."""

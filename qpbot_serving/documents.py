@@ -154,7 +154,8 @@ def _upload_reply(document_id: str, name: str, size: int, sha256: str, replaced:
 def document_status(
     settings: QpbotSettings, document_id: str, chunks_in_index, served_table: str | None = None
 ) -> dict:
-    """queued (waiting for the sensor), processing, indexed or quarantined (with the reason).
+    """queued (waiting for the sensor), processing, indexed, quarantined (with the reason) or
+    deleted (its source no longer has it).
 
     `chunks_in_index(document_id)` counts the document's chunks in the promoted index (None
     when no index is open), which is the LanceDB table `served_table`: a document is indexed
@@ -163,11 +164,13 @@ def document_status(
     """
     records = DocumentRecords(settings)
     try:
-        uri = records.source_uri(document_id)
+        uri, live = records.source(document_id)
     except KeyError:
         raise DocumentNotFound(f"no document with id {document_id}") from None
     # The name, never the server's path to it.
     status: dict = {"document_id": document_id, "filename": display_name(uri)}
+    if not live:
+        return {**status, "status": "deleted"}
     raw = records.read_stage(document_id, RAW_STAGE)
     if _newer_version_waits(records, uri, (raw or {}).get("output")):
         return {**status, "status": "queued"}

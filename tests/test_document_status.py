@@ -89,3 +89,6 @@ def test_status_reads_the_stores_quarantine_and_original(home):
     }
     with pytest.raises(DocumentNotFound):
         _status(home, "unknown-0123")
+
+    store.remove_sources([document_id])  # as a source sensor does when the file is gone
+    assert _status(home, document_id)["status"] == "deleted"
