@@ -331,12 +331,6 @@ class QpbotSettings(BaseSettings):
         without a storage URL; with one, under `<storage_url>/mlflow` (MlflowResource)."""
         return self.home / "mlartifacts"
 
-    @property
-    def evaluation_dir(self) -> Path:
-        """Evaluation reports (plots) of the retrieval and answer evaluations without a
-        storage URL; with one, under `<storage_url>/evaluation` (EvaluationResource)."""
-        return self.home / state.EVALUATION_DIR
-
 
 def resolve_model_path(model_name: str, cache_dir: Path | None = None) -> str:
     """What sentence-transformers loads for `model_name`: the default embedding model maps

@@ -46,7 +46,7 @@ def resources_for(
         "index": SearchIndexResource(home=str(settings.home)),
         "embedding_model": EmbeddingModelResource.from_settings(settings),
         "evaluation": EvaluationResource(
-            reports_dir=str(settings.evaluation_dir),
+            home=str(settings.home),
             beir_sets=list(beir_sets),
             qa_sets=[str(path) for path in qa_sets],
         ),

@@ -324,21 +324,17 @@ class BeirSetConfig(dg.Config):
     qrels: str
 
 
-class EvaluationResource(dg.ConfigurableResource):
-    """The configured evaluation sets and where their reports (plots, answers) go: under
-    `<storage_url>/evaluation/` with a storage URL, else `reports_dir`."""
+class EvaluationResource(StorageResource):
+    """The configured evaluation sets and where their reports (plots, answers) go:
+    `evaluation/` of the state store."""
 
-    reports_dir: str
-    storage_url: str | None = None  # QpbotSettings.storage_url
     beir_sets: list[BeirSetConfig] = []
     qa_sets: list[str] = []
 
     def save(self, name: str, data: bytes) -> str:
         """Stores the report file `name` whole (replacing it); returns where it is: a path,
         or its s3:// URI."""
-        if self.storage_url:
-            return StateStore(self.storage_url).put_file(f"{EVALUATION_DIR}/{name}", data)
-        return StateStore(self.reports_dir).put_file(name, data)
+        return self.state.put_file(f"{EVALUATION_DIR}/{name}", data)
 
 
 class AnswerGeneratorResource(dg.ConfigurableResource):
@@ -451,7 +447,7 @@ def resources() -> dg.Definitions:
                 storage_url=settings.storage_url,
             ),
             "evaluation": EvaluationResource(
-                reports_dir=str(settings.evaluation_dir),
+                home=str(settings.home),
                 storage_url=settings.storage_url,
                 beir_sets=[
                     BeirSetConfig(name=s.name, queries=str(s.queries), qrels=str(s.qrels))

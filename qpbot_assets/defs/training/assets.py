@@ -16,7 +16,6 @@ from qpbot_assets.defs.feedback.assets import training_pairs
 from qpbot_assets.defs.resources import (
     DocumentStoreResource,
     EmbeddingModelResource,
-    FeedbackDatabaseResource,
     MlflowResource,
     SearchIndexResource,
 )
@@ -59,7 +58,6 @@ def read_upstream(index: SearchIndexResource, pointer: st.Pointer[st.R]) -> st.R
 def fine_tuned_embedder(
     context: dg.AssetExecutionContext,
     config: FineTuneConfig,
-    feedback_db: FeedbackDatabaseResource,
     index: SearchIndexResource,
     embedding_model: EmbeddingModelResource,
     mlflow: MlflowResource,
