@@ -32,8 +32,6 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from qpbot_assets.learning.gate import (
     GATE_MODES,
     GateSet,
@@ -42,12 +40,12 @@ from qpbot_assets.learning.gate import (
     retrieval_scores,
 )
 from qpbot_assets.learning.golden import query_id
-from qpbot_serving.object_store import write_json_atomic
 from qpbot_serving.settings import QpbotSettings
 from qpbot_serving.state import (
     CHAMPION_SCORES,
     Deployment,
     EvaluationRecord,
+    Pointer,
     StateError,
     StateStore,
 )
@@ -277,37 +275,36 @@ def _prompt() -> tuple[str, str]:
     return PROMPT_VERSION, hashlib.sha256(layout.encode()).hexdigest()[:16]
 
 
+def _champion(settings: QpbotSettings) -> tuple[StateStore, Pointer[EvaluationRecord]]:
+    """The store and pointer of the champion's record: the file QPBOT_GATE_CHAMPION names,
+    else CHAMPION_SCORES on the state store."""
+    path = settings.gate_champion
+    if path is None:
+        return StateStore.from_settings(settings), CHAMPION_SCORES
+    return StateStore(path.parent), Pointer(path.name, EvaluationRecord, CHAMPION_SCORES.writer)
+
+
 def champion_location(settings: QpbotSettings) -> str:
-    """Where the champion's record is: the file QPBOT_GATE_CHAMPION names, else the pointer's
-    place on the state store (a path, or its s3:// URI)."""
-    if settings.gate_champion is not None:
-        return str(settings.gate_champion)
-    return StateStore.from_settings(settings).location(CHAMPION_SCORES)
+    """Where the champion's record is (a path, or its s3:// URI)."""
+    store, pointer = _champion(settings)
+    return store.location(pointer)
 
 
 def load_champion(settings: QpbotSettings) -> EvaluationRecord | None:
     """The champion's record (`champion_location`), None before the first `--accept`; raises
     GateMisconfigured when what is there is not a record."""
-    path = settings.gate_champion
+    store, pointer = _champion(settings)
     try:
-        if path is None:
-            return StateStore.from_settings(settings).read(CHAMPION_SCORES)
-        return EvaluationRecord.model_validate_json(path.read_bytes()) if path.is_file() else None
-    except ValidationError as problem:  # the file QPBOT_GATE_CHAMPION names
-        first = problem.errors()[0]["msg"]
-        raise GateMisconfigured(
-            f"QPBOT_GATE_CHAMPION: {path} is not an evaluation record ({first})"
-        ) from None
-    except StateError as problem:  # the pointer: its message says where and what to do
-        raise GateMisconfigured(f"the champion's record: {problem}") from None
+        return store.read(pointer)
+    except StateError as problem:  # its message says where and what to do
+        named_by = "QPBOT_GATE_CHAMPION" if settings.gate_champion else "the champion's record"
+        raise GateMisconfigured(f"{named_by}: {problem}") from None
 
 
 def record_champion(settings: QpbotSettings, record: EvaluationRecord) -> None:
     """Makes `record` the champion's (`champion_location`), replacing the old one whole."""
-    if settings.gate_champion is not None:
-        write_json_atomic(settings.gate_champion, record.model_dump(mode="json"))
-    else:
-        StateStore.from_settings(settings).write(CHAMPION_SCORES, record)
+    store, pointer = _champion(settings)
+    store.write(pointer, record)
 
 
 def format_verdict(verdict: dict) -> str:
