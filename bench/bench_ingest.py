@@ -100,7 +100,8 @@ def _rss(process: psutil.Process) -> int:
 
 
 def vectors_written_since(home: Path, since: float) -> int:
-    return sum(p.stat().st_mtime > since for p in (home / "documents").rglob("vectors*.npz"))
+    """Documents whose vectors were written since `since` (vectors/<model>/<xx>/<id>.npz)."""
+    return sum(p.stat().st_mtime > since for p in (home / "vectors").rglob("*.npz"))
 
 
 def padded_tokens(embedder, texts: list[str], batch_size: int) -> dict:
