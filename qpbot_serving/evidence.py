@@ -7,9 +7,9 @@ the words of the question they hold (weighted by how rare each word is among the
 candidates), the cosine of the index's own embedder, and the rank of their chunk. The prompt
 gets the best units, in the generator's own tokens, instead of whole chunks: on a CPU the
 prompt's length sets the time to the first token, and a small model answers better from the
-three lines that matter than from two pages of which one line matters. Where the chunker
-cut a table row or a sentence between two retrieved chunks, the units are mended first
-(`mend_chunk_edges`).
+three lines that matter than from two pages of which one line matters. A sentence that two
+retrieved chunks share (the overlap of two windows of a long block) is a candidate once
+(`drop_repeated_units`).
 
 No model is loaded here: the embedder and the token counter are passed in.
 """
@@ -51,8 +51,8 @@ MISSING_ANSWER_TYPE_SHARE = 0.5
 # ("weigh" and "weight"), as well as when they are equal.
 PREFIX_MATCH = 5
 
-_BULLET = re.compile(r"^\s*(?:[-*•‣▪◦–]|\(?\d{1,2}[.)]|\(?[a-z][.)])\s+")
-_TABLE_SEPARATOR = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
+BULLET = re.compile(r"^\s*(?:[-*•‣▪◦–]|\(?\d{1,2}[.)]|\(?[a-z][.)])\s+")
+TABLE_SEPARATOR = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
 # A sentence ends at . ! ? (and closing quotes or brackets) followed by space and a capital,
 # a digit or an opening quote; not after common abbreviations or a single initial.
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9])")
@@ -184,7 +184,7 @@ def _lines(text: str, start: int, end: int) -> list[tuple[int, int]]:
     return lines
 
 
-def _is_table_line(line: str) -> bool:
+def is_table_line(line: str) -> bool:
     return " | " in line or line.lstrip().startswith("|")
 
 
@@ -196,14 +196,12 @@ def _block_units(text: str, start: int, end: int, section: str | None):
         lines = lines[1:]
         if not lines:
             return []
-    table = [line for line in lines if _is_table_line(text[line[0] : line[1]])]
+    table = [line for line in lines if is_table_line(text[line[0] : line[1]])]
     if len(table) >= 2 and len(table) >= 0.6 * len(lines):
         return _table_units(text, lines)
-    if len(table) == 1:
-        return _cut_row_units(text, lines)
-    if any(_BULLET.match(text[a:b]) for a, b in lines):
+    if any(BULLET.match(text[a:b]) for a, b in lines):
         return _list_units(text, lines)
-    return _sentences(text, lines[0][0], lines[-1][1])
+    return sentence_spans(text, lines[0][0], lines[-1][1])
 
 
 def _table_units(text: str, lines: list[tuple[int, int]]):
@@ -212,13 +210,13 @@ def _table_units(text: str, lines: list[tuple[int, int]]):
     header: str | None = None
     for line_start, line_end in lines:
         line = text[line_start:line_end]
-        if not _is_table_line(line):
+        if not is_table_line(line):
             if header is None:
-                units += _sentences(text, line_start, line_end)
+                units += sentence_spans(text, line_start, line_end)
             else:  # a wrapped last cell, or a note under the table
                 units.append(("sentence", line_start, line_end, None))
             continue
-        if _TABLE_SEPARATOR.match(line):
+        if TABLE_SEPARATOR.match(line):
             continue
         if header is None:
             header = " | ".join(split_cells(line))
@@ -228,31 +226,13 @@ def _table_units(text: str, lines: list[tuple[int, int]]):
     return units
 
 
-def _cut_row_units(text: str, lines: list[tuple[int, int]]):
-    """A block with one table line: a row that the chunker cut from its table (the header
-    is in the chunk before), with sentences around it. The row has no header here;
-    `mend_chunk_edges` gives it its table's."""
-    units: list[tuple[str, int, int, str | None]] = []
-    run: list[tuple[int, int]] = []
-    for line_start, line_end in lines + [(-1, -1)]:
-        if line_start >= 0 and not _is_table_line(text[line_start:line_end]):
-            run.append((line_start, line_end))
-            continue
-        if run:
-            units += _sentences(text, run[0][0], run[-1][1])
-            run = []
-        if line_start >= 0:
-            units.append(("table_row", line_start, line_end, None))
-    return units
-
-
 def _list_units(text: str, lines: list[tuple[int, int]]):
     """One unit per list item (with its wrapped lines); text before the list as sentences."""
     units: list[tuple[str, int, int, str | None]] = []
     intro: list[tuple[int, int]] = []
     item: list[int] | None = None
     for line_start, line_end in lines:
-        if _BULLET.match(text[line_start:line_end]):
+        if BULLET.match(text[line_start:line_end]):
             if item:
                 units.append(("list_item", item[0], item[1], None))
             item = [line_start, line_end]
@@ -261,7 +241,7 @@ def _list_units(text: str, lines: list[tuple[int, int]]):
         else:
             intro.append((line_start, line_end))
     if intro:
-        units = _sentences(text, intro[0][0], intro[-1][1]) + units
+        units = sentence_spans(text, intro[0][0], intro[-1][1]) + units
     if item:
         units.append(("list_item", item[0], item[1], None))
     return units
@@ -269,10 +249,12 @@ def _list_units(text: str, lines: list[tuple[int, int]]):
 
 def split_sentences(text: str) -> list[str]:
     """The sentences of `text` (abbreviations and initials do not end one)."""
-    return [text[a:b].strip() for _, a, b, _ in _sentences(text, 0, len(text)) if text[a:b].strip()]
+    return [
+        text[a:b].strip() for _, a, b, _ in sentence_spans(text, 0, len(text)) if text[a:b].strip()
+    ]
 
 
-def _sentences(text: str, start: int, end: int):
+def sentence_spans(text: str, start: int, end: int):
     """Sentence spans of text[start:end]; abbreviations and initials do not end one."""
     units = []
     begin = start
@@ -305,7 +287,7 @@ def select_evidence(
     one before it ("It costs 49 EUR.") brings that one along. The result is numbered by
     source in order of each source's best unit; within a source, units keep reading order.
     """
-    candidates = mend_chunk_edges(
+    candidates = drop_repeated_units(
         [unit for rank, hit in enumerate(hits) for unit in split_units(hit, rank)]
     )
     scored = score_units(question, candidates, embed, query_vector)
@@ -353,51 +335,16 @@ def select_evidence(
     )
 
 
-def mend_chunk_edges(units: Sequence[EvidenceUnit]) -> list[EvidenceUnit]:
-    """`units` (of chunks in retrieved order) mended where the chunker cut a table or a
-    sentence between chunks: a row without a header, or whose "header" has another number of
-    cells (the tail of the row before, cut), gets the header of the table with as many
-    cells in its document's section; a unit at the start or end of its chunk that a unit of
-    another chunk of its document holds whole (the cut "E8 | ... | Move the", the overlap
-    "and push the dustbin in") is dropped, as is the second of two equal ones."""
-
-    def fits(unit: EvidenceUnit) -> bool:
-        return bool(unit.header) and len(split_cells(unit.header)) == len(split_cells(unit.text))
-
-    headers: dict[tuple[str, str | None, int], str] = {}
+def drop_repeated_units(units: Sequence[EvidenceUnit]) -> list[EvidenceUnit]:
+    """`units` (of chunks in retrieved order) without those that repeat a unit of another
+    chunk of their document listed before them: the sentences that two windows of a long
+    block share (the chunker's overlap) count once, in the better-ranked chunk. The chunker
+    cuts tables only between rows and repeats the header in each chunk that continues one,
+    so rows need no mending here."""
+    first_chunk: dict[tuple[str, str], str] = {}
     for unit in units:
-        if unit.kind == "table_row" and fits(unit):
-            place = (unit.document_id, unit.section, len(split_cells(unit.header)))
-            headers.setdefault(place, unit.header)
-    mended = []
-    for unit in units:
-        if unit.kind == "table_row" and not fits(unit):
-            header = headers.get((unit.document_id, unit.section, len(split_cells(unit.text))))
-            unit = replace(unit, header=header) if header else unit
-        mended.append(unit)
-    last: dict[str, int] = {}
-    by_document: dict[str, list[tuple[int, EvidenceUnit]]] = {}
-    for i, unit in enumerate(mended):
-        last[unit.chunk_id] = max(last.get(unit.chunk_id, 0), unit.position)
-        by_document.setdefault(unit.document_id, []).append((i, unit))
-
-    def held_elsewhere(i: int, unit: EvidenceUnit) -> bool:
-        first, final = unit.position == 0, unit.position == last[unit.chunk_id]
-        if not (first or final):
-            return False
-        for j, other in by_document[unit.document_id]:
-            if other.chunk_id == unit.chunk_id or len(other.text) < len(unit.text):
-                continue
-            if other.text == unit.text:
-                if j < i:
-                    return True
-            elif (first and other.text.endswith(unit.text)) or (
-                final and other.text.startswith(unit.text)
-            ):
-                return True
-        return False
-
-    return [unit for i, unit in enumerate(mended) if not held_elsewhere(i, unit)]
+        first_chunk.setdefault((unit.document_id, unit.prompt_text), unit.chunk_id)
+    return [u for u in units if first_chunk[u.document_id, u.prompt_text] == u.chunk_id]
 
 
 def adapted_budget(budget_tokens: int, scored: Sequence[EvidenceUnit]) -> int:

@@ -13,8 +13,8 @@ from qpbot_serving.evidence import (
     EvidenceUnit,
     adapted_budget,
     answer_type,
+    drop_repeated_units,
     evidence_unit,
-    mend_chunk_edges,
     score_units,
     select_evidence,
     split_units,
@@ -23,29 +23,26 @@ from qpbot_serving.grounding import extractive_answer
 from qpbot_serving.retrieval import SearchHit
 
 
+def chunk_hits(path, embedder, max_tokens: int = 240, overlap_tokens: int = 32):
+    """A sample document's chunks (extracted, cleaned, chunked as ingestion does) as
+    retrieved hits."""
+    document = clean_document(extract_document(path))
+    title = document.properties.get("title") or path.stem
+    pieces = chunk_blocks(
+        document.blocks, path.name, embedder.tokenizer, max_tokens, overlap_tokens
+    )
+    return [
+        SearchHit(
+            c.chunk_id, path.name, title, c.section, c.page_start, c.page_end, c.text, None, 1.0
+        )  # fmt: skip
+        for c in pieces
+    ]
+
+
 @pytest.fixture(scope="module")
 def chunks(sample_documents, embedder) -> dict[str, list[SearchHit]]:
-    """Each sample document's chunks (extracted, cleaned, chunked as ingestion does) as
-    retrieved hits, by file name."""
-    found = {}
-    for path in sorted(sample_documents.iterdir()):
-        document = clean_document(extract_document(path))
-        title = document.properties.get("title") or path.stem
-        found[path.name] = [
-            SearchHit(
-                chunk.chunk_id,
-                path.name,
-                title,
-                chunk.section,
-                chunk.page_start,
-                chunk.page_end,
-                chunk.text,
-                None,
-                1.0,
-            )  # fmt: skip
-            for chunk in chunk_blocks(document.blocks, path.name, embedder.tokenizer, 240)
-        ]
-    return found
+    """Each sample document's chunks as retrieved hits, by file name."""
+    return {path.name: chunk_hits(path, embedder) for path in sorted(sample_documents.iterdir())}
 
 
 def units_of(hits: list[SearchHit]) -> list[EvidenceUnit]:
@@ -147,10 +144,14 @@ def test_the_quote_carries_the_row_asked_about_not_its_neighbour(chunks, embedde
     assert "Side brush stuck" in text and "E6" not in text
 
 
-def test_a_row_cut_between_chunks_is_quoted_whole_with_its_header(chunks, embedder):
+def test_a_row_of_a_continued_table_is_quoted_whole_with_its_header(chunks, embedder):
+    """The error-code table is longer than a chunk: E8 is in the chunk that continues it,
+    under the table's header row that the chunker repeats there."""
     hits = chunks["kestrel-k2-user-handbook.pdf"]
-    mended = mend_chunk_edges(units_of(hits))
-    [e8] = [unit for unit in mended if unit.text.startswith("E8 |")]
+    units = units_of(hits)
+    [e8] = [unit for unit in units if unit.text.startswith("E8 |")]
+    [e1] = [unit for unit in units if unit.text.startswith("E1 |")]
+    assert e8.chunk_id != e1.chunk_id
     assert e8.kind == "table_row" and e8.text.endswith("let it rest for one hour.")
     assert e8.prompt_text.startswith("Code: E8; Meaning: Battery temperature out of range")
     question = "What does error code E8 on the Kestrel K2 mean?"
@@ -158,33 +159,19 @@ def test_a_row_cut_between_chunks_is_quoted_whole_with_its_header(chunks, embedd
     assert "What to do: Move the robot to a room between 0 and 40 °C" in text
 
 
-def test_cut_and_overlapping_units_at_chunk_edges_are_mended():
-    """A chunk that ends inside a table row, and the next that starts with the rest of the
-    row before (an overlap) and a row without the table's header."""
-    first = SearchHit(
-        "c1",
-        "doc",
-        "Handbook",
-        "5 Troubleshooting",
-        6,
-        6,
-        "Code | Meaning | What to do\n"
-        "E7 | Dustbin missing | Refit the filter and push the dustbin in.\n"
-        "E8 | Battery too warm | Move the",
-        None,
-        1.0,
-    )
-    second = SearchHit("c2", "doc", "Handbook", "5 Troubleshooting", 6, 6,
-                       "and push the dustbin in.\nE8 | Battery too warm | Move the robot.",
-                       None, 0.9)  # fmt: skip
-    units = mend_chunk_edges(units_of([second, first]))  # the second chunk ranked first
-    assert [(u.chunk_id, u.text) for u in units] == [
-        ("c2", "E8 | Battery too warm | Move the robot."),
-        ("c1", "E7 | Dustbin missing | Refit the filter and push the dustbin in."),
-    ]
-    assert (
-        units[0].prompt_text == "Code: E8; Meaning: Battery too warm; What to do: Move the robot."
-    )
+def test_sentences_two_chunks_share_are_candidates_once(sample_documents, embedder):
+    """Windows of the warranty policy's long paragraphs overlap by whole sentences: each is
+    a candidate once, from the chunk listed first."""
+    hits = chunk_hits(sample_documents / "warranty-and-returns-policy.docx", embedder, 48, 24)
+    units = units_of(hits[::-1])  # the later chunk ranked first
+    kept = drop_repeated_units(units)
+    assert len(kept) < len(units)
+    assert {u.prompt_text for u in kept} == {u.prompt_text for u in units}
+    assert len({u.prompt_text for u in kept}) == len(kept)
+    first_chunk = {}
+    for unit in units:
+        first_chunk.setdefault(unit.prompt_text, unit.chunk_id)
+    assert all(u.chunk_id == first_chunk[u.prompt_text] for u in kept)
 
 
 def test_a_unit_that_only_repeats_the_question_has_no_lexical_score(chunks):

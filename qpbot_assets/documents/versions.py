@@ -12,7 +12,10 @@ from qpbot_assets.documents.store import fingerprint
 EXTRACTOR_VERSION = 3
 CLEANER_VERSION = 1
 METADATA_VERSION = 2  # 2: language from the first 1,000 characters
-CHUNKER_VERSION = 2  # 2: tokenized a batch at a time, a cap on chunks per document
+# Chunker 2: tokenized a batch at a time, a cap on chunks per document; 3: long blocks cut
+# only between table rows (a continued table repeats its header row), and between sentences
+# or list items where the window allows.
+CHUNKER_VERSION = 3
 INDEX_ROWS_VERSION = 2  # 2: page numbers only for formats that have pages (PDF)
 # What a document's indexed rows were made with; `qpbot ingest` skips documents whose source
 # and pipeline are both unchanged since they were indexed.

@@ -304,7 +304,10 @@ def load_champion(settings: QpbotSettings) -> EvaluationRecord | None:
 def record_champion(settings: QpbotSettings, record: EvaluationRecord) -> None:
     """Makes `record` the champion's (`champion_location`), replacing the old one whole."""
     store, pointer = _champion(settings)
-    store.write(pointer, record)
+    if pointer is CHAMPION_SCORES:
+        store.write(CHAMPION_SCORES, record)
+    else:  # the file QPBOT_GATE_CHAMPION names, written as atomically
+        store.write(pointer, record)
 
 
 def format_verdict(verdict: dict) -> str:
