@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
@@ -33,7 +34,7 @@ class SourceObject:
     uri: str
     version: str  # mtime and size for files, the ETag for S3 objects, see sql_source for rows
 
-    @property
+    @cached_property  # a hash and a URL parse: read several times per object per tick
     def document_id(self) -> str:
         return document_id_for(self.uri)
 
