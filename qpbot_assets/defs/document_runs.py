@@ -16,6 +16,9 @@ from tqdm import tqdm
 from qpbot_assets.documents.store import DocumentStore, StageResult
 from qpbot_serving.document_store import shard_of
 
+# What each shard's materialization records (see run_for_each_document).
+SHARD_COUNTS = ("documents", "recomputed", "unchanged", "quarantined", "recomputed_quarantined")
+
 
 def documents_of_run(context: dg.AssetExecutionContext, store: DocumentStore) -> list[str]:
     """The live documents of the run's shards, in id order."""
@@ -46,23 +49,11 @@ def run_for_each_document(
         shard["quarantined"] += result.output is None
         shard["recomputed_quarantined"] += result.computed and result.output is None
     for shard, shard_counts in counts.items():
-        context.add_asset_metadata(
-            {
-                key: shard_counts[key]
-                for key in (
-                    "documents",
-                    "recomputed",
-                    "unchanged",
-                    "quarantined",
-                    "recomputed_quarantined",
-                )
-            },
-            partition_key=shard,
-        )
+        metadata = {key: shard_counts[key] for key in SHARD_COUNTS}  # zeros included
+        context.add_asset_metadata(metadata, partition_key=shard)
     total = sum(counts.values(), Counter())
     context.log.info(
-        f"{name}: {len(counts)} shards, {dict(total)}, "
-        f"{time.perf_counter() - started:.2f}s"
+        f"{name}: {len(counts)} shards, {dict(total)}, {time.perf_counter() - started:.2f}s"
     )
     # Not as metadata: Dagster copies a result's metadata into every partition's
     # materialization.

@@ -56,3 +56,14 @@ def shard_ranges(ordered: Sequence[str], changed: Iterable[str]) -> list[tuple[s
     if len(ranges) > MAX_RANGES_PER_CHANGE:
         return [(ranges[0][0], ranges[-1][1])]
     return ranges
+
+
+def shard_runs(
+    known: Sequence[str], document_ids: Iterable[str]
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """For documents that changed: the shards to add as partitions (those not among the
+    `known` ones, in Dagster's order) and the (first, last) ranges of the runs over them."""
+    shards = shards_of(document_ids)
+    known_set = set(known)
+    new_shards = [shard for shard in shards if shard not in known_set]
+    return new_shards, shard_ranges([*known, *new_shards], shards)

@@ -7,12 +7,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from qpbot_assets.defs.partitions import (
-    document_shards,
-    partition_range_tags,
-    shard_ranges,
-    shards_of,
-)
+from qpbot_assets.defs.partitions import document_shards, partition_range_tags, shard_runs
 from qpbot_assets.documents.sources import SourceObject, scan_folder, source_version
 from qpbot_assets.documents.store import DocumentStore
 from qpbot_assets.documents.versions import PIPELINE_VERSION, raw_fingerprint
@@ -107,12 +102,10 @@ def _ingest_documents(
     indexed = store.read_stages(wanted, [stage])
     stale = [d for d in wanted if not is_up_to_date(store, uris[d], indexed.get((d, stage)))]
     new = [d for d in stale if (d, stage) not in indexed]  # never in this index
-    shards = shards_of(stale)
     known = instance.get_dynamic_partitions(document_shards.name)
-    new_shards = [shard for shard in shards if shard not in set(known)]
+    new_shards, ranges = shard_runs(known, stale)
     if new_shards:
         instance.add_dynamic_partitions(document_shards.name, new_shards)
-    ranges = shard_ranges([*known, *new_shards], shards)
     # A run killed after writing the index but before promoting it left nothing stale.
     unpromoted = not ranges and bool(wanted) and _promotion_pending(state)
     if ranges:  # the run's model starts loading now, beside the definitions and first stages

@@ -1,10 +1,9 @@
 """Source sensors: a watched folder, an S3 prefix and database tables.
 
 Each lists its source, compares the listing with the last one (an object its cursor names,
-`state.SourceListings`), registers new and
-changed documents as live and marks deleted ones, adds the partitions of shards that get
-their first document, and asks for the runs that bring the index up to date: one per
-contiguous range of the shards that changed.
+`state.SourceListings`), registers new and changed documents as live and marks deleted
+ones, adds the partitions of shards that get their first document, and asks for the runs
+that bring the index up to date: one per contiguous range of the shards that changed.
 """
 
 import hashlib
@@ -14,12 +13,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from qpbot_assets.defs.ingestion.jobs import ingest_documents_job, refresh_index_job
-from qpbot_assets.defs.partitions import (
-    document_shards,
-    partition_range_tags,
-    shard_ranges,
-    shards_of,
-)
+from qpbot_assets.defs.partitions import document_shards, partition_range_tags, shard_runs
 from qpbot_assets.defs.resources import DocumentStoreResource, S3SourceResource, SqlSourcesResource
 from qpbot_assets.documents.sources import SourceObject, diff_listing, list_s3, scan_folder
 from qpbot_assets.documents.sql_source import SqlTable
@@ -64,11 +58,10 @@ def sync_source(
     store.remove_sources(removed_ids)
 
     known = context.instance.get_dynamic_partitions(document_shards.name)
-    shards = shards_of(obj.document_id for obj in touched)
-    new_shards = [shard for shard in shards if shard not in set(known)]
+    new_shards, ranges = shard_runs(known, (obj.document_id for obj in touched))
     run_requests = [
         range_run_request(first, last, _run_key("ingest", [first, last], listing))
-        for first, last in shard_ranges([*known, *new_shards], shards)
+        for first, last in ranges
     ]
     # An ingest run's search_index removes deleted documents too; alone, they need a refresh.
     if removed_ids and not run_requests:
@@ -79,7 +72,7 @@ def sync_source(
         )
     context.log.info(
         f"{source_name}: {len(changes.added)} new, {len(changes.changed)} changed, "
-        f"{len(changes.removed)} removed, in {len(shards)} shards"
+        f"{len(changes.removed)} removed, {len(ranges)} ingest run(s)"
     )
     return dg.SensorResult(
         run_requests=run_requests,
